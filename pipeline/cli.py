@@ -1,0 +1,99 @@
+"""Command line: ``python -m pipeline STAGE [OPTIONS]`` (``./run.sh`` calls this).
+
+Each stage lives in its own module, which provides
+
+- ``add_arguments(parser: argparse.ArgumentParser) -> None``: its options, and
+- ``main(args: argparse.Namespace) -> int``: the stage itself, returning the exit status.
+
+Only the chosen stage's module is imported, so ``--help`` and light stages start fast and
+TensorFlow is loaded only by the stages that need it. A ``PipelineError`` is printed as
+``error: ...`` without a traceback (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.errors import PipelineError
+
+# stage name -> (module, one-line description), in the order the main job runs them.
+STAGES: dict[str, tuple[str, str]] = {
+    "all": ("pipeline.main_job", "the main job: data, train, predict, check, score (the default)"),
+    "download": ("pipeline.download", "fetch the competition files into input/ (Kaggle API or --from DIR)"),
+    "train": ("pipeline.train", "train a U-Net on input/stage1_train"),
+    "predict": ("pipeline.predict", "predict a folder of images and write a submission CSV"),
+    "check-submission": ("pipeline.submission", "check a submission CSV against the test images"),
+    "score": ("pipeline.score", "score a submission with the competition metric"),
+    "leaderboard": ("pipeline.leaderboard", "print the local leaderboard, best first"),
+    "report": ("pipeline.report", "overlay pictures and an HTML page for a submission"),
+}
+DEFAULT_STAGE = "all"
+
+
+def _usage() -> str:
+    width = max(len(name) for name in STAGES)
+    lines = [
+        "usage: ./run.sh [STAGE] [OPTIONS]      (./run.sh test runs the test suite)",
+        "",
+        "Nucleus segmentation for the Kaggle 2018 Data Science Bowl.",
+        "Without a stage, runs the main job. Every stage has --help.",
+        "",
+        "stages:",
+    ]
+    lines += [f"  {name:<{width}}  {description}" for name, (_, description) in STAGES.items()]
+    return "\n".join(lines)
+
+
+def build_parser(stage: str) -> argparse.ArgumentParser:
+    """The argument parser of one stage, with the options its module declares."""
+    module_name, description = STAGES[stage]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"./run.sh {stage}",
+        description=description[0].upper() + description[1:] + ".",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    module.add_arguments(parser)
+    parser.set_defaults(_stage_main=module.main)
+    return parser
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Plain messages for the user on stderr; ``--verbose`` adds debugging detail."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s" if not verbose else "%(asctime)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one stage; return its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv and not argv[0].startswith("-"):
+        stage, rest = argv[0], argv[1:]
+        if stage not in STAGES:
+            print(_usage(), file=sys.stderr)
+            print(f"\nerror: unknown stage {stage!r}", file=sys.stderr)
+            return 2
+    else:
+        stage, rest = DEFAULT_STAGE, argv
+    args = build_parser(stage).parse_args(rest)
+    setup_logging(args.verbose)
+    try:
+        return int(args._stage_main(args) or 0)
+    except PipelineError as error:
+        logging.getLogger("pipeline").error("error: %s", error)
+        return 2
+    except KeyboardInterrupt:
+        logging.getLogger("pipeline").error("interrupted")
+        return 130

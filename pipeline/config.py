@@ -1,0 +1,159 @@
+"""The one typed configuration of a run: model, training and prediction settings.
+
+A ``Config`` is written as ``config.json`` beside every model, and beside every
+submission with its score, so a result can always be traced to what produced it.
+Presets name the configurations people ask for: ``default`` (the best CPU-trainable
+model), ``seeds-baseline`` (the 128x128 resize U-Net the project grew from) and ``demo``
+(a tiny model for the synthetic demo set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the network."""
+
+    arch: str = "unet"
+    base_filters: int = 16  # filters of the first level; doubled at each level down
+    depth: int = 4  # number of down-sampling steps
+    dropout: float = 0.1
+    batch_norm: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """How the network is trained."""
+
+    # "native": random crops of crop_size at the images' own scale (whole images are
+    # predicted, padded); "resize": every image resized to crop_size (the seeds' way).
+    resize_policy: str = "native"
+    crop_size: int = 256
+    epochs: int = 40
+    batch_size: int = 8
+    steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.15
+    seed: int = 42
+    eval_every: int = 2  # epochs between competition-metric evaluations on validation
+    patience: int = 5  # evaluations without improvement before stopping early
+    augment: bool = True
+    loss: str = "bce_dice"
+    precision: str = "auto"  # "auto": bfloat16 where it pays off, "float32", "bfloat16"
+
+
+@dataclass
+class PredictConfig:
+    """How probabilities become nucleus instances."""
+
+    threshold: float = 0.5
+    min_size: int = 10  # instances smaller than this (pixels) are dropped
+    fill_holes: bool = True
+    batch_size: int = 4
+    tta: bool = False
+
+
+@dataclass
+class Config:
+    """A whole run: what is trained and how it is turned into a submission."""
+
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        """Build a config from a dict, refusing unknown keys (a typo must not pass silently)."""
+        sections = {"model": ModelConfig, "train": TrainConfig, "predict": PredictConfig}
+        unknown = set(data) - {"name", *sections}
+        if unknown:
+            raise PipelineError(f"{source}: unknown config keys {sorted(unknown)}")
+        kwargs: dict[str, Any] = {"name": str(data.get("name", "default"))}
+        for key, section in sections.items():
+            values = data.get(key, {})
+            names = {f.name for f in dataclasses.fields(section)}
+            bad = set(values) - names
+            if bad:
+                raise PipelineError(f"{source}: unknown keys in '{key}': {sorted(bad)}")
+            kwargs[key] = section(**values)
+        return cls(**kwargs)
+
+    def save(self, path: str | Path) -> None:
+        from pipeline.fileio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as error:
+            raise PipelineError(f"{path}: no such config file") from error
+        except json.JSONDecodeError as error:
+            raise PipelineError(f"{path}: not valid JSON ({error})") from error
+        return cls.from_dict(data, source=str(path))
+
+    def training_fingerprint(self) -> str:
+        """A short hash of everything that changes the trained weights.
+
+        Two configs with the same fingerprint train the same model, so the main job can
+        skip training when a model with this fingerprint already exists.
+        """
+        payload = json.dumps({"model": self.to_dict()["model"], "train": self.to_dict()["train"]},
+                             sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _preset_default() -> Config:
+    return Config(name="default")
+
+
+def _preset_seeds_baseline() -> Config:
+    """The seeds' baseline: 128x128 resized input, 16 base filters, threshold 0.5, CC."""
+    return Config(
+        name="seeds-baseline",
+        model=ModelConfig(arch="unet", base_filters=16, depth=4, dropout=0.1, batch_norm=False),
+        train=TrainConfig(resize_policy="resize", crop_size=128, epochs=30, augment=False,
+                          loss="bce_dice"),
+        predict=PredictConfig(threshold=0.5, min_size=0, fill_holes=False),
+    )
+
+
+def _preset_demo() -> Config:
+    """A tiny model for the synthetic demo set: every stage runs in a minute or two."""
+    return Config(
+        name="demo",
+        model=ModelConfig(arch="unet", base_filters=8, depth=3, dropout=0.0),
+        train=TrainConfig(resize_policy="native", crop_size=128, epochs=8, batch_size=8,
+                          eval_every=2, patience=10, precision="float32"),
+        predict=PredictConfig(threshold=0.5, min_size=10),
+    )
+
+
+PRESETS = {
+    "default": _preset_default,
+    "seeds-baseline": _preset_seeds_baseline,
+    "demo": _preset_demo,
+}
+
+
+def preset(name: str) -> Config:
+    """A fresh copy of a named preset configuration."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise PipelineError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None
