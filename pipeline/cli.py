@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -88,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         stage, rest = DEFAULT_STAGE, argv
     args = build_parser(stage).parse_args(rest)
+    args.command_line = "./run.sh " + shlex.join([stage, *rest])
     setup_logging(args.verbose)
     try:
         return int(args._stage_main(args) or 0)

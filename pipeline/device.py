@@ -1,0 +1,85 @@
+"""Choosing the compute device and numeric precision, for any Keras backend.
+
+``select_device`` must run before Keras is imported: hiding the GPUs from TensorFlow
+(``--device cpu``) only works through the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def select_device(device: str) -> None:
+    """Apply ``--device`` before Keras loads: ``cpu`` hides every GPU."""
+    if device not in DEVICES:
+        raise PipelineError(f"unknown device {device!r}; choose from {DEVICES}")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def gpu_available() -> bool:
+    """Whether the active Keras backend sees a GPU."""
+    import keras
+
+    backend = keras.config.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return any(d.platform == "gpu" for d in jax.devices())
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - a backend that cannot list devices has no GPU for us
+        return False
+    return False
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = cpuinfo.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def configure(device: str, precision: str) -> str:
+    """Check the device and set Keras' dtype policy; return a one-line description.
+
+    ``precision``: "float32", "bfloat16" (mixed: bfloat16 compute, float32 weights) or
+    "auto" (mixed precision on a GPU, float32 on a CPU).
+    """
+    import keras
+
+    on_gpu = gpu_available()
+    if device == "gpu" and not on_gpu:
+        raise PipelineError(
+            f"--device gpu: the Keras backend {keras.config.backend()!r} sees no GPU "
+            "(use --device auto or cpu)"
+        )
+    if precision not in ("auto", "float32", "bfloat16"):
+        raise PipelineError(f"unknown precision {precision!r}; use auto, float32 or bfloat16")
+    if precision == "auto":
+        precision = "bfloat16" if on_gpu else "float32"
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if precision == "bfloat16" else "float32"
+    )
+    where = "GPU" if on_gpu and device != "cpu" else "CPU"
+    description = f"{where}, {precision}, Keras backend {keras.config.backend()}"
+    log.info("device: %s", description)
+    return description

@@ -1,0 +1,185 @@
+"""The main job (``./run.sh`` with no stage): data, train, predict, check, score.
+
+1. **data**: reuse ``input/`` when it holds the competition files; otherwise download them
+   with the Kaggle API when credentials exist; otherwise run on the embedded synthetic
+   demo set (announced as such), so a newcomer sees every stage work in minutes.
+2. **train**: skipped when a finished model with the same training settings exists
+   (``models/default`` is shipped, so a fresh clone goes straight to prediction);
+   an unfinished one is resumed.
+3. **predict** the test images into ``submissions/<model>.csv``, **check** it, **score**
+   it against the solution (a line on the local leaderboard) and record the score in the
+   model's ``scores.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.config import Config, preset
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobData:
+    """Where the main job reads its data."""
+
+    train_dir: Path
+    test_dir: Path
+    solution_csv: Path | None
+    demo: bool
+
+
+def competition_data_present(input_dir: Path = paths.INPUT_DIR) -> bool:
+    """Whether ``input/`` holds unpacked stage-1 training and test images."""
+    from pipeline.data import list_image_ids
+
+    try:
+        return bool(list_image_ids(input_dir / "stage1_train")) and bool(
+            list_image_ids(input_dir / "stage1_test")
+        )
+    except PipelineError:
+        return False
+
+
+def find_data(demo: bool, input_dir: Path = paths.INPUT_DIR) -> JobData:
+    """Step 1: competition data from ``input/`` or Kaggle, else the synthetic demo set."""
+    from pipeline import download
+
+    if not demo and not competition_data_present(input_dir):
+        if download.kaggle_credentials_available():
+            log.info("input/ has no competition data: downloading it with the Kaggle API")
+            download.download_from_kaggle(input_dir)
+        else:
+            log.warning(
+                "\n*** No competition data in %s and no Kaggle credentials: running the "
+                "DEMO on a small synthetic nuclei set. ***\n"
+                "For the real data: ./run.sh download (Kaggle credentials), or "
+                "./run.sh download --from DIR (a folder with the competition zips).\n",
+                input_dir,
+            )
+            demo = True
+    if demo:
+        from pipeline.synthetic import make_demo_dataset
+
+        made = make_demo_dataset(input_dir / "demo")
+        return JobData(made.train_dir, made.test_dir, made.solution_csv, demo=True)
+    solution = input_dir / "stage1_solution.csv"
+    return JobData(
+        input_dir / "stage1_train",
+        input_dir / "stage1_test",
+        solution if solution.is_file() else None,
+        demo=False,
+    )
+
+
+def choose_model_dir(config: Config, models_dir: Path = paths.MODELS_DIR) -> Path:
+    """``models/<name>`` if it is free or holds this config's model, else a fingerprinted one."""
+    from pipeline.model_store import SCORES_FILE, read_json
+
+    candidate = models_dir / config.name
+    if not candidate.exists():
+        return candidate
+    recorded = read_json(candidate / SCORES_FILE).get("training_fingerprint")
+    if recorded == config.training_fingerprint():
+        return candidate
+    if not (candidate / SCORES_FILE).exists():
+        from pipeline.model_store import CONFIG_FILE
+
+        if (candidate / CONFIG_FILE).is_file() and Config.load(
+            candidate / CONFIG_FILE
+        ).training_fingerprint() == config.training_fingerprint():
+            return candidate  # an unfinished run of this config: resume it
+    return models_dir / f"{config.name}-{config.training_fingerprint()}"
+
+
+def run_main_job(
+    config: Config,
+    demo: bool = False,
+    retrain: bool = False,
+    device: str = "auto",
+    input_dir: Path = paths.INPUT_DIR,
+    models_dir: Path = paths.MODELS_DIR,
+    submissions_dir: Path = paths.SUBMISSIONS_DIR,
+    leaderboard_csv: Path = paths.LEADERBOARD_CSV,
+) -> dict:
+    """Run every stage; return ``{"model_dir", "submission", "score"}``."""
+    from pipeline.model_store import SCORES_FILE, is_complete, read_json, write_json
+    from pipeline.predict import run_prediction
+    from pipeline.score import score_and_record
+    from pipeline.submission import check_submission
+    from pipeline.train import train_model
+
+    data = find_data(demo, input_dir)
+    if data.demo and config.name == "default":
+        config = preset("demo")
+    model_dir = choose_model_dir(config, models_dir)
+    if retrain and model_dir.exists():
+        model_dir = models_dir / f"{config.name}-{config.training_fingerprint()}-retrain"
+        if model_dir.exists():
+            import shutil
+
+            shutil.rmtree(model_dir)
+    if is_complete(model_dir):
+        log.info("[train] skipped: %s already holds a model trained with these settings "
+                 "(--retrain to train again)", model_dir)
+    else:
+        resume = (model_dir / "checkpoint" / "last.keras").is_file()
+        log.info("[train] %s %s", "resuming" if resume else "training", model_dir)
+        train_model(config, data.train_dir, model_dir, resume=resume, device=device,
+                    command=f"./run.sh{' --demo' if data.demo else ''}")
+
+    submission = submissions_dir / f"{model_dir.name}.csv"
+    log.info("[predict] %s -> %s", data.test_dir, submission)
+    run_prediction(model_dir, data.test_dir, submission, device=device)
+
+    log.info("[check] %s", submission)
+    problems = check_submission(submission, data.test_dir)
+    if problems:
+        for problem in problems:
+            log.error("%s", problem)
+        raise PipelineError(f"{submission}: {len(problems)} problems; see above")
+
+    result = {"model_dir": str(model_dir), "submission": str(submission), "score": None}
+    if data.solution_csv is None:
+        log.info("[score] skipped: no solution file in %s", input_dir)
+        return result
+    log.info("[score] %s against %s", submission, data.solution_csv)
+    score = score_and_record(submission, data.solution_csv, leaderboard_csv)
+    result["score"] = score
+    scores = read_json(model_dir / SCORES_FILE)
+    key = "demo_test_score" if data.demo else "stage1_test_score"
+    scores[key] = round(float(score), 6)
+    scores[f"{key}_command"] = (
+        f"./run.sh predict --model {model_dir.relative_to(paths.REPO_ROOT) if model_dir.is_relative_to(paths.REPO_ROOT) else model_dir}"
+        f" --images {data.test_dir} --out X.csv && ./run.sh score X.csv"
+        + (f" --solution {data.solution_csv}" if data.demo else "")
+    )
+    write_json(model_dir / SCORES_FILE, scores)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="default",
+                        help="configuration to train and predict with")
+    parser.add_argument("--demo", action="store_true",
+                        help="run on the synthetic demo set even when real data is present")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train a new model even when one with these settings exists")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+
+
+def main(args: argparse.Namespace) -> int:
+    result = run_main_job(preset(args.preset), demo=args.demo, retrain=args.retrain,
+                          device=args.device)
+    if result["score"] is not None:
+        print(f"\n{result['submission']}: score {result['score']:.4f} "
+              f"(model {result['model_dir']}; ./run.sh leaderboard lists every run)")
+    else:
+        print(f"\n{result['submission']}: written and checked (no solution file to score)")
+    return 0

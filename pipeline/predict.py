@@ -1,0 +1,236 @@
+"""Stage ``predict``: a folder of images in Kaggle layout to a submission CSV.
+
+Per image: normalise, predict (whole image padded to the network's multiple, or resized
+to the training size for ``resize_policy="resize"``), bring the probabilities back to the
+image's own size, turn them into instances (``pipeline.postprocess``) and stream them
+into the submission writer. Images of the same size are predicted in batches; only a
+bounded chunk of images is in memory at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from skimage.transform import resize
+from tqdm import tqdm
+
+from pipeline import paths
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+CHUNK_IMAGES = 32  # images read and predicted together; bounds memory
+
+
+def _tta_variants(batch: np.ndarray) -> list[tuple[np.ndarray, callable]]:
+    """The 8 flips/rotations of a (N, H, W, C) batch with the inverse of each."""
+    variants = []
+    for k in range(4):
+        for flip in (False, True):
+            def forward(x, k=k, flip=flip):
+                x = np.rot90(x, k, axes=(1, 2))
+                return x[:, :, ::-1] if flip else x
+
+            def inverse(y, k=k, flip=flip):
+                y = y[:, :, ::-1] if flip else y
+                return np.rot90(y, -k, axes=(1, 2))
+
+            variants.append((forward(batch), inverse))
+    return variants
+
+
+def _predict_batch(model, batch: np.ndarray, tta: bool) -> np.ndarray:
+    if not tta:
+        return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+    total = None
+    for variant, inverse in _tta_variants(batch):
+        # rot90 of a non-square batch swaps H and W; the network takes any size.
+        prob = inverse(np.asarray(model.predict_on_batch(np.ascontiguousarray(variant))))
+        total = prob.astype(np.float32) if total is None else total + prob
+    return total / 8.0
+
+
+def predict_probabilities(
+    model, images: Sequence[np.ndarray], config: Config, tta: bool | None = None
+) -> list[np.ndarray]:
+    """Per-pixel probabilities (H, W, C) float32 for each RGB uint8 image, at its own size."""
+    from pipeline.models import input_multiple
+    from pipeline.preprocess import crop_to_shape, normalise_image, pad_to_multiple
+
+    tta = config.predict.tta if tta is None else tta
+    batch_size = max(1, config.predict.batch_size)
+    size = config.train.crop_size
+    multiple = input_multiple(config.model)
+    prepared: list[np.ndarray] = []
+    for image in images:
+        x = normalise_image(image)
+        if config.train.resize_policy == "resize":
+            x = resize(x, (size, size), order=1, preserve_range=True, anti_aliasing=True)
+        else:
+            x = pad_to_multiple(x, multiple)
+        prepared.append(x.astype(np.float32))
+    results: list[np.ndarray | None] = [None] * len(images)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, x in enumerate(prepared):
+        by_shape.setdefault(x.shape, []).append(index)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            probs = _predict_batch(model, np.stack([prepared[i] for i in chunk]), tta)
+            for i, prob in zip(chunk, probs, strict=True):
+                shape = images[i].shape[:2]
+                if config.train.resize_policy == "resize":
+                    prob = resize(prob, shape, order=1, preserve_range=True)
+                else:
+                    prob = crop_to_shape(prob, shape)
+                results[i] = np.ascontiguousarray(prob, dtype=np.float32)
+    return results  # type: ignore[return-value]
+
+
+def labels_from_probabilities(prob: np.ndarray, config: Config) -> np.ndarray:
+    """Instances from the network's output channels, with the config's thresholds."""
+    from pipeline.postprocess import probabilities_to_labels
+
+    return probabilities_to_labels(
+        prob[..., 0],
+        threshold=config.predict.threshold,
+        min_size=config.predict.min_size,
+        fill_holes=config.predict.fill_holes,
+    )
+
+
+def predict_labels(
+    model, images: Sequence[np.ndarray], config: Config, tta: bool | None = None
+) -> list[np.ndarray]:
+    """Instance labels for each image (at its own size)."""
+    probs = predict_probabilities(model, images, config, tta=tta)
+    return [labels_from_probabilities(prob, config) for prob in probs]
+
+
+def iter_predictions(
+    model, images_dir: Path, ids: Sequence[str], config: Config, progress: bool = True
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(image_id, labels)`` for each id, a bounded chunk of images at a time."""
+    from pipeline.data import image_path, read_image
+
+    bar = tqdm(total=len(ids), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(ids), CHUNK_IMAGES):
+        chunk_ids = ids[start : start + CHUNK_IMAGES]
+        images = [read_image(image_path(images_dir, image_id)) for image_id in chunk_ids]
+        for image_id, labels in zip(chunk_ids, predict_labels(model, images, config), strict=True):
+            bar.update(1)
+            yield image_id, labels
+    bar.close()
+
+
+def run_prediction(
+    model_dir: Path,
+    images_dir: Path,
+    out_csv: Path,
+    overrides: dict | None = None,
+    device: str = "auto",
+) -> Path:
+    """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
+
+    ``overrides`` replaces fields of the model's saved prediction settings (threshold,
+    min_size, fill_holes, tta, batch_size). Writes the submission atomically, with a
+    sidecar ``.json`` naming the model, config and commit; returns the CSV path.
+    """
+    from pipeline import device as device_module
+
+    device_module.select_device(device)
+    from pipeline.data import list_image_ids
+    from pipeline.model_store import load_model
+    from pipeline.provenance import git_commit
+    from pipeline.submission import SubmissionWriter, write_submission_metadata
+
+    ids = list_image_ids(images_dir)
+    device_module.configure(device, "float32")
+    model, config = load_model(model_dir)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(config.predict, key, value)
+    log.info("predicting %d images of %s with %s", len(ids), images_dir, model_dir)
+    out_csv = Path(out_csv)
+    with SubmissionWriter(out_csv) as writer:
+        for image_id, labels in iter_predictions(model, images_dir, ids, config):
+            writer.add(image_id, labels)
+    write_submission_metadata(
+        out_csv,
+        {
+            "model": str(model_dir),
+            "config": config.name,
+            "commit": git_commit(),
+            "images": str(images_dir),
+            "predict": vars(config.predict),
+        },
+    )
+    log.info("wrote %s", out_csv)
+    return out_csv
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--model", type=Path, default=paths.DEFAULT_MODEL_DIR, help="model folder")
+    io.add_argument(
+        "--images", type=Path, default=None,
+        help="folder of images in Kaggle layout (default: input/stage1_test)",
+    )
+    io.add_argument(
+        "--out", type=Path, default=None,
+        help="submission CSV (default: submissions/<model name>.csv)",
+    )
+    io.add_argument(
+        "--demo", action="store_true",
+        help="use the synthetic demo set (input/demo) and its model (models/demo)",
+    )
+    post = parser.add_argument_group("post-processing (default: the values saved with the model)")
+    post.add_argument("--threshold", type=float, default=None, help="foreground threshold")
+    post.add_argument("--min-size", type=int, default=None, help="smallest nucleus, in pixels")
+    post.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                      help="average the 8 flips and rotations")
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch-size", type=int, default=None, help="images per batch")
+    run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    run.add_argument("--no-check", action="store_true", help="skip checking the written CSV")
+
+
+def main(args: argparse.Namespace) -> int:
+    images_dir = args.images
+    model_dir = args.model
+    if args.demo:
+        from pipeline.synthetic import make_demo_dataset
+
+        demo = make_demo_dataset(paths.INPUT_DIR / "demo")
+        images_dir = images_dir or demo.test_dir
+        if model_dir == paths.DEFAULT_MODEL_DIR:
+            model_dir = paths.MODELS_DIR / "demo"
+    images_dir = images_dir or paths.TEST_DIR
+    if not Path(images_dir).is_dir():
+        raise PipelineError(
+            f"{images_dir}: no such folder of images "
+            "(./run.sh download fetches the competition data, --demo uses the synthetic set)"
+        )
+    out_csv = args.out or paths.SUBMISSIONS_DIR / f"{Path(model_dir).name}.csv"
+    overrides = {
+        "threshold": args.threshold,
+        "min_size": args.min_size,
+        "tta": args.tta,
+        "batch_size": args.batch_size,
+    }
+    run_prediction(Path(model_dir), Path(images_dir), Path(out_csv), overrides, args.device)
+    if not args.no_check:
+        from pipeline.submission import check_submission
+
+        problems = check_submission(out_csv, images_dir)
+        for problem in problems:
+            log.error("%s", problem)
+        if problems:
+            raise PipelineError(f"{out_csv}: the written submission has {len(problems)} problems")
+        log.info("%s: valid submission", out_csv)
+    return 0

@@ -1,0 +1,43 @@
+"""Image normalisation and padding shared by training and prediction.
+
+Training and prediction must see images prepared the same way, so both call
+``normalise_image``; prediction pads whole images with ``pad_to_multiple`` and crops the
+result back with ``crop_to_shape``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def normalise_image(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) to float32 with zero mean and unit spread per image.
+
+    Per-image standardisation puts dim fluorescence, bright brightfield and stained
+    histology images on one scale; a flat image becomes all zeros.
+
+    >>> normalise_image(np.full((2, 2, 3), 7, np.uint8)).max()
+    np.float32(0.0)
+    """
+    pixels = image.astype(np.float32) / 255.0
+    mean = pixels.mean()
+    std = pixels.std()
+    return (pixels - mean) / max(float(std), 1e-3)
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int, min_size: int = 0) -> np.ndarray:
+    """Pad (H, W, ...) at the bottom and right, by reflection, to sides that are multiples
+    of ``multiple`` and at least ``min_size``."""
+    height, width = image.shape[:2]
+    target_h = max(-(-height // multiple) * multiple, min_size)
+    target_w = max(-(-width // multiple) * multiple, min_size)
+    pad = [(0, target_h - height), (0, target_w - width)] + [(0, 0)] * (image.ndim - 2)
+    if target_h == height and target_w == width:
+        return image
+    mode = "reflect" if target_h - height < height and target_w - width < width else "symmetric"
+    return np.pad(image, pad, mode=mode)
+
+
+def crop_to_shape(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Undo ``pad_to_multiple``: keep the top-left (H, W)."""
+    return array[: shape[0], : shape[1]]

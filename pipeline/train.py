@@ -1,0 +1,425 @@
+"""Stage ``train``: a U-Net from ``stage1_train`` (or the demo set) to a model folder.
+
+- a seeded train/validation split, stratified by image kind, saved with the model;
+- joint image and label augmentation (``pipeline.augment``), random crops at the images'
+  own scale (or whole images resized, for the seeds' baseline);
+- the best checkpoint chosen by the competition metric on the validation images,
+  computed every ``eval_every`` epochs, with early stopping on it;
+- ``--resume`` continues from the last epoch's checkpoint after a kill.
+
+The folder layout is described in ``pipeline.model_store``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import paths
+from pipeline.config import Config, preset
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("fluorescence", "brightfield", "histology")
+
+
+def split_ids(
+    kinds: dict[str, str], val_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """A seeded train/validation split of image ids, stratified by image kind.
+
+    Every kind with at least two images puts at least one in validation.
+
+    >>> split = split_ids({"a": "x", "b": "x", "c": "y", "d": "y"}, 0.5, seed=0)
+    >>> sorted(map(len, split.values()))
+    [2, 2]
+    """
+    if not 0 < val_fraction < 1:
+        raise PipelineError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train: list[str] = []
+    val: list[str] = []
+    for kind in sorted(set(kinds.values())):
+        ids = sorted(image_id for image_id, k in kinds.items() if k == kind)
+        ids = [ids[i] for i in rng.permutation(len(ids))]
+        n_val = int(round(len(ids) * val_fraction))
+        if len(ids) >= 2:
+            n_val = min(max(n_val, 1), len(ids) - 1)
+        else:
+            n_val = 0
+        val += ids[:n_val]
+        train += ids[n_val:]
+    return {"train": sorted(train), "val": sorted(val)}
+
+
+def _prepare_for_resize_policy(samples, size: int):
+    """The seeds' way: every image and its labels resized to ``size`` x ``size``."""
+    from skimage.transform import resize
+
+    prepared = []
+    for sample in samples:
+        image = resize(sample.image, (size, size), order=1, preserve_range=True,
+                       anti_aliasing=True).astype(np.uint8)
+        labels = resize(sample.labels, (size, size), order=0, preserve_range=True,
+                        anti_aliasing=False).astype(np.int32)
+        prepared.append(dataclasses.replace(sample, image=image, labels=labels))
+    return prepared
+
+
+def make_batch_source(samples, config: Config, steps: int, seed: int):
+    """A ``keras.utils.PyDataset`` of augmented (images, targets) batches, seeded per epoch."""
+    import keras
+
+    from pipeline.augment import augment, build_augmentation
+    from pipeline.preprocess import normalise_image
+    from pipeline.targets import labels_to_targets
+
+    crop = config.train.crop_size
+    transform = build_augmentation(crop, "default" if config.train.augment else "none")
+    batch_size = config.train.batch_size
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+
+        def __len__(self) -> int:
+            return steps
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+
+        def __getitem__(self, index: int):
+            rng = np.random.default_rng([seed, self.epoch, index])
+            picks = rng.integers(0, len(samples), size=batch_size)
+            images, targets = [], []
+            for pick in picks:
+                sample = samples[pick]
+                image, labels = augment(
+                    transform, sample.image, sample.labels, int(rng.integers(2**31))
+                )
+                images.append(normalise_image(image))
+                targets.append(labels_to_targets(labels))
+            return np.stack(images), np.stack(targets)
+
+    return Batches()
+
+
+def evaluate(model, samples, config: Config) -> dict[str, Any]:
+    """Competition score of ``model`` on labelled samples: overall, per kind and per image."""
+    from pipeline.metric import score_images
+    from pipeline.predict import predict_labels
+
+    predicted: dict[str, np.ndarray] = {}
+    for start in range(0, len(samples), 16):
+        chunk = samples[start : start + 16]
+        for sample, labels in zip(
+            chunk, predict_labels(model, [s.image for s in chunk], config), strict=True
+        ):
+            predicted[sample.image_id] = labels
+    result = score_images({s.image_id: (s.labels, predicted[s.image_id]) for s in samples})
+    per_kind = {}
+    for kind in KINDS:
+        scores = [result.per_image[s.image_id] for s in samples if s.kind == kind]
+        if scores:
+            per_kind[kind] = float(np.mean(scores))
+    return {
+        "score": float(result.score),
+        "per_kind": per_kind,
+        "per_image": {k: float(v) for k, v in result.per_image.items()},
+    }
+
+
+def _make_callbacks(model_dir: Path, val_samples, config: Config, state: dict[str, Any]):
+    import keras
+
+    from pipeline.model_store import CHECKPOINT_DIR, WEIGHTS_FILE, write_json
+    from pipeline.fileio import atomic_path
+
+    class CompetitionMetricCheckpoint(keras.callbacks.Callback):
+        """Every ``eval_every`` epochs: score validation, keep the best weights, stop early."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs if logs is not None else {}
+            done = epoch + 1
+            row = {"epoch": done, **{k: float(v) for k, v in logs.items()}}
+            evaluate_now = done % config.train.eval_every == 0 or done == config.train.epochs
+            if evaluate_now and val_samples:
+                started = time.time()
+                result = evaluate(self.model, val_samples, config)
+                row["val_score"] = result["score"]
+                logs["val_score"] = result["score"]
+                improved = result["score"] > state["best_score"]
+                log.info(
+                    "epoch %d: validation score %.4f%s (%.0f s)", done, result["score"],
+                    " (best so far)" if improved else "", time.time() - started,
+                )
+                if improved:
+                    state.update(best_score=result["score"], best_epoch=done,
+                                 best_eval=result, evals_without_improvement=0)
+                    with atomic_path(model_dir / WEIGHTS_FILE) as tmp:
+                        self.model.save_weights(str(tmp.with_suffix(".weights.h5")))
+                        tmp.with_suffix(".weights.h5").replace(tmp)
+                else:
+                    state["evals_without_improvement"] += 1
+                    if state["evals_without_improvement"] >= config.train.patience:
+                        log.info("stopping early: no improvement in %d evaluations",
+                                 config.train.patience)
+                        self.model.stop_training = True
+            state["history"].append(row)
+            state["epoch"] = done
+            # The full state (weights and optimiser) for --resume, then the bookkeeping.
+            checkpoint = model_dir / CHECKPOINT_DIR
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            with atomic_path(checkpoint / "last.keras") as tmp:
+                keras_tmp = tmp.with_suffix(".keras")
+                self.model.save(keras_tmp)
+                keras_tmp.replace(tmp)
+            write_json(checkpoint / "state.json", state)
+
+    callbacks: list[Any] = [CompetitionMetricCheckpoint()]
+    if keras.config.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs")))
+    return callbacks
+
+
+def _write_history(model_dir: Path, history: list[dict[str, Any]]) -> None:
+    from pipeline.fileio import atomic_path
+    from pipeline.model_store import CURVES_FILE, HISTORY_FILE
+
+    columns = sorted({key for row in history for key in row}, key=lambda k: (k != "epoch", k))
+    with atomic_path(model_dir / HISTORY_FILE) as tmp:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [row["epoch"] for row in history]
+    loss_ax.plot(epochs, [row.get("loss", np.nan) for row in history], label="training loss")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend()
+    scored = [row for row in history if "val_score" in row]
+    score_ax.plot([r["epoch"] for r in scored], [r["val_score"] for r in scored], "o-",
+                  label="validation score (competition metric)")
+    score_ax.set_xlabel("epoch")
+    score_ax.set_ylabel("score")
+    score_ax.set_ylim(0, 1)
+    score_ax.legend()
+    fig.tight_layout()
+    with atomic_path(model_dir / CURVES_FILE) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def train_model(
+    config: Config,
+    images_dir: Path,
+    model_dir: Path,
+    resume: bool = False,
+    device: str = "auto",
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` on the labelled images of ``images_dir`` into ``model_dir``.
+
+    Returns the contents of the model's ``scores.json``.
+    """
+    from pipeline import device as device_module
+
+    device_module.select_device(device)
+    import keras
+
+    from pipeline.data import load_samples
+    from pipeline.losses import get_loss
+    from pipeline.model_store import (
+        CHECKPOINT_DIR, CONFIG_FILE, SCORES_FILE, SPLIT_FILE, WEIGHTS_FILE, read_json,
+        write_json,
+    )
+    from pipeline.models import build_model
+    from pipeline.provenance import git_commit
+    from pipeline.targets import TARGET_CHANNELS
+
+    model_dir = Path(model_dir)
+    checkpoint = model_dir / CHECKPOINT_DIR
+    if resume:
+        if not (checkpoint / "last.keras").is_file():
+            raise PipelineError(f"{model_dir}: nothing to resume (no {CHECKPOINT_DIR}/last.keras)")
+        config = Config.load(model_dir / CONFIG_FILE)
+    elif model_dir.exists() and any(model_dir.iterdir()):
+        raise PipelineError(
+            f"{model_dir}: folder exists and is not empty; use --resume to continue it, "
+            "or --out for a new folder"
+        )
+    model_dir.mkdir(parents=True, exist_ok=True)
+    device_description = device_module.configure(device, config.train.precision)
+    keras.utils.set_random_seed(config.train.seed)
+
+    samples = load_samples(images_dir, with_labels=True)
+    kinds = {s.image_id: s.kind for s in samples}
+    if resume:
+        split = read_json(model_dir / SPLIT_FILE)
+    else:
+        split = split_ids(kinds, config.train.val_fraction, config.train.seed)
+        config.save(model_dir / CONFIG_FILE)
+        write_json(model_dir / SPLIT_FILE, {"seed": config.train.seed, **split, "kinds": kinds})
+    by_id = {s.image_id: s for s in samples}
+    train_samples = [by_id[i] for i in split["train"]]
+    val_samples = [by_id[i] for i in split["val"]]
+    if config.train.resize_policy == "resize":
+        train_samples = _prepare_for_resize_policy(train_samples, config.train.crop_size)
+    log.info("training on %d images, validating on %d (%s)",
+             len(train_samples), len(val_samples), device_description)
+
+    steps = config.train.steps_per_epoch or max(1, len(train_samples) // config.train.batch_size)
+    batches = make_batch_source(train_samples, config, steps, config.train.seed)
+    state: dict[str, Any] = {
+        "epoch": 0, "best_score": -1.0, "best_epoch": 0, "best_eval": None,
+        "evals_without_improvement": 0, "history": [], "seconds": 0.0,
+    }
+    if resume:
+        from pipeline.losses import bce_dice_loss, soft_dice_loss
+
+        state = read_json(checkpoint / "state.json")
+        model = keras.saving.load_model(
+            checkpoint / "last.keras",
+            custom_objects={"bce_dice_loss": bce_dice_loss, "soft_dice_loss": soft_dice_loss},
+        )
+        batches.epoch = state["epoch"]
+        log.info("resuming after epoch %d (best validation score %.4f at epoch %d)",
+                 state["epoch"], state["best_score"], state["best_epoch"])
+    else:
+        model = build_model(config.model, out_channels=len(TARGET_CHANNELS))
+        schedule = keras.optimizers.schedules.CosineDecay(
+            config.train.learning_rate, decay_steps=steps * config.train.epochs, alpha=0.05
+        )
+        model.compile(optimizer=keras.optimizers.Adam(schedule),
+                      loss=get_loss(config.train.loss))
+    started = time.time()
+    if state["epoch"] < config.train.epochs and not (
+        state["evals_without_improvement"] >= config.train.patience
+    ):
+        model.fit(
+            batches,
+            epochs=config.train.epochs,
+            initial_epoch=state["epoch"],
+            callbacks=_make_callbacks(model_dir, val_samples, config, state),
+            verbose=1 if sys.stderr.isatty() else 2,
+        )
+    state["seconds"] = state.get("seconds", 0.0) + (time.time() - started)
+    if not (model_dir / WEIGHTS_FILE).is_file():
+        # No evaluation happened (no validation images): keep the last weights.
+        model.save_weights(str(model_dir / WEIGHTS_FILE))
+    _write_history(model_dir, state["history"])
+    best = state.get("best_eval") or {}
+    scores = {
+        "validation_score": state["best_score"] if best else None,
+        "validation_per_kind": best.get("per_kind", {}),
+        "validation_images": len(val_samples),
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "train_seconds": round(state["seconds"], 1),
+        "seconds_per_epoch": round(state["seconds"] / max(1, len(state["history"])), 1),
+        "device": device_description,
+        "target_channels": list(TARGET_CHANNELS),
+        "training_fingerprint": config.training_fingerprint(),
+        "commit": git_commit(),
+        "command": command,
+        "validation_per_image": best.get("per_image", {}),
+    }
+    write_json(model_dir / SCORES_FILE, scores)
+    log.info("model written to %s (validation score %s)", model_dir,
+             f"{scores['validation_score']:.4f}" if best else "n/a")
+    return scores
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--preset", default=None,
+                      help="named configuration: default, seeds-baseline, demo")
+    what.add_argument("--config", type=Path, default=None, help="a config.json to start from")
+    what.add_argument("--arch", default=None, help="architecture (unet)")
+    what.add_argument("--base-filters", type=int, default=None)
+    what.add_argument("--depth", type=int, default=None)
+    data = parser.add_argument_group("data and output")
+    data.add_argument("--images", type=Path, default=None,
+                      help="training images in Kaggle layout (default: input/stage1_train)")
+    data.add_argument("--out", type=Path, default=None,
+                      help="model folder (default: models/<config name>)")
+    data.add_argument("--demo", action="store_true",
+                      help="train on the synthetic demo set with the demo preset")
+    data.add_argument("--resume", action="store_true",
+                      help="continue the run in --out from its last checkpoint")
+    how = parser.add_argument_group("training")
+    how.add_argument("--epochs", type=int, default=None)
+    how.add_argument("--batch-size", type=int, default=None)
+    how.add_argument("--crop-size", type=int, default=None)
+    how.add_argument("--steps-per-epoch", type=int, default=None)
+    how.add_argument("--learning-rate", type=float, default=None)
+    how.add_argument("--eval-every", type=int, default=None)
+    how.add_argument("--patience", type=int, default=None)
+    how.add_argument("--seed", type=int, default=None)
+    how.add_argument("--no-augment", action="store_true")
+    how.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None)
+    how.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config a ``train`` command line asks for: preset or file, then the flags."""
+    if args.config is not None:
+        config = Config.load(args.config)
+    else:
+        config = preset(args.preset or ("demo" if args.demo else "default"))
+    overrides = {
+        ("model", "arch"): args.arch,
+        ("model", "base_filters"): args.base_filters,
+        ("model", "depth"): args.depth,
+        ("train", "epochs"): args.epochs,
+        ("train", "batch_size"): args.batch_size,
+        ("train", "crop_size"): args.crop_size,
+        ("train", "steps_per_epoch"): args.steps_per_epoch,
+        ("train", "learning_rate"): args.learning_rate,
+        ("train", "eval_every"): args.eval_every,
+        ("train", "patience"): args.patience,
+        ("train", "seed"): args.seed,
+        ("train", "precision"): args.precision,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(config, section), key, value)
+    if args.no_augment:
+        config.train.augment = False
+    return config
+
+
+def main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    images_dir = args.images
+    if args.demo:
+        from pipeline.synthetic import make_demo_dataset
+
+        demo = make_demo_dataset(paths.INPUT_DIR / "demo")
+        images_dir = images_dir or demo.train_dir
+    images_dir = Path(images_dir or paths.TRAIN_DIR)
+    if not images_dir.is_dir():
+        raise PipelineError(
+            f"{images_dir}: no training images (./run.sh download fetches them; "
+            "--demo trains on the synthetic set)"
+        )
+    model_dir = Path(args.out or paths.MODELS_DIR / config.name)
+    train_model(config, images_dir, model_dir, resume=args.resume, device=args.device,
+                command=getattr(args, "command_line", None))
+    return 0

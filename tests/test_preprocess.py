@@ -1,0 +1,31 @@
+"""Normalisation and padding shared by training and prediction."""
+
+import numpy as np
+
+from pipeline.preprocess import crop_to_shape, normalise_image, pad_to_multiple
+
+
+def test_normalise_gives_zero_mean_unit_std():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    x = normalise_image(image)
+    assert x.dtype == np.float32 and x.shape == (20, 30, 3)
+    assert abs(float(x.mean())) < 1e-5
+    assert abs(float(x.std()) - 1) < 1e-4
+
+
+def test_normalise_flat_image_is_zero():
+    assert not normalise_image(np.full((4, 4, 3), 200, np.uint8)).any()
+
+
+def test_pad_and_crop_round_trip():
+    image = np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3)
+    padded = pad_to_multiple(image, 16)
+    assert padded.shape == (16, 16, 3)
+    assert (crop_to_shape(padded, (5, 7)) == image).all()
+
+
+def test_pad_leaves_multiples_alone_and_honours_min_size():
+    image = np.zeros((32, 48, 3), np.float32)
+    assert pad_to_multiple(image, 16) is image
+    assert pad_to_multiple(image, 16, min_size=64).shape == (64, 64, 3)
