@@ -1,0 +1,455 @@
+"""Joint augmentation of an image and its instance labels (albumentations, numpy in and out).
+
+One training sample is a random window of the image at a random scale, cut first and then
+resized to ``crop_size`` (so the work does not depend on the image size: a 256 crop of a
+1040x1388 image costs a few milliseconds), then flipped, rotated by a multiple of 90
+degrees, and changed in brightness, contrast, gamma, hue and saturation, with Gaussian
+noise and CLAHE now and then. An image smaller than the window is padded by reflection
+(or with zeros).
+
+Instance labels stay exact: they are only cut, padded (by reflection, or with 0), flipped,
+rotated and resized by nearest neighbour (``cv2.INTER_NEAREST_EXACT``, aligned with the
+image's linear resize), so no label value appears that was not in the input. A nucleus
+mirrored into the reflected border keeps the label of the nucleus it mirrors.
+
+Determinism
+-----------
+``augment(transform, image, labels, rng_seed)`` gives the same output for the same seed,
+byte for byte. In albumentations 2.0.8 the global ``np.random``/``random`` seeds have no
+effect, and ``Compose(..., seed=s)`` or ``Compose.set_random_seed(s)`` give *every*
+transform its own generator seeded with the same ``s``, so their first draws coincide
+(``HorizontalFlip(p=0.5)`` and ``VerticalFlip(p=0.5)`` then always fire together). Instead,
+before each call, `augment` hands the whole pipeline one shared pair of generators with
+``Compose.set_random_state(np.random.default_rng(s), random.Random(s))``. That state lives
+on the transform object, so `augment` holds a lock per transform while it runs.
+
+Example
+-------
+>>> import numpy as np
+>>> image = np.zeros((300, 400, 3), np.uint8)
+>>> labels = np.zeros((300, 400), np.int32)
+>>> transform = build_augmentation(256)
+>>> out_image, out_labels = augment(transform, image, labels, rng_seed=7)
+>>> out_image.shape, out_labels.dtype
+((256, 256, 3), dtype('int32'))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.core.transforms_interface import DualTransform
+from albumentations.core.type_definitions import Targets
+
+from pipeline.fileio import atomic_path
+
+__all__ = [
+    "PAD_MODES",
+    "STRENGTHS",
+    "RandomScaleCrop",
+    "augment",
+    "build_augmentation",
+    "random_crop",
+    "save_augmentation_preview",
+]
+
+log = logging.getLogger(__name__)
+
+STRENGTHS = ("none", "default")
+PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
+DEFAULT_SCALE_RANGE = (0.75, 1.5)
+
+_UINT16_MAX = int(np.iinfo(np.uint16).max)
+_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------
+# Cutting a window, with padding where it leaves the image
+# ---------------------------------------------------------------------------------------
+
+
+def _window_origin(length: int, window: int, draw: Any) -> int:
+    """A random start of a window on one axis: inside the image when it fits, else a
+    random placement of the image inside the window (the rest is padding).
+
+    ``draw(low, high)`` returns a random integer in ``[low, high]`` (both included).
+    """
+    slack = length - window
+    return int(draw(min(0, slack), max(0, slack)))
+
+
+def _extract_window(
+    pixels: np.ndarray, top: int, left: int, window: int, border_mode: int
+) -> np.ndarray:
+    """The ``window`` x ``window`` region at ``(top, left)``, padded where it leaves the image.
+
+    Padding happens only on an axis that the window covers whole (see `_window_origin`),
+    so reflection mirrors the image itself, never a cut edge inside it. The constant
+    fill is 0.
+    """
+    height, width = pixels.shape[:2]
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + window, height), min(left + window, width)
+    region = pixels[y0:y1, x0:x1]
+    pad_top, pad_left = y0 - top, x0 - left
+    pad_bottom, pad_right = top + window - y1, left + window - x1
+    if pad_top or pad_bottom or pad_left or pad_right:
+        region = cv2.copyMakeBorder(
+            np.ascontiguousarray(region),
+            pad_top,
+            pad_bottom,
+            pad_left,
+            pad_right,
+            border_mode,
+            value=0,
+        )
+        if region.ndim < pixels.ndim:  # cv2 drops a single channel axis
+            region = region[..., None]
+        return region
+    return region.copy()  # never a view into the caller's array
+
+
+class RandomScaleCrop(DualTransform):
+    """Cut a random square window of side ``size / scale`` and resize it to ``size``.
+
+    ``scale`` is drawn log-uniformly from ``scale_range`` (a scale above 1 enlarges the
+    nuclei). The window is cut before resizing, so the cost does not depend on the image
+    size. Where the window is larger than the image on an axis, the image sits at a random
+    place inside it and the rest is padded with ``border_mode`` (constant: 0). The image is
+    resized with ``INTER_LINEAR`` (``INTER_AREA`` when shrinking) and the mask with
+    ``INTER_NEAREST_EXACT``, which is aligned with them and creates no new value. With
+    ``scale_range=(1, 1)`` nothing is resized: the output is a crop (or pad) of the input.
+
+    Parameters
+    ----------
+    size : int
+        Side of the output in pixels.
+    scale_range : tuple of float
+        Smallest and largest scale (> 0).
+    border_mode : int
+        ``cv2.BORDER_REFLECT_101`` or ``cv2.BORDER_CONSTANT``.
+    p : float
+        Probability of applying the transform (1: always; otherwise the output keeps the
+        input's size).
+    """
+
+    _targets = (Targets.IMAGE, Targets.MASK)
+
+    def __init__(
+        self,
+        size: int,
+        scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
+        border_mode: int = cv2.BORDER_REFLECT_101,
+        p: float = 1.0,
+    ):
+        super().__init__(p=p)
+        low, high = (float(value) for value in scale_range)
+        if int(size) < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if not 0 < low <= high:
+            raise ValueError(
+                f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}"
+            )
+        if border_mode not in PAD_MODES.values():
+            raise ValueError(
+                f"border_mode must be one of {sorted(PAD_MODES.values())}, got {border_mode}"
+            )
+        self.size = int(size)
+        self.scale_range = (low, high)
+        self.border_mode = int(border_mode)
+
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        low, high = self.scale_range
+        scale = math.exp(self.py_random.uniform(math.log(low), math.log(high)))
+        window = max(1, round(self.size / scale))
+        return {
+            "window": window,
+            "top": _window_origin(height, window, self.py_random.randint),
+            "left": _window_origin(width, window, self.py_random.randint),
+        }
+
+    def apply(self, img: np.ndarray, window: int, top: int, left: int, **params: Any) -> np.ndarray:
+        region = _extract_window(img, top, left, window, self.border_mode)
+        if window == self.size:
+            return region
+        interpolation = cv2.INTER_AREA if window > self.size else cv2.INTER_LINEAR
+        resized = cv2.resize(region, (self.size, self.size), interpolation=interpolation)
+        return resized if resized.ndim == region.ndim else resized[..., None]
+
+    def apply_to_mask(
+        self, mask: np.ndarray, window: int, top: int, left: int, **params: Any
+    ) -> np.ndarray:
+        region = _extract_window(mask, top, left, window, self.border_mode)
+        if window == self.size:
+            return region
+        return cv2.resize(region, (self.size, self.size), interpolation=cv2.INTER_NEAREST_EXACT)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("size", "scale_range", "border_mode")
+
+
+# ---------------------------------------------------------------------------------------
+# The pipelines
+# ---------------------------------------------------------------------------------------
+
+
+def build_augmentation(
+    crop_size: int, strength: str = "default", pad_mode: str = "reflect"
+) -> A.Compose:
+    """The augmentation pipeline of training, for `augment`.
+
+    Parameters
+    ----------
+    crop_size : int
+        Side of every output sample.
+    strength : str
+        ``"none"``: only a random crop (padded where the image is smaller), no pixel value
+        changes. ``"default"``: a random scale in 0.75-1.5 then a crop, flips, 90 degree
+        rotations, brightness/contrast, gamma, hue/saturation, Gaussian noise and CLAHE.
+    pad_mode : str
+        How an image smaller than the window is padded: ``"reflect"`` (image and labels
+        mirrored) or ``"constant"`` (0 in the image and the labels).
+
+    Returns
+    -------
+    albumentations.Compose
+        Called through `augment` (which seeds it); it takes ``image`` and ``mask``.
+    """
+    if strength not in STRENGTHS:
+        raise ValueError(f"strength must be one of {STRENGTHS}, got {strength!r}")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
+    border_mode = PAD_MODES[pad_mode]
+    if strength == "none":
+        return A.Compose([RandomScaleCrop(crop_size, (1.0, 1.0), border_mode)])
+    return A.Compose(
+        [
+            # Cut first, so that everything after works on crop_size x crop_size pixels.
+            RandomScaleCrop(crop_size, DEFAULT_SCALE_RANGE, border_mode),
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=1.0),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+            # Hue/saturation leave grey pixels grey (albumentations keeps S = 0 at 0), and
+            # the noise is the same in the three channels: fluorescence images stay grey.
+            A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=0, p=0.3),
+            A.GaussNoise(std_range=(0.01, 0.04), per_channel=False, p=0.3),
+            A.CLAHE(clip_limit=(1.0, 3.0), tile_grid_size=(8, 8), p=0.1),
+        ]
+    )
+
+
+def _check_pair(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels must be (H, W) = {image.shape[:2]}, got {labels.shape}")
+    if labels.dtype != np.bool_ and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, found {labels.min()}")
+    if labels.size and labels.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"labels must fit in int32, found {labels.max()}")
+    return image, labels
+
+
+def _mask_dtype(labels: np.ndarray) -> type[np.integer]:
+    """uint16 when the labels fit (every cv2 function takes it), else int32.
+
+    cv2 5.0's ``resize`` (nearest), ``copyMakeBorder``, ``flip`` and ``rotate`` also take
+    int32 losslessly (a test checks labels above 65535); both are exact integer types.
+    """
+    return np.uint16 if labels.size == 0 or int(labels.max()) <= _UINT16_MAX else np.int32
+
+
+def _lock_of(transform: Any) -> threading.Lock:
+    with _locks_guard:
+        lock = _locks.get(transform)
+        if lock is None:
+            lock = _locks[transform] = threading.Lock()
+        return lock
+
+
+def augment(
+    transform: A.Compose, image: np.ndarray, labels: np.ndarray, rng_seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Augment an image and its instance labels together, reproducibly.
+
+    Parameters
+    ----------
+    transform : albumentations.Compose
+        From `build_augmentation`.
+    image : np.ndarray
+        uint8 (H, W, 3).
+    labels : np.ndarray
+        Integer (H, W) instance labels, 0 for background.
+    rng_seed : int
+        The only source of randomness (>= 0): the same seed gives the same output.
+
+    Returns
+    -------
+    image : np.ndarray
+        uint8 (crop, crop, 3).
+    labels : np.ndarray
+        int32 (crop, crop); every value is one of the input's values.
+    """
+    image, labels = _check_pair(image, labels)
+    mask = np.ascontiguousarray(labels, dtype=_mask_dtype(labels))
+    seed = int(rng_seed)
+    with _lock_of(transform):
+        # One shared pair of generators for the whole pipeline (see the module docstring).
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        result = transform(image=np.ascontiguousarray(image), mask=mask)
+    out_image, out_mask = result["image"], result["mask"]
+    if out_image.shape[:2] != out_mask.shape[:2] or out_image.dtype != np.uint8:
+        raise ValueError(
+            f"the transform returned image {out_image.dtype} {out_image.shape} and labels "
+            f"{out_mask.shape}; expected uint8 and the same height and width"
+        )
+    return out_image, out_mask.astype(np.int32)
+
+
+def random_crop(
+    image: np.ndarray,
+    labels: np.ndarray,
+    crop_size: int,
+    rng: np.random.Generator,
+    pad_mode: str = "reflect",
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``crop_size`` square of an image and its labels, nothing else changed.
+
+    Where the image is smaller than the crop on an axis, it sits at a random place in the
+    crop and the rest is padded (``"reflect"`` or ``"constant"`` 0).
+
+    Parameters
+    ----------
+    image : np.ndarray
+        uint8 (H, W, 3).
+    labels : np.ndarray
+        Integer (H, W) instance labels.
+    crop_size : int
+        Side of the crop.
+    rng : np.random.Generator
+        Chooses the position.
+    pad_mode : str
+        ``"reflect"`` or ``"constant"``.
+
+    Returns
+    -------
+    image : np.ndarray
+        uint8 (crop_size, crop_size, 3).
+    labels : np.ndarray
+        int32 (crop_size, crop_size).
+    """
+    image, labels = _check_pair(image, labels)
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
+    if int(crop_size) < 1:
+        raise ValueError(f"crop_size must be >= 1, got {crop_size}")
+    crop_size = int(crop_size)
+
+    def draw(low: int, high: int) -> int:
+        return int(rng.integers(low, high, endpoint=True))
+
+    height, width = labels.shape
+    top = _window_origin(height, crop_size, draw)
+    left = _window_origin(width, crop_size, draw)
+    border_mode = PAD_MODES[pad_mode]
+    mask = np.ascontiguousarray(labels, dtype=_mask_dtype(labels))
+    return (
+        _extract_window(image, top, left, crop_size, border_mode),
+        _extract_window(mask, top, left, crop_size, border_mode).astype(np.int32),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# A picture of what the augmentation does
+# ---------------------------------------------------------------------------------------
+
+
+def _outlined(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The image with each instance's inner boundary drawn in yellow."""
+    from skimage.segmentation import find_boundaries
+
+    picture = image.copy()
+    picture[find_boundaries(labels, mode="inner")] = (255, 255, 0)
+    return picture
+
+
+def save_augmentation_preview(
+    image: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    n: int = 8,
+    seed: int = 0,
+    *,
+    crop_size: int = 256,
+    strength: str = "default",
+    transform: A.Compose | None = None,
+) -> Path:
+    """Write a PNG grid: the input, then ``n`` augmented versions, with label outlines.
+
+    Parameters
+    ----------
+    image, labels : np.ndarray
+        uint8 (H, W, 3) and integer (H, W) instance labels.
+    path : str or Path
+        The PNG to write (atomically).
+    n : int
+        Number of augmented versions (>= 1).
+    seed : int
+        Seeds the versions: the same seed shows the same samples.
+    crop_size, strength : int, str
+        Passed to `build_augmentation` when ``transform`` is None.
+    transform : albumentations.Compose, optional
+        The pipeline to show instead.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    image, labels = _check_pair(image, labels)
+    if transform is None:
+        transform = build_augmentation(crop_size, strength)
+    seeds = np.random.SeedSequence(seed).generate_state(n).tolist()
+    panels = [("input", _outlined(image, labels))]
+    for sample_seed in seeds:
+        sample_image, sample_labels = augment(transform, image, labels, sample_seed)
+        panels.append((f"seed {sample_seed}", _outlined(sample_image, sample_labels)))
+    columns = min(3, len(panels)) if len(panels) <= 3 else math.ceil(math.sqrt(len(panels)))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(2.6 * columns, 2.8 * rows), dpi=100)
+    FigureCanvasAgg(figure)
+    for index, (title, picture) in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(picture, interpolation="nearest")
+        axes.set_title(title, fontsize=8)
+        axes.set_axis_off()
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    log.info("augmentation preview (%d samples) written to %s", n, path)
+    return path

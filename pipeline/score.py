@@ -1,0 +1,272 @@
+"""Score a submission with the competition metric (stage ``score``).
+
+``./run.sh score SUBMISSION.csv`` compares the submission with the released ground truth
+(``input/stage1_solution.csv``: ``ImageId,EncodedPixels,Height,Width,Usage``) and prints
+the score, the TP/FP/FN totals at each IoU threshold and the worst images; the score is
+added to the local leaderboard (see `pipeline.leaderboard`).
+
+Every image of the solution is scored, except rows whose ``Usage`` is ``Ignored``. An
+image that the submission leaves out scores as if nothing was predicted in it (0, for an
+image with nuclei). Submission rows for images that are not in the solution are ignored,
+with a warning. A submission that cannot be decoded (a bad encoding, nuclei that overlap)
+is refused: ``./run.sh check-submission`` lists all of its problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import leaderboard, paths
+from pipeline.errors import PipelineError
+from pipeline.metric import THRESHOLDS, SetScore, score_images
+from pipeline.submission import (
+    Problem,
+    decode_image_rows,
+    group_rows,
+    read_submission,
+    read_submission_metadata,
+)
+
+__all__ = [
+    "SolutionImage",
+    "add_arguments",
+    "format_report",
+    "main",
+    "read_solution",
+    "score_and_record",
+    "score_submission",
+]
+
+log = logging.getLogger(__name__)
+
+SOLUTION_COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width")
+
+
+@dataclass
+class SolutionImage:
+    """The ground truth of one image: its size and its rows as ``(line, encoding)``."""
+
+    shape: tuple[int, int]
+    rows: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _positive_int(text: str, path: Path, line: int, column: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PipelineError(f"{path}: line {line}: {column} {text!r} is not a positive integer")
+    return value
+
+
+def read_solution(
+    solution_csv: str | os.PathLike[str],
+) -> tuple[dict[str, SolutionImage], set[str]]:
+    """Read a solution CSV (``ImageId,EncodedPixels,Height,Width[,Usage]``).
+
+    Returns
+    -------
+    images : dict of str to SolutionImage
+        The images to score, in file order.
+    ignored : set of str
+        Images whose rows are all ``Usage == "Ignored"`` (not scored).
+
+    Raises
+    ------
+    PipelineError
+        When the file is not such a CSV or an image's size is missing or inconsistent.
+    """
+    path = Path(solution_csv)
+    table = read_submission(path, required=SOLUTION_COLUMNS)
+    usage = table["Usage"] if "Usage" in table.columns else None
+    images: dict[str, SolutionImage] = {}
+    seen: set[str] = set()
+    for line, row in zip(table.index.tolist(), table.itertuples(index=False), strict=True):
+        image_id = row.ImageId
+        seen.add(image_id)
+        if usage is not None and usage.loc[line] == "Ignored":
+            continue
+        shape = (
+            _positive_int(row.Height, path, line, "Height"),
+            _positive_int(row.Width, path, line, "Width"),
+        )
+        image = images.setdefault(image_id, SolutionImage(shape))
+        if image.shape != shape:
+            raise PipelineError(
+                f"{path}: line {line}: {image_id}: size {shape[0]}x{shape[1]} differs from "
+                f"{image.shape[0]}x{image.shape[1]} on line {image.rows[0][0]}"
+            )
+        image.rows.append((line, row.EncodedPixels))
+    return images, seen - set(images)
+
+
+def score_submission(
+    submission_csv: str | os.PathLike[str],
+    solution_csv: str | os.PathLike[str] = paths.SOLUTION_CSV,
+) -> SetScore:
+    """Score a submission file against a solution file with the competition metric.
+
+    Parameters
+    ----------
+    submission_csv : str or Path
+        ``ImageId,EncodedPixels``, one row per nucleus.
+    solution_csv : str or Path
+        ``ImageId,EncodedPixels,Height,Width,Usage``; ``Ignored`` rows are not scored.
+
+    Returns
+    -------
+    SetScore
+        The mean score over the solution's images, each image's score and the TP, FP, FN
+        totals per threshold. An image missing from the submission scores as an empty
+        prediction.
+
+    Raises
+    ------
+    PipelineError
+        When either file cannot be read or decoded; the message names the file, the line
+        and the problem.
+    """
+    submission_csv, solution_csv = Path(submission_csv), Path(solution_csv)
+    solution, ignored = read_solution(solution_csv)
+    if not solution:
+        raise PipelineError(f"{solution_csv}: no image to score (every row is Ignored)")
+    predicted = group_rows(read_submission(submission_csv))
+    unknown = [image_id for image_id in predicted if image_id not in solution]
+    unknown = [image_id for image_id in unknown if image_id not in ignored]
+    if unknown:
+        log.warning(
+            "%s: %d ImageId(s) not in the solution %s, ignored: %s",
+            submission_csv,
+            len(unknown),
+            solution_csv,
+            ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else ""),
+        )
+    left_out = [image_id for image_id in solution if image_id not in predicted]
+    if left_out:
+        log.warning(
+            "%s: %d of the %d images have no row; they score as empty predictions",
+            submission_csv,
+            len(left_out),
+            len(solution),
+        )
+
+    def pairs() -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+        for image_id, truth in tqdm(
+            solution.items(), desc="scoring", unit="image", disable=None, leave=False
+        ):
+            true_labels, problems = decode_image_rows(image_id, truth.rows, truth.shape)
+            if problems:
+                raise _decode_error(solution_csv, problems)
+            pred_labels, problems = decode_image_rows(
+                image_id, predicted.get(image_id, []), truth.shape
+            )
+            if problems:
+                raise _decode_error(submission_csv, problems)
+            yield image_id, (true_labels, pred_labels)
+
+    return score_images(pairs())
+
+
+def score_and_record(
+    submission_csv: str | os.PathLike[str],
+    solution_csv: str | os.PathLike[str] = paths.SOLUTION_CSV,
+    leaderboard_csv: str | os.PathLike[str] | None = paths.LEADERBOARD_CSV,
+) -> float:
+    """Score a submission (`score_submission`) and add it to the leaderboard; return the score.
+
+    The leaderboard row takes ``model``, ``config`` and ``commit`` from the submission's
+    sidecar metadata. With ``leaderboard_csv=None`` nothing is recorded.
+    """
+    return _score_and_record(submission_csv, solution_csv, leaderboard_csv).score
+
+
+def _score_and_record(
+    submission_csv: str | os.PathLike[str],
+    solution_csv: str | os.PathLike[str],
+    leaderboard_csv: str | os.PathLike[str] | None,
+) -> SetScore:
+    result = score_submission(submission_csv, solution_csv)
+    if leaderboard_csv is not None:
+        leaderboard.append_entry(
+            leaderboard_csv, submission_csv, result.score, read_submission_metadata(submission_csv)
+        )
+        log.info("added to the leaderboard %s", leaderboard_csv)
+    return result
+
+
+def _decode_error(path: Path, problems: list[Problem]) -> PipelineError:
+    more = f" (and {len(problems) - 1} more in this image)" if len(problems) > 1 else ""
+    return PipelineError(
+        f"{path}: {problems[0]}{more}; ./run.sh check-submission {path} lists every problem"
+    )
+
+
+def format_report(result: SetScore, worst: int = 10) -> str:
+    """The score, the per-threshold totals and the ``worst`` lowest-scoring images."""
+    lines = [
+        f"score {result.score:.6f}  ({len(result.per_image)} images)",
+        "",
+        f"{'IoU>t':>6} {'TP':>7} {'FP':>7} {'FN':>7} {'TP/(TP+FP+FN)':>14}",
+    ]
+    for threshold, tp, fp, fn, precision in zip(
+        THRESHOLDS, result.tp, result.fp, result.fn, result.precision, strict=True
+    ):
+        lines.append(f"{threshold:>6.2f} {tp:>7d} {fp:>7d} {fn:>7d} {precision:>14.6f}")
+    if worst > 0:
+        ranked = sorted(result.per_image.items(), key=lambda item: item[1])[:worst]
+        lines += ["", f"worst {len(ranked)} images:"]
+        lines += [f"  {score:.6f}  {image_id}" for image_id, score in ranked]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("submission", type=Path, help="the submission CSV to score")
+    parser.add_argument(
+        "--solution",
+        type=Path,
+        default=paths.SOLUTION_CSV,
+        metavar="FILE",
+        help="the ground truth: ImageId,EncodedPixels,Height,Width,Usage",
+    )
+    parser.add_argument(
+        "--worst", type=int, default=10, metavar="N", help="list the N lowest-scoring images"
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help='end with one JSON line: {"score": ..., "per_image": {ImageId: score}}',
+    )
+    output.add_argument(
+        "--leaderboard",
+        type=Path,
+        default=paths.LEADERBOARD_CSV,
+        metavar="FILE",
+        help="the leaderboard that the score is added to",
+    )
+    output.add_argument(
+        "--no-leaderboard", action="store_true", help="do not add the score to the leaderboard"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Score the submission, print the report, add it to the leaderboard."""
+    if args.worst < 0:
+        raise PipelineError(f"--worst must be 0 or more, got {args.worst}")
+    result = _score_and_record(
+        args.submission, args.solution, None if args.no_leaderboard else args.leaderboard
+    )
+    print(format_report(result, worst=args.worst))
+    if args.json:
+        print(json.dumps({"score": result.score, "per_image": result.per_image}))
+    return 0

@@ -1,0 +1,539 @@
+"""Submission files: writing them, reading them, checking them (stage ``check-submission``).
+
+Format
+------
+A CSV file with the header ``ImageId,EncodedPixels`` and one row per nucleus, its pixels
+run-length encoded (see `pipeline.rle`)::
+
+    ImageId,EncodedPixels
+    0a7d30b2...,1 2 5 2 9 1
+    0a7d30b2...,40 3 296 5
+    0ed3555a...,
+
+An image in which no nucleus was found still gets exactly ONE row, with an empty
+``EncodedPixels`` (``<ImageId>,``). Kaggle's DSB2018 scorer accepted that row and read it
+as "no nucleus". The ``1 1`` that the sample submission puts on every image is not a
+placeholder: it is a one-pixel nucleus, a false positive on every such image. An image
+with no row at all is an error for `check_submission` and scores 0 (unless it truly has
+no nucleus).
+
+The nuclei of one image must not share pixels, and each encoding must be valid: integer
+``start length`` pairs, starts ascending, runs not overlapping and inside the image.
+
+Beside a submission ``name.csv``, ``name.json`` holds its metadata (``model``: the model
+folder, ``config``: the configuration name, ``commit``: the git commit), which the
+leaderboard records with its score.
+
+Example
+-------
+>>> import numpy as np
+>>> with SubmissionWriter("submission.csv") as writer:      # doctest: +SKIP
+...     writer.add("img1", np.array([[1, 0], [1, 2]]))
+...     writer.add("img2", np.zeros((2, 2), dtype=int))
+>>> print(open("submission.csv").read())                    # doctest: +SKIP
+ImageId,EncodedPixels
+img1,1 2
+img1,4 1
+img2,
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline import data, paths
+from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_path, atomic_write_text
+from pipeline.rle import RLEError, decode_flat_indices, encode_labels, parse_rle
+
+__all__ = [
+    "HEADER",
+    "CheckSummary",
+    "Problem",
+    "SubmissionWriter",
+    "add_arguments",
+    "check_submission",
+    "check_submission_summary",
+    "decode_image_rows",
+    "group_rows",
+    "main",
+    "metadata_path",
+    "read_submission",
+    "read_submission_metadata",
+    "write_submission",
+    "write_submission_metadata",
+]
+
+HEADER = ("ImageId", "EncodedPixels")
+_FORBIDDEN_IN_ID = (",", '"', "\n", "\r")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a submission file.
+
+    Attributes
+    ----------
+    row : int or None
+        1-based line number in the file (the header is line 1); None for a problem of the
+        whole file or of an image that has no row.
+    image_id : str or None
+        The image concerned, if any.
+    message : str
+        What is wrong.
+    """
+
+    row: int | None
+    image_id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        parts = [] if self.row is None else [f"line {self.row}"]
+        if self.image_id:
+            parts.append(self.image_id)
+        return ": ".join([*parts, self.message])
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class SubmissionWriter:
+    """Write a submission one image at a time, atomically.
+
+    Rows stream to a temporary file beside ``path``, so memory stays bounded however many
+    images there are; the file is moved into place only when the ``with`` block ends
+    without an error. On an error ``path`` is left as it was and nothing half-written
+    remains.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file to write.
+
+    Examples
+    --------
+    >>> with SubmissionWriter("submission.csv") as writer:      # doctest: +SKIP
+    ...     for image_id, labels in predictions:
+    ...         writer.add(image_id, labels)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.n_images = 0
+        self.n_rows = 0
+        self.n_nuclei = 0
+        self._seen: set[str] = set()
+        self._stack: contextlib.ExitStack | None = None
+        self._file: TextIO | None = None
+
+    def __enter__(self) -> SubmissionWriter:
+        if self._stack is not None:
+            raise RuntimeError(f"SubmissionWriter for {self.path} is already open")
+        stack = contextlib.ExitStack()
+        try:
+            tmp = stack.enter_context(atomic_path(self.path))
+            self._file = stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
+            self._file.write(",".join(HEADER) + "\n")
+        except BaseException:
+            stack.close()
+            self._file = None
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        stack, self._stack, self._file = self._stack, None, None
+        assert stack is not None
+        return bool(stack.__exit__(exc_type, exc, traceback))
+
+    def add(self, image_id: str, labels: np.ndarray) -> int:
+        """Append the rows of one image: one per nucleus, in ascending label order.
+
+        Parameters
+        ----------
+        image_id : str
+            The image's id (no comma, quote or line break).
+        labels : np.ndarray
+            2-D integer instance labels (0 = background); an image without any nucleus
+            gets one row with an empty ``EncodedPixels``.
+
+        Returns
+        -------
+        int
+            The number of nuclei written.
+
+        Raises
+        ------
+        ValueError
+            When the image was added before, or the id or labels are not valid.
+        """
+        if self._file is None:
+            raise RuntimeError("SubmissionWriter.add called outside its 'with' block")
+        if not isinstance(image_id, str) or not image_id or image_id != image_id.strip():
+            raise ValueError(f"{self.path}: not a valid ImageId: {image_id!r}")
+        if any(char in image_id for char in _FORBIDDEN_IN_ID):
+            raise ValueError(
+                f"{self.path}: ImageId {image_id!r} holds a comma, quote or line break"
+            )
+        if image_id in self._seen:
+            raise ValueError(f"{self.path}: image {image_id} added twice")
+        rles = encode_labels(labels)
+        self._file.write("".join(f"{image_id},{rle}\n" for rle in rles or [""]))
+        self._seen.add(image_id)
+        self.n_images += 1
+        self.n_rows += max(len(rles), 1)
+        self.n_nuclei += len(rles)
+        return len(rles)
+
+
+def write_submission(path: str | os.PathLike[str], items: Iterable[tuple[str, np.ndarray]]) -> None:
+    """Write a whole submission from ``(image_id, labels)`` pairs (see `SubmissionWriter`)."""
+    with SubmissionWriter(path) as writer:
+        for image_id, labels in items:
+            writer.add(image_id, labels)
+
+
+# -------------------------------------------------------------------------- metadata
+
+
+def metadata_path(csv_path: str | os.PathLike[str]) -> Path:
+    """The sidecar metadata file of a submission: ``name.csv`` -> ``name.json``."""
+    path = Path(csv_path)
+    stem = path.name[:-4] if path.name.lower().endswith(".csv") else path.name
+    return path.with_name(stem + ".json")
+
+
+def write_submission_metadata(csv_path: str | os.PathLike[str], metadata: dict[str, Any]) -> Path:
+    """Write a submission's metadata as JSON beside it (atomically); return that path.
+
+    Keys read elsewhere: ``model`` (model folder), ``config`` (configuration name),
+    ``commit`` (git commit). Values that JSON cannot hold are written as strings.
+    """
+    target = metadata_path(csv_path)
+    atomic_write_text(target, json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
+    return target
+
+
+def read_submission_metadata(csv_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A submission's metadata from its sidecar JSON file; ``{}`` when there is none."""
+    path = metadata_path(csv_path)
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PipelineError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(metadata, dict):
+        raise PipelineError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
+    return metadata
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_table(
+    path: Path, required: Sequence[str]
+) -> tuple[list[str] | None, list[tuple[int, list[str]]], list[Problem]]:
+    """Read a CSV with the csv module, keeping each row's line number.
+
+    Returns the header (None when the file cannot be read as a table with the ``required``
+    columns), the data rows as ``(line, fields)`` and the problems found. Blank lines are
+    skipped. Raises ``PipelineError`` only when the file does not exist.
+    """
+    if not path.exists():
+        raise PipelineError(f"{path}: no such file")
+    if path.is_dir():
+        raise PipelineError(f"{path}: is a folder, not a CSV file")
+    rows: list[tuple[int, list[str]]] = []
+    problems: list[Problem] = []
+    expected = ",".join(required)
+    with open(path, encoding="utf-8-sig", newline="") as file:
+        reader = csv.reader(file)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return None, rows, [Problem(None, None, f"empty file: no header {expected}")]
+            header = [name.strip() for name in header]
+            lacking = [name for name in required if name not in header]
+            if lacking:
+                message = (
+                    f"header {','.join(header)!r} lacks {', '.join(lacking)}; expected {expected}"
+                )
+                return None, rows, [Problem(1, None, message)]
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                return None, rows, [Problem(1, None, f"header repeats {', '.join(repeated)}")]
+            for fields in reader:
+                line = reader.line_num
+                if not fields:
+                    continue
+                if [field.strip() for field in fields] == header:
+                    problems.append(Problem(line, None, "header line repeated"))
+                elif len(fields) != len(header):
+                    hint = " (an image with no nucleus is '<ImageId>,')" if len(fields) == 1 else ""
+                    problems.append(
+                        Problem(
+                            line,
+                            fields[0] or None,
+                            f"{len(fields)} field(s), expected {len(header)} "
+                            f"({','.join(header)}){hint}",
+                        )
+                    )
+                else:
+                    rows.append((line, fields))
+        except UnicodeDecodeError as error:
+            return None, rows, [Problem(None, None, f"not a text CSV file ({error})")]
+        except csv.Error as error:
+            return None, rows, [Problem(reader.line_num, None, f"not a CSV file ({error})")]
+    return header, rows, problems
+
+
+def _problems_error(path: Path, problems: Sequence[Problem]) -> PipelineError:
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return PipelineError(f"{path}: {problems[0]}{more}")
+
+
+def read_submission(path: str | os.PathLike[str], required: Sequence[str] = HEADER) -> pd.DataFrame:
+    """Read a submission (or solution) CSV.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
+    required : sequence of str
+        Columns that must be in the header (``ImageId`` and ``EncodedPixels``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per data line, every column as ``str`` (an empty ``EncodedPixels`` is
+        ``""``), indexed by the row's line number in the file (the header is line 1).
+
+    Raises
+    ------
+    PipelineError
+        When the file is missing, empty, not a CSV, lacks a required column, or a row has
+        the wrong number of fields; the message names the file (and the line).
+    """
+    path = Path(path)
+    header, rows, problems = _read_table(path, required)
+    if problems:
+        raise _problems_error(path, problems)
+    assert header is not None
+    return pd.DataFrame(
+        [fields for _, fields in rows],
+        columns=header,
+        index=pd.Index([line for line, _ in rows], name="line", dtype=np.int64),
+        dtype=str,
+    )
+
+
+def group_rows(frame: pd.DataFrame) -> dict[str, list[tuple[int, str]]]:
+    """``{image_id: [(line, encoding), ...]}`` from `read_submission`'s table, in file order."""
+    grouped: dict[str, list[tuple[int, str]]] = {}
+    for line, image_id, rle in zip(
+        frame.index.tolist(),
+        frame["ImageId"].tolist(),
+        frame["EncodedPixels"].tolist(),
+        strict=True,
+    ):
+        grouped.setdefault(image_id, []).append((line, rle))
+    return grouped
+
+
+def decode_image_rows(
+    image_id: str, rows: Sequence[tuple[int, str]], shape: tuple[int, int]
+) -> tuple[np.ndarray, list[Problem]]:
+    """Decode the rows of one image into instance labels, collecting what is wrong.
+
+    Parameters
+    ----------
+    image_id : str
+        The image (for the messages).
+    rows : sequence of (int, str)
+        ``(line, encoding)`` of each of its rows; an empty encoding means "no nucleus".
+    shape : tuple of int
+        ``(height, width)`` of the image.
+
+    Returns
+    -------
+    labels : np.ndarray
+        int32 labels ``1..n`` of the valid nuclei, in row order. A row that is invalid or
+        shares pixels with an earlier row is left out.
+    problems : list of Problem
+        One per invalid row or per row that shares pixels with earlier rows.
+    """
+    height, width = shape
+    flat = np.zeros(height * width, dtype=np.int32)
+    line_of_label: list[int] = []
+    problems: list[Problem] = []
+    for line, rle in rows:
+        if not rle.strip():
+            continue
+        try:
+            indices = decode_flat_indices(rle, shape)
+        except RLEError as error:
+            problems.append(Problem(line, image_id, str(error)))
+            continue
+        taken = flat[indices]
+        if taken.any():
+            owners, counts = np.unique(taken[taken > 0], return_counts=True)
+            shared = ", ".join(
+                f"{count} with the nucleus on line {line_of_label[owner - 1]}"
+                for owner, count in zip(owners.tolist(), counts.tolist(), strict=True)
+            )
+            problems.append(Problem(line, image_id, f"nuclei overlap: shares pixels, {shared}"))
+            continue
+        line_of_label.append(line)
+        flat[indices] = len(line_of_label)
+    return np.ascontiguousarray(flat.reshape((height, width), order="F")), problems
+
+
+# -------------------------------------------------------------------------- checking
+
+
+@dataclass(frozen=True)
+class CheckSummary:
+    """What `check_submission` found, with counts for the summary line."""
+
+    problems: list[Problem]
+    n_rows: int
+    n_images: int
+    n_nuclei: int
+
+
+def check_submission_summary(
+    csv_path: str | os.PathLike[str], images_dir: str | os.PathLike[str]
+) -> CheckSummary:
+    """`check_submission`, with the counts of rows, images and nuclei."""
+    csv_path, images_dir = Path(csv_path), Path(images_dir)
+    image_ids = data.list_image_ids(images_dir)
+    header, rows, problems = _read_table(csv_path, HEADER)
+    if header is None:
+        return CheckSummary(problems, 0, 0, 0)
+    id_column, rle_column = header.index("ImageId"), header.index("EncodedPixels")
+    by_image: dict[str, list[tuple[int, str]]] = {}
+    for line, fields in rows:
+        image_id = fields[id_column]
+        if not image_id.strip():
+            problems.append(Problem(line, None, "empty ImageId"))
+            continue
+        by_image.setdefault(image_id, []).append((line, fields[rle_column]))
+
+    known = set(image_ids)
+    n_nuclei = 0
+    for image_id, image_rows in tqdm(
+        by_image.items(), desc="checking", unit="image", disable=None, leave=False
+    ):
+        n_nuclei += sum(1 for _, rle in image_rows if rle.strip())
+        if image_id not in known:
+            lines = [line for line, _ in image_rows]
+            problems.append(
+                Problem(
+                    lines[0],
+                    image_id,
+                    f"unknown ImageId: no such image in {images_dir} "
+                    f"({len(lines)} row(s), line(s) {_line_list(lines)})",
+                )
+            )
+            for line, rle in image_rows:  # still report encodings that cannot be read
+                try:
+                    parse_rle(rle)
+                except RLEError as error:
+                    problems.append(Problem(line, image_id, str(error)))
+            continue
+        shape = data.read_image_shape(data.image_path(images_dir, image_id))
+        problems += decode_image_rows(image_id, image_rows, shape)[1]
+    problems += [
+        Problem(
+            None,
+            image_id,
+            f"missing: no row for this image (an image with no nucleus is '{image_id},')",
+        )
+        for image_id in image_ids
+        if image_id not in by_image
+    ]
+    problems.sort(key=lambda problem: (problem.row is None, problem.row or 0))
+    return CheckSummary(problems, len(rows), len(by_image), n_nuclei)
+
+
+def _line_list(lines: Sequence[int], limit: int = 5) -> str:
+    shown = ", ".join(str(line) for line in lines[:limit])
+    return shown + (", ..." if len(lines) > limit else "")
+
+
+def check_submission(
+    csv_path: str | os.PathLike[str], images_dir: str | os.PathLike[str]
+) -> list[Problem]:
+    """Every problem of a submission file, for the images of a folder in Kaggle layout.
+
+    Parameters
+    ----------
+    csv_path : str or Path
+        The submission CSV.
+    images_dir : str or Path
+        The images it is for (``<id>/images/<id>.png``); their sizes bound the runs.
+
+    Returns
+    -------
+    list of Problem
+        Empty when the file is valid; else sorted by line, with problems of the whole
+        file or of images without rows last. Found: an empty file, a wrong or repeated
+        header, rows with the wrong number of fields, encodings that are not integer
+        pairs, have an odd number of values, unsorted or overlapping runs or runs
+        outside the image, nuclei of one image that share pixels, unknown ImageIds and
+        images with no row.
+
+    Raises
+    ------
+    PipelineError
+        When the file or the folder of images does not exist.
+    """
+    return check_submission_summary(csv_path, images_dir).problems
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("submission", type=Path, help="the submission CSV to check")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=paths.TEST_DIR,
+        metavar="DIR",
+        help="the images it is for, in Kaggle layout (<id>/images/<id>.png)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print every problem of the submission and a summary; 0 when valid, 1 otherwise."""
+    summary = check_submission_summary(args.submission, args.images)
+    for problem in summary.problems:
+        print(problem)
+    if summary.problems:
+        print(f"{args.submission}: INVALID, {len(summary.problems)} problem(s)")
+        return 1
+    print(
+        f"{args.submission}: valid, {summary.n_rows} rows, {summary.n_images} images, "
+        f"{summary.n_nuclei} nuclei"
+    )
+    return 0

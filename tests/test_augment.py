@@ -1,0 +1,299 @@
+"""Tests of the joint image + instance-label augmentation (pipeline/augment.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.draw import disk
+
+from pipeline.augment import (
+    RandomScaleCrop,
+    augment,
+    build_augmentation,
+    random_crop,
+    save_augmentation_preview,
+)
+from pipeline.synthetic import make_sample
+
+CROP = 64
+
+
+def _sample(height: int, width: int, kind: str = "histology", seed: int = 0):
+    return make_sample(np.random.default_rng(seed), height, width, kind)
+
+
+def _dihedral(array: np.ndarray) -> list[np.ndarray]:
+    """The 8 images of an array under flips and 90 degree rotations."""
+    versions = []
+    for flipped in (array, array[:, ::-1]):
+        versions += [np.rot90(flipped, k) for k in range(4)]
+    return versions
+
+
+def _find_window(haystack: np.ndarray, needle: np.ndarray) -> list[tuple[int, int]]:
+    """Every (top, left) where ``needle`` lies in ``haystack`` exactly."""
+    height, width = needle.shape[:2]
+    return [
+        (top, left)
+        for top in range(haystack.shape[0] - height + 1)
+        for left in range(haystack.shape[1] - width + 1)
+        if np.array_equal(haystack[top : top + height, left : left + width], needle)
+    ]
+
+
+# --- shapes, types, label values ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strength", ["none", "default"])
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+@pytest.mark.parametrize("shape", [(90, 120), (40, 50), (30, 100), (64, 64)])
+def test_output_shape_dtype_and_no_new_labels(strength: str, pad_mode: str, shape) -> None:
+    image, labels = _sample(*shape)
+    transform = build_augmentation(CROP, strength, pad_mode)
+    for seed in range(6):
+        out_image, out_labels = augment(transform, image, labels, seed)
+        assert out_image.shape == (CROP, CROP, 3) and out_image.dtype == np.uint8
+        assert out_labels.shape == (CROP, CROP) and out_labels.dtype == np.int32
+        assert set(np.unique(out_labels).tolist()) <= set(np.unique(labels).tolist())
+
+
+@pytest.mark.parametrize("offset", [40_000, 70_000])
+def test_large_label_values_survive_exactly(offset: int) -> None:
+    """Labels up to 65535 go through cv2 as uint16, larger ones as int32: both exactly."""
+    image, labels = _sample(80, 90)
+    big = np.where(labels > 0, labels + offset, 0).astype(np.int64)
+    transform = build_augmentation(CROP)
+    for seed in range(5):
+        _, small_out = augment(transform, image, labels, seed)
+        _, big_out = augment(transform, image, big, seed)
+        np.testing.assert_array_equal(big_out, np.where(small_out > 0, small_out + offset, 0))
+
+
+def test_constant_padding_is_zero_in_image_and_labels() -> None:
+    image = np.full((20, 30, 3), 200, dtype=np.uint8)
+    labels = np.ones((20, 30), dtype=np.int32)
+    out_image, out_labels = augment(build_augmentation(CROP, "none", "constant"), image, labels, 1)
+    assert (out_labels == 1).sum() == 20 * 30 and (out_labels == 0).sum() == CROP * CROP - 600
+    np.testing.assert_array_equal(out_image[out_labels == 0], 0)
+    np.testing.assert_array_equal(out_image[out_labels == 1], 200)
+
+
+# --- geometry ------------------------------------------------------------------------------
+
+
+def test_flips_and_rotations_move_image_and_labels_together_and_keep_areas() -> None:
+    size = 48
+    labels = np.zeros((size, size), dtype=np.int32)
+    labels[disk((14, 17), 9)] = 1
+    labels[disk((33, 30), 6)] = 2
+    image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    image[labels == 1] = (250, 10, 10)
+    areas = np.bincount(labels.ravel())
+    transform = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1)])
+    seen = set()
+    for seed in range(64):
+        out_image, out_labels = augment(transform, image, labels, seed)
+        np.testing.assert_array_equal(np.bincount(out_labels.ravel()), areas)  # exact areas
+        matches = [
+            k
+            for k, (version_image, version_labels) in enumerate(
+                zip(_dihedral(image), _dihedral(labels), strict=True)
+            )
+            if np.array_equal(out_image, version_image)
+            and np.array_equal(out_labels, version_labels)
+        ]
+        assert len(matches) == 1  # one and the same dihedral move for image and labels
+        seen.add(matches[0])
+    # All 8 moves occur: the transforms draw from one shared stream. (With Compose(seed=s)
+    # every transform gets its own generator seeded with s: both flips always fire together
+    # and only the 4 rotations would be seen.)
+    assert seen == set(range(8))
+
+
+def test_scaled_crop_keeps_image_and_labels_aligned_and_scales_areas() -> None:
+    """Each disc of a flat colour: inside its (eroded) label the image has its exact colour,
+    and its area scales with the square of the chosen scale."""
+    size = 200
+    labels = np.zeros((size, size), dtype=np.int32)
+    centres = [(40, 40), (40, 120), (120, 60), (150, 150), (100, 100)]
+    for label, centre in enumerate(centres, start=1):
+        labels[disk(centre, 14, shape=labels.shape)] = label
+    image = np.repeat((labels * 40).astype(np.uint8)[:, :, None], 3, axis=2)
+    crop = RandomScaleCrop(96, (0.75, 1.5))
+    transform = A.Compose([crop])
+    windows = set()
+    for seed in range(10):
+        out_image, out_labels = augment(transform, image, labels, seed)
+        window = crop.params["window"]
+        windows.add(window)
+        factor = (96 / window) ** 2
+        for label in np.unique(out_labels)[1:]:
+            inner = out_labels == label
+            for _ in range(2):  # away from the edge, where linear interpolation blends
+                inner[1:-1, 1:-1] &= (
+                    inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+                )
+                inner[[0, -1], :] = False
+                inner[:, [0, -1]] = False
+            assert (out_image[inner] == label * 40).all()
+            touches_border = (out_labels[[0, -1], :] == label).any() or (
+                out_labels[:, [0, -1]] == label
+            ).any()
+            if not touches_border:
+                area = (out_labels == label).sum()
+                expected = (labels == label).sum() * factor
+                assert abs(area - expected) <= 0.12 * expected + 4
+    assert len(windows) > 5  # the scale really varies
+    assert min(windows) >= round(96 / 1.5) and max(windows) <= round(96 / 0.75)
+
+
+def test_strength_none_only_crops_a_larger_image() -> None:
+    image, labels = _sample(70, 90, seed=3)
+    transform = build_augmentation(CROP, "none")
+    positions = set()
+    for seed in range(5):
+        out_image, out_labels = augment(transform, image, labels, seed)
+        found = [
+            where
+            for where in _find_window(labels, out_labels)
+            if np.array_equal(
+                image[where[0] : where[0] + CROP, where[1] : where[1] + CROP], out_image
+            )
+        ]
+        assert found  # the output is a window of the input, pixel for pixel
+        positions.add(found[0])
+    assert len(positions) > 1
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+def test_strength_none_only_pads_a_smaller_image(pad_mode: str) -> None:
+    image, labels = _sample(40, 50, seed=4)
+    transform = build_augmentation(CROP, "none", pad_mode)
+    numpy_mode = {"reflect": "reflect", "constant": "constant"}[pad_mode]
+    offsets = set()
+    for seed in range(6):
+        out_image, out_labels = augment(transform, image, labels, seed)
+        found = _find_window(out_image, image)
+        assert len(found) == 1
+        top, left = found[0]
+        offsets.add((top, left))
+        pads = ((top, CROP - 40 - top), (left, CROP - 50 - left))
+        np.testing.assert_array_equal(out_image, np.pad(image, (*pads, (0, 0)), mode=numpy_mode))
+        np.testing.assert_array_equal(out_labels, np.pad(labels, pads, mode=numpy_mode))
+    assert len(offsets) > 1  # the image sits at a random place
+
+
+# --- determinism ---------------------------------------------------------------------------
+
+
+def test_same_seed_same_output_other_seed_other_output() -> None:
+    image, labels = _sample(100, 130, "fluorescence", seed=5)
+    transform = build_augmentation(CROP)
+    first = augment(transform, image, labels, 123)
+    augment(transform, image, labels, 9)  # the state of an earlier call does not matter
+    again = augment(build_augmentation(CROP), image, labels, 123)  # nor the object
+    assert first[0].tobytes() == again[0].tobytes()
+    assert first[1].tobytes() == again[1].tobytes()
+    outputs = {augment(transform, image, labels, seed)[0].tobytes() for seed in range(8)}
+    assert len(outputs) == 8
+
+
+def test_the_two_pipelines_hold_the_transforms_in_order() -> None:
+    default = build_augmentation(CROP)
+    assert [type(t).__name__ for t in default] == [
+        "RandomScaleCrop",  # first: everything after works on CROP x CROP pixels
+        "HorizontalFlip",
+        "VerticalFlip",
+        "RandomRotate90",
+        "RandomBrightnessContrast",
+        "RandomGamma",
+        "HueSaturationValue",
+        "GaussNoise",
+        "CLAHE",
+    ]
+    assert default.transforms[0].scale_range == (0.75, 1.5)
+    assert default.transforms[0].size == CROP
+    none = build_augmentation(CROP, "none")
+    assert [type(t).__name__ for t in none] == ["RandomScaleCrop"]
+    assert none.transforms[0].scale_range == (1.0, 1.0)
+
+
+def test_default_strength_changes_pixel_values_sometimes() -> None:
+    image, labels = _sample(64, 64, seed=6)
+    transform = build_augmentation(CROP)
+    colours = {
+        tuple(augment(transform, image, labels, seed)[0].mean(axis=(0, 1)).round(1))
+        for seed in range(8)
+    }
+    assert len(colours) == 8
+
+
+# --- random_crop ---------------------------------------------------------------------------
+
+
+def test_random_crop_larger_image_is_a_window_and_seeded() -> None:
+    image, labels = _sample(80, 100, seed=7)
+    out_image, out_labels = random_crop(image, labels, CROP, np.random.default_rng(1))
+    assert out_image.shape == (CROP, CROP, 3) and out_labels.dtype == np.int32
+    (top, left), *_ = _find_window(image, out_image)
+    np.testing.assert_array_equal(out_labels, labels[top : top + CROP, left : left + CROP])
+    again = random_crop(image, labels, CROP, np.random.default_rng(1))
+    assert np.array_equal(again[0], out_image) and np.array_equal(again[1], out_labels)
+    before = image.copy()
+    out_image[:] = 0  # a copy, not a view into the input
+    np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+def test_random_crop_pads_a_smaller_image(pad_mode: str) -> None:
+    """32 rows (padded to 64) by 100 columns (cropped to 64)."""
+    image, labels = _sample(32, 100, seed=8)
+    out_image, out_labels = random_crop(image, labels, CROP, np.random.default_rng(2), pad_mode)
+    assert out_image.shape == (CROP, CROP, 3) and out_labels.shape == (CROP, CROP)
+    matches = []
+    for top in range(CROP - 32 + 1):
+        rows = ((top, CROP - 32 - top),)
+        padded_image = np.pad(image, (*rows, (0, 0), (0, 0)), mode=pad_mode)
+        padded_labels = np.pad(labels, (*rows, (0, 0)), mode=pad_mode)
+        for left in range(100 - CROP + 1):
+            if np.array_equal(padded_image[:, left : left + CROP], out_image) and np.array_equal(
+                padded_labels[:, left : left + CROP], out_labels
+            ):
+                matches.append((top, left))
+    assert len(matches) == 1
+
+
+# --- checks and preview --------------------------------------------------------------------
+
+
+def test_bad_inputs_are_refused() -> None:
+    image, labels = _sample(40, 40)
+    transform = build_augmentation(CROP)
+    with pytest.raises(ValueError, match="uint8"):
+        augment(transform, image.astype(np.float32), labels, 0)
+    with pytest.raises(ValueError, match=">= 0"):
+        augment(transform, image, -labels, 0)
+    with pytest.raises(ValueError, match="integers"):
+        augment(transform, image, labels.astype(np.float32), 0)
+    with pytest.raises(ValueError, match="labels must be"):
+        augment(transform, image, labels[:, :-1], 0)
+    with pytest.raises(ValueError, match="strength"):
+        build_augmentation(CROP, "strong")
+    with pytest.raises(ValueError, match="pad_mode"):
+        build_augmentation(CROP, "none", "wrap")
+
+
+def test_preview_is_written_as_a_png(tmp_path: Path) -> None:
+    image, labels = _sample(100, 120, seed=9)
+    path = save_augmentation_preview(image, labels, tmp_path / "preview.png", n=4, crop_size=CROP)
+    assert path == tmp_path / "preview.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as picture:
+        picture.verify()
+    with Image.open(path) as picture:
+        assert picture.format == "PNG" and picture.width >= 300 and picture.height >= 300
+    assert [p.name for p in tmp_path.iterdir()] == ["preview.png"]  # no temporary left
