@@ -15,16 +15,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 
 from pipeline.errors import PipelineError
 
+if not sys.stderr.isatty():
+    # In a log file, a progress bar is a line per update: redraw it rarely. tqdm reads
+    # TQDM_* defaults when it is imported, so this must come before any stage module.
+    os.environ.setdefault("TQDM_MININTERVAL", "20")
+
 # stage name -> (module, one-line description), in the order the main job runs them.
 STAGES: dict[str, tuple[str, str]] = {
     "all": ("pipeline.main_job", "the main job: data, train, predict, check, score (the default)"),
-    "download": ("pipeline.download", "fetch the competition files into input/ (Kaggle API or --from DIR)"),
+    "download": (
+        "pipeline.download",
+        "fetch the competition files into input/ (Kaggle API or --from DIR)",
+    ),
     "train": ("pipeline.train", "train a U-Net on input/stage1_train"),
     "predict": ("pipeline.predict", "predict a folder of images and write a submission CSV"),
     "check-submission": ("pipeline.submission", "check a submission CSV against the test images"),

@@ -113,8 +113,9 @@ class Config:
         Two configs with the same fingerprint train the same model, so the main job can
         skip training when a model with this fingerprint already exists.
         """
-        payload = json.dumps({"model": self.to_dict()["model"], "train": self.to_dict()["train"]},
-                             sort_keys=True)
+        payload = json.dumps(
+            {"model": self.to_dict()["model"], "train": self.to_dict()["train"]}, sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -127,8 +128,9 @@ def _preset_seeds_baseline() -> Config:
     return Config(
         name="seeds-baseline",
         model=ModelConfig(arch="unet", base_filters=16, depth=4, dropout=0.1, batch_norm=False),
-        train=TrainConfig(resize_policy="resize", crop_size=128, epochs=30, augment=False,
-                          loss="bce_dice"),
+        train=TrainConfig(
+            resize_policy="resize", crop_size=128, epochs=30, augment=False, loss="bce_dice"
+        ),
         predict=PredictConfig(threshold=0.5, min_size=0, fill_holes=False),
     )
 
@@ -138,8 +140,15 @@ def _preset_demo() -> Config:
     return Config(
         name="demo",
         model=ModelConfig(arch="unet", base_filters=8, depth=3, dropout=0.0),
-        train=TrainConfig(resize_policy="native", crop_size=128, epochs=8, batch_size=8,
-                          eval_every=2, patience=10, precision="float32"),
+        train=TrainConfig(
+            resize_policy="native",
+            crop_size=128,
+            epochs=8,
+            batch_size=8,
+            eval_every=2,
+            patience=10,
+            precision="float32",
+        ),
         predict=PredictConfig(threshold=0.5, min_size=10),
     )
 

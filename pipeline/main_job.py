@@ -24,6 +24,9 @@ from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
+# Size of the synthetic demo set the main job falls back to (tests make it smaller).
+DEMO_SET: dict = {}
+
 
 @dataclass(frozen=True)
 class JobData:
@@ -67,7 +70,7 @@ def find_data(demo: bool, input_dir: Path = paths.INPUT_DIR) -> JobData:
     if demo:
         from pipeline.synthetic import make_demo_dataset
 
-        made = make_demo_dataset(input_dir / "demo")
+        made = make_demo_dataset(input_dir / "demo", **DEMO_SET)
         return JobData(made.train_dir, made.test_dir, made.solution_csv, demo=True)
     solution = input_dir / "stage1_solution.csv"
     return JobData(
@@ -75,6 +78,16 @@ def find_data(demo: bool, input_dir: Path = paths.INPUT_DIR) -> JobData:
         input_dir / "stage1_test",
         solution if solution.is_file() else None,
         demo=False,
+    )
+
+
+def _shown(path: Path) -> str:
+    """A path as a user would type it from the repository root."""
+    path = Path(path).resolve()
+    return (
+        str(path.relative_to(paths.REPO_ROOT))
+        if path.is_relative_to(paths.REPO_ROOT)
+        else str(path)
     )
 
 
@@ -126,13 +139,22 @@ def run_main_job(
 
             shutil.rmtree(model_dir)
     if is_complete(model_dir):
-        log.info("[train] skipped: %s already holds a model trained with these settings "
-                 "(--retrain to train again)", model_dir)
+        log.info(
+            "[train] skipped: %s already holds a model trained with these settings "
+            "(--retrain to train again)",
+            model_dir,
+        )
     else:
         resume = (model_dir / "checkpoint" / "last.keras").is_file()
         log.info("[train] %s %s", "resuming" if resume else "training", model_dir)
-        train_model(config, data.train_dir, model_dir, resume=resume, device=device,
-                    command=f"./run.sh{' --demo' if data.demo else ''}")
+        train_model(
+            config,
+            data.train_dir,
+            model_dir,
+            resume=resume,
+            device=device,
+            command=f"./run.sh{' --demo' if data.demo else ''}",
+        )
 
     submission = submissions_dir / f"{model_dir.name}.csv"
     log.info("[predict] %s -> %s", data.test_dir, submission)
@@ -156,30 +178,39 @@ def run_main_job(
     key = "demo_test_score" if data.demo else "stage1_test_score"
     scores[key] = round(float(score), 6)
     scores[f"{key}_command"] = (
-        f"./run.sh predict --model {model_dir.relative_to(paths.REPO_ROOT) if model_dir.is_relative_to(paths.REPO_ROOT) else model_dir}"
-        f" --images {data.test_dir} --out X.csv && ./run.sh score X.csv"
-        + (f" --solution {data.solution_csv}" if data.demo else "")
+        f"./run.sh predict --model {_shown(model_dir)} --images {_shown(data.test_dir)}"
+        f" --out X.csv && ./run.sh score X.csv --solution {_shown(data.solution_csv)}"
     )
     write_json(model_dir / SCORES_FILE, scores)
     return result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="default",
-                        help="configuration to train and predict with")
-    parser.add_argument("--demo", action="store_true",
-                        help="run on the synthetic demo set even when real data is present")
-    parser.add_argument("--retrain", action="store_true",
-                        help="train a new model even when one with these settings exists")
+    parser.add_argument(
+        "--preset", default="default", help="configuration to train and predict with"
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="run on the synthetic demo set even when real data is present",
+    )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train a new model even when one with these settings exists",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
 
 
 def main(args: argparse.Namespace) -> int:
-    result = run_main_job(preset(args.preset), demo=args.demo, retrain=args.retrain,
-                          device=args.device)
+    result = run_main_job(
+        preset(args.preset), demo=args.demo, retrain=args.retrain, device=args.device
+    )
     if result["score"] is not None:
-        print(f"\n{result['submission']}: score {result['score']:.4f} "
-              f"(model {result['model_dir']}; ./run.sh leaderboard lists every run)")
+        print(
+            f"\n{result['submission']}: score {result['score']:.4f} "
+            f"(model {result['model_dir']}; ./run.sh leaderboard lists every run)"
+        )
     else:
         print(f"\n{result['submission']}: written and checked (no solution file to score)")
     return 0

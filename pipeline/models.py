@@ -24,8 +24,12 @@ def input_multiple(config: ModelConfig) -> int:
 def _conv_block(x, filters: int, config: ModelConfig, name: str):
     for i in (1, 2):
         x = layers.Conv2D(
-            filters, 3, padding="same", use_bias=not config.batch_norm,
-            kernel_initializer="he_normal", name=f"{name}_conv{i}",
+            filters,
+            3,
+            padding="same",
+            use_bias=not config.batch_norm,
+            kernel_initializer="he_normal",
+            name=f"{name}_conv{i}",
         )(x)
         if config.batch_norm:
             x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)

@@ -32,6 +32,7 @@ def _tta_variants(batch: np.ndarray) -> list[tuple[np.ndarray, callable]]:
     variants = []
     for k in range(4):
         for flip in (False, True):
+
             def forward(x, k=k, flip=flip):
                 x = np.rot90(x, k, axes=(1, 2))
                 return x[:, :, ::-1] if flip else x
@@ -44,13 +45,21 @@ def _tta_variants(batch: np.ndarray) -> list[tuple[np.ndarray, callable]]:
     return variants
 
 
+def _run_model(model, batch: np.ndarray) -> np.ndarray:
+    # A direct call, not predict_on_batch: images come in many sizes, and a traced
+    # function would be re-traced for each new size.
+    import keras
+
+    return keras.ops.convert_to_numpy(model(batch, training=False)).astype(np.float32)
+
+
 def _predict_batch(model, batch: np.ndarray, tta: bool) -> np.ndarray:
     if not tta:
-        return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        return _run_model(model, batch)
     total = None
     for variant, inverse in _tta_variants(batch):
         # rot90 of a non-square batch swaps H and W; the network takes any size.
-        prob = inverse(np.asarray(model.predict_on_batch(np.ascontiguousarray(variant))))
+        prob = inverse(_run_model(model, np.ascontiguousarray(variant)))
         total = prob.astype(np.float32) if total is None else total + prob
     return total / 8.0
 
@@ -178,22 +187,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("input and output")
     io.add_argument("--model", type=Path, default=paths.DEFAULT_MODEL_DIR, help="model folder")
     io.add_argument(
-        "--images", type=Path, default=None,
+        "--images",
+        type=Path,
+        default=None,
         help="folder of images in Kaggle layout (default: input/stage1_test)",
     )
     io.add_argument(
-        "--out", type=Path, default=None,
+        "--out",
+        type=Path,
+        default=None,
         help="submission CSV (default: submissions/<model name>.csv)",
     )
     io.add_argument(
-        "--demo", action="store_true",
+        "--demo",
+        action="store_true",
         help="use the synthetic demo set (input/demo) and its model (models/demo)",
     )
     post = parser.add_argument_group("post-processing (default: the values saved with the model)")
     post.add_argument("--threshold", type=float, default=None, help="foreground threshold")
     post.add_argument("--min-size", type=int, default=None, help="smallest nucleus, in pixels")
-    post.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                      help="average the 8 flips and rotations")
+    post.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the 8 flips and rotations",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=None, help="images per batch")
     run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")

@@ -16,9 +16,7 @@ from pipeline.errors import PipelineError
 TARGET_CHANNELS = ("foreground",)
 
 
-def labels_to_targets(
-    labels: np.ndarray, channels: Sequence[str] = TARGET_CHANNELS
-) -> np.ndarray:
+def labels_to_targets(labels: np.ndarray, channels: Sequence[str] = TARGET_CHANNELS) -> np.ndarray:
     """Float32 (H, W, C) targets, one channel per name in ``channels``.
 
     - ``foreground``: 1 inside any nucleus, 0 elsewhere.

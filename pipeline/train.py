@@ -32,9 +32,7 @@ log = logging.getLogger(__name__)
 KINDS = ("fluorescence", "brightfield", "histology")
 
 
-def split_ids(
-    kinds: dict[str, str], val_fraction: float, seed: int
-) -> dict[str, list[str]]:
+def split_ids(kinds: dict[str, str], val_fraction: float, seed: int) -> dict[str, list[str]]:
     """A seeded train/validation split of image ids, stratified by image kind.
 
     Every kind with at least two images puts at least one in validation.
@@ -67,10 +65,12 @@ def _prepare_for_resize_policy(samples, size: int):
 
     prepared = []
     for sample in samples:
-        image = resize(sample.image, (size, size), order=1, preserve_range=True,
-                       anti_aliasing=True).astype(np.uint8)
-        labels = resize(sample.labels, (size, size), order=0, preserve_range=True,
-                        anti_aliasing=False).astype(np.int32)
+        image = resize(
+            sample.image, (size, size), order=1, preserve_range=True, anti_aliasing=True
+        ).astype(np.uint8)
+        labels = resize(
+            sample.labels, (size, size), order=0, preserve_range=True, anti_aliasing=False
+        ).astype(np.int32)
         prepared.append(dataclasses.replace(sample, image=image, labels=labels))
     return prepared
 
@@ -142,8 +142,8 @@ def evaluate(model, samples, config: Config) -> dict[str, Any]:
 def _make_callbacks(model_dir: Path, val_samples, config: Config, state: dict[str, Any]):
     import keras
 
-    from pipeline.model_store import CHECKPOINT_DIR, WEIGHTS_FILE, write_json
     from pipeline.fileio import atomic_path
+    from pipeline.model_store import CHECKPOINT_DIR, WEIGHTS_FILE, write_json
 
     class CompetitionMetricCheckpoint(keras.callbacks.Callback):
         """Every ``eval_every`` epochs: score validation, keep the best weights, stop early."""
@@ -160,20 +160,29 @@ def _make_callbacks(model_dir: Path, val_samples, config: Config, state: dict[st
                 logs["val_score"] = result["score"]
                 improved = result["score"] > state["best_score"]
                 log.info(
-                    "epoch %d: validation score %.4f%s (%.0f s)", done, result["score"],
-                    " (best so far)" if improved else "", time.time() - started,
+                    "epoch %d: validation score %.4f%s (%.0f s)",
+                    done,
+                    result["score"],
+                    " (best so far)" if improved else "",
+                    time.time() - started,
                 )
                 if improved:
-                    state.update(best_score=result["score"], best_epoch=done,
-                                 best_eval=result, evals_without_improvement=0)
+                    state.update(
+                        best_score=result["score"],
+                        best_epoch=done,
+                        best_eval=result,
+                        evals_without_improvement=0,
+                    )
                     with atomic_path(model_dir / WEIGHTS_FILE) as tmp:
                         self.model.save_weights(str(tmp.with_suffix(".weights.h5")))
                         tmp.with_suffix(".weights.h5").replace(tmp)
                 else:
                     state["evals_without_improvement"] += 1
                     if state["evals_without_improvement"] >= config.train.patience:
-                        log.info("stopping early: no improvement in %d evaluations",
-                                 config.train.patience)
+                        log.info(
+                            "stopping early: no improvement in %d evaluations",
+                            config.train.patience,
+                        )
                         self.model.stop_training = True
             state["history"].append(row)
             state["epoch"] = done
@@ -214,8 +223,12 @@ def _write_history(model_dir: Path, history: list[dict[str, Any]]) -> None:
     loss_ax.set_ylabel("loss")
     loss_ax.legend()
     scored = [row for row in history if "val_score" in row]
-    score_ax.plot([r["epoch"] for r in scored], [r["val_score"] for r in scored], "o-",
-                  label="validation score (competition metric)")
+    score_ax.plot(
+        [r["epoch"] for r in scored],
+        [r["val_score"] for r in scored],
+        "o-",
+        label="validation score (competition metric)",
+    )
     score_ax.set_xlabel("epoch")
     score_ax.set_ylabel("score")
     score_ax.set_ylim(0, 1)
@@ -246,7 +259,12 @@ def train_model(
     from pipeline.data import load_samples
     from pipeline.losses import get_loss
     from pipeline.model_store import (
-        CHECKPOINT_DIR, CONFIG_FILE, SCORES_FILE, SPLIT_FILE, WEIGHTS_FILE, read_json,
+        CHECKPOINT_DIR,
+        CONFIG_FILE,
+        SCORES_FILE,
+        SPLIT_FILE,
+        WEIGHTS_FILE,
+        read_json,
         write_json,
     )
     from pipeline.models import build_model
@@ -275,20 +293,37 @@ def train_model(
     else:
         split = split_ids(kinds, config.train.val_fraction, config.train.seed)
         config.save(model_dir / CONFIG_FILE)
-        write_json(model_dir / SPLIT_FILE, {"seed": config.train.seed, **split, "kinds": kinds})
+        write_json(
+            model_dir / SPLIT_FILE,
+            {
+                "seed": config.train.seed,
+                "images_dir": str(Path(images_dir).resolve()),
+                **split,
+                "kinds": kinds,
+            },
+        )
     by_id = {s.image_id: s for s in samples}
     train_samples = [by_id[i] for i in split["train"]]
     val_samples = [by_id[i] for i in split["val"]]
     if config.train.resize_policy == "resize":
         train_samples = _prepare_for_resize_policy(train_samples, config.train.crop_size)
-    log.info("training on %d images, validating on %d (%s)",
-             len(train_samples), len(val_samples), device_description)
+    log.info(
+        "training on %d images, validating on %d (%s)",
+        len(train_samples),
+        len(val_samples),
+        device_description,
+    )
 
     steps = config.train.steps_per_epoch or max(1, len(train_samples) // config.train.batch_size)
     batches = make_batch_source(train_samples, config, steps, config.train.seed)
     state: dict[str, Any] = {
-        "epoch": 0, "best_score": -1.0, "best_epoch": 0, "best_eval": None,
-        "evals_without_improvement": 0, "history": [], "seconds": 0.0,
+        "epoch": 0,
+        "best_score": -1.0,
+        "best_epoch": 0,
+        "best_eval": None,
+        "evals_without_improvement": 0,
+        "history": [],
+        "seconds": 0.0,
     }
     if resume:
         from pipeline.losses import bce_dice_loss, soft_dice_loss
@@ -299,15 +334,18 @@ def train_model(
             custom_objects={"bce_dice_loss": bce_dice_loss, "soft_dice_loss": soft_dice_loss},
         )
         batches.epoch = state["epoch"]
-        log.info("resuming after epoch %d (best validation score %.4f at epoch %d)",
-                 state["epoch"], state["best_score"], state["best_epoch"])
+        log.info(
+            "resuming after epoch %d (best validation score %.4f at epoch %d)",
+            state["epoch"],
+            state["best_score"],
+            state["best_epoch"],
+        )
     else:
         model = build_model(config.model, out_channels=len(TARGET_CHANNELS))
         schedule = keras.optimizers.schedules.CosineDecay(
             config.train.learning_rate, decay_steps=steps * config.train.epochs, alpha=0.05
         )
-        model.compile(optimizer=keras.optimizers.Adam(schedule),
-                      loss=get_loss(config.train.loss))
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(config.train.loss))
     started = time.time()
     if state["epoch"] < config.train.epochs and not (
         state["evals_without_improvement"] >= config.train.patience
@@ -341,28 +379,39 @@ def train_model(
         "validation_per_image": best.get("per_image", {}),
     }
     write_json(model_dir / SCORES_FILE, scores)
-    log.info("model written to %s (validation score %s)", model_dir,
-             f"{scores['validation_score']:.4f}" if best else "n/a")
+    log.info(
+        "model written to %s (validation score %s)",
+        model_dir,
+        f"{scores['validation_score']:.4f}" if best else "n/a",
+    )
     return scores
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to train")
-    what.add_argument("--preset", default=None,
-                      help="named configuration: default, seeds-baseline, demo")
+    what.add_argument(
+        "--preset", default=None, help="named configuration: default, seeds-baseline, demo"
+    )
     what.add_argument("--config", type=Path, default=None, help="a config.json to start from")
     what.add_argument("--arch", default=None, help="architecture (unet)")
     what.add_argument("--base-filters", type=int, default=None)
     what.add_argument("--depth", type=int, default=None)
     data = parser.add_argument_group("data and output")
-    data.add_argument("--images", type=Path, default=None,
-                      help="training images in Kaggle layout (default: input/stage1_train)")
-    data.add_argument("--out", type=Path, default=None,
-                      help="model folder (default: models/<config name>)")
-    data.add_argument("--demo", action="store_true",
-                      help="train on the synthetic demo set with the demo preset")
-    data.add_argument("--resume", action="store_true",
-                      help="continue the run in --out from its last checkpoint")
+    data.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="training images in Kaggle layout (default: input/stage1_train)",
+    )
+    data.add_argument(
+        "--out", type=Path, default=None, help="model folder (default: models/<config name>)"
+    )
+    data.add_argument(
+        "--demo", action="store_true", help="train on the synthetic demo set with the demo preset"
+    )
+    data.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     how = parser.add_argument_group("training")
     how.add_argument("--epochs", type=int, default=None)
     how.add_argument("--batch-size", type=int, default=None)
@@ -413,13 +462,25 @@ def main(args: argparse.Namespace) -> int:
 
         demo = make_demo_dataset(paths.INPUT_DIR / "demo")
         images_dir = images_dir or demo.train_dir
+    if images_dir is None and args.resume and args.out is not None:
+        from pipeline.model_store import SPLIT_FILE, read_json
+
+        images_dir = read_json(Path(args.out) / SPLIT_FILE).get("images_dir")
     images_dir = Path(images_dir or paths.TRAIN_DIR)
     if not images_dir.is_dir():
         raise PipelineError(
             f"{images_dir}: no training images (./run.sh download fetches them; "
             "--demo trains on the synthetic set)"
         )
+    if args.resume and args.out is None:
+        raise PipelineError("--resume needs --out: the model folder to continue")
     model_dir = Path(args.out or paths.MODELS_DIR / config.name)
-    train_model(config, images_dir, model_dir, resume=args.resume, device=args.device,
-                command=getattr(args, "command_line", None))
+    train_model(
+        config,
+        images_dir,
+        model_dir,
+        resume=args.resume,
+        device=args.device,
+        command=getattr(args, "command_line", None),
+    )
     return 0

@@ -1,0 +1,199 @@
+"""train -> predict -> submission -> check -> score on a tiny synthetic set, through the CLI.
+
+A tiny network trained for a few epochs, so the whole chain runs in seconds; the score is
+not the point here, every stage working together is.
+"""
+
+import json
+
+import pytest
+
+from pipeline.cli import main as cli_main
+from pipeline.synthetic import make_demo_dataset
+
+pytest.importorskip("keras")
+
+TINY = [
+    "--base-filters",
+    "4",
+    "--depth",
+    "2",
+    "--crop-size",
+    "64",
+    "--batch-size",
+    "4",
+    "--steps-per-epoch",
+    "3",
+    "--eval-every",
+    "1",
+    "--precision",
+    "float32",
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("demo"), n_train=10, n_test=3, size_range=(64, 96)
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(demo, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("models") / "tiny"
+    status = cli_main(
+        [
+            "train",
+            "--preset",
+            "demo",
+            *TINY,
+            "--epochs",
+            "2",
+            "--images",
+            str(demo.train_dir),
+            "--out",
+            str(model_dir),
+        ]
+    )
+    assert status == 0
+    return model_dir
+
+
+def test_training_writes_a_complete_model_folder(trained):
+    for name in (
+        "config.json",
+        "model.weights.h5",
+        "split.json",
+        "scores.json",
+        "history.csv",
+        "curves.png",
+        "checkpoint/last.keras",
+    ):
+        assert (trained / name).is_file(), name
+    scores = json.loads((trained / "scores.json").read_text())
+    assert scores["epochs_run"] == 2
+    assert 0.0 <= scores["validation_score"] <= 1.0
+    assert scores["command"].startswith("./run.sh train --preset demo")
+    split = json.loads((trained / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 10
+    config = json.loads((trained / "config.json").read_text())
+    assert config["model"]["base_filters"] == 4 and config["train"]["crop_size"] == 64
+
+
+def test_predict_check_score_and_leaderboard(trained, demo, tmp_path, capsys):
+    submission = tmp_path / "tiny.csv"
+    leaderboard = tmp_path / "leaderboard.csv"
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--model",
+                str(trained),
+                "--images",
+                str(demo.test_dir),
+                "--out",
+                str(submission),
+            ]
+        )
+        == 0
+    )
+    assert submission.read_text().startswith("ImageId,EncodedPixels\n")
+    ids = {line.split(",")[0] for line in submission.read_text().splitlines()[1:]}
+    assert ids == {"demo-test-000", "demo-test-001", "demo-test-002"}
+    assert json.loads(submission.with_suffix(".json").read_text())["model"] == str(trained)
+    assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
+    capsys.readouterr()
+    assert (
+        cli_main(
+            [
+                "score",
+                str(submission),
+                "--solution",
+                str(demo.solution_csv),
+                "--leaderboard",
+                str(leaderboard),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= result["score"] <= 1.0
+    assert set(result["per_image"]) == ids
+    assert len(leaderboard.read_text().splitlines()) == 2  # header + this scoring
+
+
+def test_resume_continues_from_the_last_checkpoint(demo, tmp_path):
+    model_dir = tmp_path / "resumed"
+    args = [
+        "train",
+        "--preset",
+        "demo",
+        *TINY,
+        "--images",
+        str(demo.train_dir),
+        "--out",
+        str(model_dir),
+    ]
+    assert cli_main([*args, "--epochs", "1"]) == 0
+    config = json.loads((model_dir / "config.json").read_text())
+    config["train"]["epochs"] = 2  # as if the run had been killed after epoch 1 of 2
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert cli_main(["train", "--out", str(model_dir), "--resume"]) == 0
+    scores = json.loads((model_dir / "scores.json").read_text())
+    assert scores["epochs_run"] == 2
+    history = (model_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
+
+
+def test_training_refuses_to_overwrite_a_model(trained, demo):
+    assert (
+        cli_main(
+            [
+                "train",
+                "--preset",
+                "demo",
+                *TINY,
+                "--images",
+                str(demo.train_dir),
+                "--out",
+                str(trained),
+            ]
+        )
+        == 2
+    )
+
+
+def test_main_job_runs_every_stage_on_the_demo(tmp_path, monkeypatch):
+    from pipeline.config import preset
+    from pipeline.main_job import run_main_job
+
+    config = preset("demo")
+    config.model.base_filters, config.model.depth = 4, 2
+    config.train.crop_size, config.train.steps_per_epoch, config.train.epochs = 64, 2, 1
+    monkeypatch.setattr(
+        "pipeline.main_job.DEMO_SET", {"n_train": 10, "n_test": 3, "size_range": (64, 96)}
+    )
+    result = run_main_job(
+        config,
+        demo=True,
+        input_dir=tmp_path / "input",
+        models_dir=tmp_path / "models",
+        submissions_dir=tmp_path / "subs",
+        leaderboard_csv=tmp_path / "leaderboard.csv",
+    )
+    assert result["score"] is not None
+    scores = json.loads((tmp_path / "models" / "demo" / "scores.json").read_text())
+    assert scores["demo_test_score"] == pytest.approx(result["score"], abs=1e-6)
+    # Second run: the model exists with the same settings, so training is skipped.
+    before = (tmp_path / "models" / "demo" / "model.weights.h5").stat().st_mtime_ns
+    run_main_job(
+        config,
+        demo=True,
+        input_dir=tmp_path / "input",
+        models_dir=tmp_path / "models",
+        submissions_dir=tmp_path / "subs",
+        leaderboard_csv=tmp_path / "leaderboard.csv",
+    )
+    assert (tmp_path / "models" / "demo" / "model.weights.h5").stat().st_mtime_ns == before
+    assert len((tmp_path / "leaderboard.csv").read_text().splitlines()) == 3
