@@ -1,22 +1,57 @@
-"""Reading the competition data: image ids, images as RGB uint8, instance labels.
+"""Reading the competition data: image ids, images as RGB uint8, instance labels, image kinds.
 
 Kaggle layout: ``<images_dir>/<ImageId>/images/<ImageId>.png`` and, for training data,
-``<images_dir>/<ImageId>/masks/*.png`` (one binary PNG per nucleus).
+``<images_dir>/<ImageId>/masks/*.png`` (one binary PNG per nucleus). Instance labels are
+int32 arrays: 0 is background, ``1..n`` the nuclei.
+
+Example
+-------
+>>> samples = load_samples("input/stage1_train")            # doctest: +SKIP
+>>> samples[0].image.shape, samples[0].labels.max(), samples[0].kind   # doctest: +SKIP
+((256, 256, 3), 27, 'fluorescence')
 """
 
 from __future__ import annotations
 
+import csv
+import logging
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+#: The image kinds `image_kind` tells apart.
+KINDS = ("fluorescence", "brightfield", "histology")
+#: A median grey level above this means a light background (brightfield or histology).
+#: On stage 1 the dark backgrounds have a median grey level of at most 60, the light ones
+#: of at least 130.
+LIGHT_BACKGROUND_LEVEL = 100.0
+#: A mean channel spread (max - min over R, G, B, per pixel) above this means a stained,
+#: coloured image. On stage 1 grey images have a spread of 0, stained ones at least 11.
+STAIN_SPREAD = 5.0
 
 
 def image_path(images_dir: str | Path, image_id: str) -> Path:
     """Path of one image in Kaggle layout: ``<images_dir>/<id>/images/<id>.png``."""
     return Path(images_dir) / image_id / "images" / f"{image_id}.png"
+
+
+def mask_paths(sample_dir: str | Path) -> list[Path]:
+    """The mask PNGs of one training image, ``<sample_dir>/masks/*.png``, sorted by name.
+
+    Raises ``PipelineError`` when the ``masks`` folder is missing.
+    """
+    masks_dir = Path(sample_dir) / "masks"
+    if not masks_dir.is_dir():
+        raise PipelineError(f"{masks_dir}: no masks folder (training images need masks/*.png)")
+    return sorted(path for path in masks_dir.iterdir() if path.suffix.lower() == ".png")
 
 
 def list_image_ids(images_dir: str | Path) -> list[str]:
@@ -27,9 +62,7 @@ def list_image_ids(images_dir: str | Path) -> list[str]:
     root = Path(images_dir)
     if not root.is_dir():
         raise PipelineError(f"{root}: no such folder of images")
-    ids = sorted(
-        entry.name for entry in root.iterdir() if image_path(root, entry.name).is_file()
-    )
+    ids = sorted(entry.name for entry in root.iterdir() if image_path(root, entry.name).is_file())
     if not ids:
         raise PipelineError(
             f"{root}: no images in Kaggle layout (<ImageId>/images/<ImageId>.png) found"
@@ -42,42 +75,466 @@ def read_image_shape(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise PipelineError(f"{path}: not a readable image ({error})") from error
     return height, width
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit version of integer pixels: 16-bit values are shifted right by 8."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.bool_:
+        return pixels.astype(np.uint8) * 255
+    return (np.clip(pixels, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as RGB uint8 (H, W, 3), whatever the PNG holds.
 
-    Grey images are repeated over three channels, an alpha channel is dropped, and 16-bit
-    images are scaled to 8 bits by their maximum range (``value >> 8``).
+    Grey images are repeated over three channels; an alpha channel is dropped (not
+    composited: the competition's RGBA images are opaque); palette images are expanded;
+    bilevel images become 0/255; 16-bit images are scaled to 8 bits by their full range
+    (``value >> 8``); other colour spaces (CMYK, YCbCr, ...) are converted by Pillow.
 
+    Raises
+    ------
+    PipelineError
+        When the file is missing, not an image, or of an unsupported pixel type (float).
+
+    Examples
+    --------
     >>> read_image("x.png").dtype   # doctest: +SKIP
     dtype('uint8')
     """
     try:
         with Image.open(path) as image:
             image.load()
-            pixels = np.asarray(image)
             mode = image.mode
-    except (OSError, SyntaxError) as error:
+            if mode in ("P", "PA"):
+                pixels = np.asarray(image.convert("RGBA"))
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                pixels = np.asarray(image.convert("RGB"))
+            elif mode == "F":
+                raise PipelineError(f"{path}: floating-point images are not supported")
+            else:
+                pixels = np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as error:
         raise PipelineError(f"{path}: not a readable image ({error})") from error
-    if mode == "P":  # palette: let PIL expand it
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGBA"))
-    if pixels.dtype == np.bool_:
-        pixels = pixels.astype(np.uint8) * 255
-    elif pixels.dtype in (np.uint16, np.int32, np.uint32) or mode.startswith("I"):
-        pixels = (np.clip(pixels, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
-    elif pixels.dtype != np.uint8:
+    if not (pixels.dtype == np.bool_ or np.issubdtype(pixels.dtype, np.integer)):
         raise PipelineError(f"{path}: unsupported pixel type {pixels.dtype}")
+    pixels = _to_uint8(pixels)
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    elif pixels.ndim == 3 and pixels.shape[2] == 2:  # grey + alpha
+    elif pixels.ndim == 3 and pixels.shape[2] in (1, 2):  # grey, grey + alpha
         pixels = np.repeat(pixels[:, :, :1], 3, axis=2)
     elif pixels.ndim == 3 and pixels.shape[2] >= 3:
         pixels = pixels[:, :, :3]
     else:
         raise PipelineError(f"{path}: unsupported image shape {pixels.shape}")
     return np.ascontiguousarray(pixels)
+
+
+def _read_mask(path: Path) -> tuple[tuple[int, int], tuple[int, int], np.ndarray]:
+    """Read one mask PNG compactly.
+
+    Returns the image's (height, width), the (row, column) of the top-left corner of the
+    bounding box of its foreground, and the boolean foreground inside that box. Any
+    non-zero value in any colour channel is foreground; an alpha channel is ignored.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            width, height = image.size
+            if image.mode in ("1", "L", "I", "I;16"):
+                grey = image
+            elif image.mode == "LA":
+                grey = image.getchannel("L")
+            else:
+                rgb = np.asarray(image.convert("RGB"))
+                grey = Image.fromarray((rgb.max(axis=2) > 0).astype(np.uint8))
+            box = grey.getbbox()
+            if box is None:
+                return (height, width), (0, 0), np.zeros((0, 0), dtype=bool)
+            foreground = np.asarray(grey.crop(box)) != 0
+    except (OSError, SyntaxError, ValueError) as error:
+        raise PipelineError(f"{path}: not a readable mask image ({error})") from error
+    return (height, width), (box[1], box[0]), foreground
+
+
+def read_mask_labels(sample_dir: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Instance labels of one training image from its mask PNGs.
+
+    The mask files are taken in sorted name order; the k-th one becomes label k (so a label
+    number always names the same file; an empty mask leaves its number unused, with a
+    warning). A pixel set in several masks stays with the first of them in that order, and
+    a warning names the image and the number of such pixels.
+
+    Parameters
+    ----------
+    sample_dir : str or Path
+        ``<images_dir>/<ImageId>``, holding ``masks/*.png``.
+    shape : tuple of int, optional
+        (height, width) of the image; read from ``images/<ImageId>.png`` when not given.
+
+    Returns
+    -------
+    np.ndarray
+        int32 array of ``shape``: 0 for background, ``1..n`` for the n mask files.
+
+    Raises
+    ------
+    PipelineError
+        When the masks folder is missing, a mask is unreadable, or a mask's shape differs
+        from the image's; the message names the file.
+
+    Examples
+    --------
+    >>> read_mask_labels("input/stage1_train/00071198d059ba7f").max()   # doctest: +SKIP
+    27
+    """
+    sample_dir = Path(sample_dir)
+    image_id = sample_dir.name
+    if shape is None:
+        shape = read_image_shape(image_path(sample_dir.parent, image_id))
+    height, width = shape
+    paths = mask_paths(sample_dir)
+    labels = np.zeros((height, width), dtype=np.int32)
+    if not paths:
+        log.warning("%s: the masks folder holds no mask PNG", sample_dir)
+        return labels
+    overlapping = 0
+    for label, path in enumerate(paths, start=1):
+        mask_shape, (top, left), foreground = _read_mask(path)
+        if mask_shape != (height, width):
+            raise PipelineError(
+                f"{path}: mask is {mask_shape[0]}x{mask_shape[1]} but its image {image_id} "
+                f"is {height}x{width}"
+            )
+        if not foreground.size:
+            log.warning("%s: empty mask (no foreground pixel); label %d unused", path, label)
+            continue
+        window = labels[top : top + foreground.shape[0], left : left + foreground.shape[1]]
+        free = window == 0
+        overlapping += int(np.count_nonzero(foreground & ~free))
+        window[foreground & free] = label
+    if overlapping:
+        log.warning(
+            "%s: %d pixel(s) belong to more than one mask; each stays with the first mask "
+            "in file-name order",
+            image_id,
+            overlapping,
+        )
+    return labels
+
+
+# --------------------------------------------------------------------------- RLE CSV files
+
+
+def _csv_columns(path: Path, header: list[str]) -> dict[str, int]:
+    columns = {name.strip(): index for index, name in enumerate(header)}
+    missing = [name for name in ("ImageId", "EncodedPixels") if name not in columns]
+    if missing:
+        raise PipelineError(
+            f"{path}: line 1: missing column(s) {', '.join(missing)} "
+            f"(found: {', '.join(header) or 'nothing'})"
+        )
+    if ("Height" in columns) != ("Width" in columns):
+        raise PipelineError(f"{path}: line 1: has only one of the Height and Width columns")
+    return columns
+
+
+def _decode_resolving_overlaps(
+    csv_path: Path,
+    image_id: str,
+    rows: list[tuple[int, str]],
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Decode one image's encodings row by row; the first encoding keeps a shared pixel."""
+    from pipeline.rle import RLEError, decode_flat_indices
+
+    flat = np.zeros(shape[0] * shape[1], dtype=np.int32)
+    overlapping = 0
+    for label, (line, rle) in enumerate(rows, start=1):
+        try:
+            indices = decode_flat_indices(rle, shape)
+        except RLEError as error:
+            raise PipelineError(
+                f"{csv_path}: line {line}: bad EncodedPixels for ImageId {image_id} "
+                f"({shape[0]}x{shape[1]}): {error}"
+            ) from None
+        taken = flat[indices] != 0
+        overlapping += int(np.count_nonzero(taken))
+        flat[indices[~taken]] = label
+    if overlapping:
+        log.warning(
+            "%s: %s: %d pixel(s) belong to more than one encoding; each stays with the first "
+            "encoding in file order",
+            csv_path,
+            image_id,
+            overlapping,
+        )
+    return np.ascontiguousarray(flat.reshape(shape, order="F"))
+
+
+def labels_from_rle_csv(
+    csv_path: str | Path,
+    shapes: Mapping[str, tuple[int, int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Instance labels per image from a run-length-encoded CSV.
+
+    Reads ``stage1_train_labels.csv`` (``ImageId,EncodedPixels``: the image shapes must come
+    from ``shapes``) or ``stage1_solution.csv`` (with ``Height`` and ``Width`` columns; a
+    ``Usage`` column is ignored), or a submission. The rows of an image become labels
+    ``1..n`` in file order (rows with an empty encoding add no instance). A pixel encoded in
+    several rows stays with the first of them, with a warning naming the image.
+
+    Parameters
+    ----------
+    csv_path : str or Path
+        The CSV file.
+    shapes : mapping of str to (height, width), optional
+        Image shapes by ImageId; needed without Height/Width columns. When both are present
+        they must agree.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        int32 labels for every ImageId in the file, in the order they first appear.
+
+    Raises
+    ------
+    PipelineError
+        When the file is missing or lacks columns, an image's shape is unknown or
+        inconsistent, or an encoding is invalid; the message names the file and the line.
+
+    Examples
+    --------
+    >>> labels = labels_from_rle_csv("input/stage1_solution.csv")   # doctest: +SKIP
+    >>> len(labels)                                                  # doctest: +SKIP
+    65
+    """
+    from pipeline.rle import RLEError, decode_labels
+
+    csv_path = Path(csv_path)
+    rows: dict[str, list[tuple[int, str]]] = {}
+    csv_shapes: dict[str, tuple[int, int]] = {}
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as stream:
+            reader = csv.reader(stream)
+            columns = _csv_columns(csv_path, next(reader, []))
+            has_size = "Height" in columns
+            needed = max(columns.values()) + 1
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) < needed:
+                    raise PipelineError(
+                        f"{csv_path}: line {line}: {len(row)} field(s), expected {len(columns)}"
+                    )
+                image_id = row[columns["ImageId"]].strip()
+                if not image_id:
+                    raise PipelineError(f"{csv_path}: line {line}: empty ImageId")
+                image_rows = rows.setdefault(image_id, [])  # also images without instance
+                rle = row[columns["EncodedPixels"]].strip()
+                if rle:
+                    image_rows.append((line, rle))
+                if has_size:
+                    try:
+                        size = (int(row[columns["Height"]]), int(row[columns["Width"]]))
+                    except ValueError:
+                        raise PipelineError(
+                            f"{csv_path}: line {line}: Height/Width are not integers "
+                            f"({row[columns['Height']]!r}, {row[columns['Width']]!r})"
+                        ) from None
+                    previous = csv_shapes.setdefault(image_id, size)
+                    if previous != size:
+                        raise PipelineError(
+                            f"{csv_path}: line {line}: ImageId {image_id} is {size[0]}x{size[1]} "
+                            f"here but {previous[0]}x{previous[1]} on an earlier line"
+                        )
+    except FileNotFoundError:
+        raise PipelineError(f"{csv_path}: no such CSV file") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise PipelineError(f"{csv_path}: not a readable CSV file ({error})") from None
+
+    labels: dict[str, np.ndarray] = {}
+    for image_id, image_rows in rows.items():
+        given = None if shapes is None else shapes.get(image_id)
+        in_file = csv_shapes.get(image_id)
+        if given is not None and in_file is not None and tuple(given) != in_file:
+            raise PipelineError(
+                f"{csv_path}: ImageId {image_id} is {in_file[0]}x{in_file[1]} in the file but "
+                f"{given[0]}x{given[1]} in the image shapes given"
+            )
+        shape = given if given is not None else in_file
+        if shape is None:
+            first_line = image_rows[0][0] if image_rows else "?"
+            raise PipelineError(
+                f"{csv_path}: line {first_line}: no Height/Width columns and no image shape "
+                f"given for ImageId {image_id}"
+            )
+        shape = (int(shape[0]), int(shape[1]))
+        try:
+            labels[image_id] = decode_labels([rle for _, rle in image_rows], shape)
+        except RLEError:
+            # Find the offending line, or resolve overlapping encodings with a warning.
+            labels[image_id] = _decode_resolving_overlaps(csv_path, image_id, image_rows, shape)
+    return labels
+
+
+# --------------------------------------------------------------------------- image kinds
+
+
+def image_kind(image: np.ndarray) -> str:
+    """Tell a fluorescence, brightfield or histology image apart, from its colours.
+
+    The heuristic, checked on stage-1 (see the thresholds' comments):
+
+    - a median grey level (mean of R, G, B) of at most ``LIGHT_BACKGROUND_LEVEL`` (100)
+      means a dark background: ``"fluorescence"``, grey or coloured;
+    - a light background with a mean channel spread (per pixel, max minus min of R, G, B)
+      above ``STAIN_SPREAD`` (5) is a stained slide: ``"histology"``;
+    - a light background in grey (or nearly) is ``"brightfield"``.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        RGB uint8 image (H, W, 3), as `read_image` returns; a 2-D grey image is accepted.
+
+    Returns
+    -------
+    str
+        One of ``KINDS``.
+
+    Examples
+    --------
+    >>> image_kind(np.zeros((4, 4, 3), dtype=np.uint8))
+    'fluorescence'
+    >>> image_kind(np.full((4, 4, 3), 220, dtype=np.uint8))
+    'brightfield'
+    >>> image_kind(np.tile(np.array([200, 150, 220], dtype=np.uint8), (4, 4, 1)))
+    'histology'
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3) or image.size == 0:
+        raise ValueError(f"image must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
+    # Every other pixel is plenty for these statistics, and four times faster.
+    sample = image[::2, ::2].astype(np.int16)
+    grey = sample.mean(axis=2)
+    if float(np.median(grey)) <= LIGHT_BACKGROUND_LEVEL:
+        return "fluorescence"
+    spread = float((sample.max(axis=2) - sample.min(axis=2)).mean())
+    return "histology" if spread > STAIN_SPREAD else "brightfield"
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@dataclass
+class Sample:
+    """One image with what is known about it.
+
+    Attributes
+    ----------
+    image_id : str
+        The Kaggle ImageId (the folder name).
+    image : np.ndarray
+        RGB uint8 (H, W, 3).
+    labels : np.ndarray or None
+        int32 instance labels (H, W) from the masks, or None when not loaded.
+    kind : str
+        One of ``KINDS`` (see `image_kind`).
+    """
+
+    image_id: str
+    image: np.ndarray
+    labels: np.ndarray | None
+    kind: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the image."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+def _select_ids(images_dir: Path, ids: Collection[str] | None) -> list[str]:
+    available = list_image_ids(images_dir)
+    if ids is None:
+        return available
+    known = set(available)
+    missing = [image_id for image_id in ids if image_id not in known]
+    if missing:
+        raise PipelineError(
+            f"{images_dir}: {len(missing)} requested image(s) not found, such as {missing[0]} "
+            f"(expected {image_path(images_dir, missing[0])})"
+        )
+    return list(ids)
+
+
+def _load_sample(images_dir: Path, image_id: str, with_labels: bool) -> Sample:
+    image = read_image(image_path(images_dir, image_id))
+    labels = read_mask_labels(images_dir / image_id, shape=image.shape[:2]) if with_labels else None
+    return Sample(image_id, image, labels, image_kind(image))
+
+
+def load_samples(
+    images_dir: str | Path,
+    with_labels: bool = True,
+    ids: Collection[str] | None = None,
+) -> list[Sample]:
+    """Load images (and their mask labels) into memory, with a progress bar.
+
+    Parameters
+    ----------
+    images_dir : str or Path
+        A folder in Kaggle layout, such as ``input/stage1_train``.
+    with_labels : bool
+        Also build the instance labels from ``masks/*.png`` (see `read_mask_labels`).
+    ids : collection of str, optional
+        Only these images, in this order; default: all, sorted by id.
+
+    Returns
+    -------
+    list of Sample
+
+    Raises
+    ------
+    PipelineError
+        When the folder holds no image, a requested id is missing, or a file is unreadable.
+    """
+    images_dir = Path(images_dir)
+    selected = _select_ids(images_dir, ids)
+    return [
+        _load_sample(images_dir, image_id, with_labels)
+        for image_id in tqdm(selected, desc=f"loading {images_dir.name}", unit="image")
+    ]
+
+
+def iter_images(images_dir: str | Path, ids: Collection[str] | None = None) -> Iterator[Sample]:
+    """Yield the images of a folder one at a time (labels None), for bounded memory.
+
+    Parameters
+    ----------
+    images_dir : str or Path
+        A folder in Kaggle layout, such as ``input/stage1_test``.
+    ids : collection of str, optional
+        Only these images, in this order; default: all, sorted by id.
+
+    Returns
+    -------
+    Iterator of Sample
+        With ``labels=None``, in the order of the ids.
+
+    Raises
+    ------
+    PipelineError
+        At once (before any image is read) when the folder holds no image or a requested
+        id is missing; while iterating, when an image is unreadable.
+    """
+    images_dir = Path(images_dir)
+    selected = _select_ids(images_dir, ids)
+    return (_load_sample(images_dir, image_id, with_labels=False) for image_id in selected)

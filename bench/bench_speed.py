@@ -1,0 +1,184 @@
+"""Speed, memory and score of a model's training and prediction on this machine.
+
+    .venv/bin/python bench/bench_speed.py [--model models/default] [--steps 20]
+
+Each phase runs in its own process, so its peak memory (max RSS) is its own:
+
+- ``train-<precision>``: training steps on augmented crops of real training images, with
+  the model's config (float32 and mixed bfloat16);
+- ``predict``: the ``predict`` stage's code on every image of ``input/stage1_test``
+  (whole images, at their own size), including post-processing.
+
+Prints a table and writes the numbers to ``bench/results/speed-<host kind>.json``.
+The scores are the ones recorded in the model's ``scores.json`` (validation, by the
+training run; stage1_test, by ``./run.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_train(model_dir: Path, precision: str, steps: int, images_dir: Path) -> dict:
+    """Images per second of training steps on augmented real crops."""
+    import keras
+    import numpy as np
+
+    from pipeline import device
+    from pipeline.data import list_image_ids, load_samples
+    from pipeline.losses import get_loss
+    from pipeline.model_store import load_config
+    from pipeline.models import build_model
+    from pipeline.train import make_batch_source
+
+    config = load_config(model_dir)
+    description = device.configure("auto", precision)
+    ids = list_image_ids(images_dir)[:64]
+    samples = load_samples(images_dir, with_labels=True, ids=ids)
+    batches = make_batch_source(samples, config, steps + 2, seed=0)
+    model = build_model(config.model)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(config.train.loss))
+    data = [batches[i] for i in range(steps + 2)]
+    for x, y in data[:2]:  # warm-up: tracing and memory allocation
+        model.train_on_batch(x, y)
+    started = time.perf_counter()
+    for x, y in data[2:]:
+        model.train_on_batch(x, y)
+    seconds = time.perf_counter() - started
+    images = steps * config.train.batch_size
+    n_train = 596 * (1 - config.train.val_fraction)
+    per_epoch = (config.train.steps_per_epoch or n_train // config.train.batch_size) * (
+        config.train.batch_size
+    )
+    return {
+        "phase": f"train-{precision}",
+        "device": description,
+        "crop": config.train.crop_size,
+        "batch": config.train.batch_size,
+        "images_per_s": round(images / seconds, 2),
+        "s_per_epoch": round(per_epoch / (images / seconds), 1),
+        "peak_mib": round(_peak_mib()),
+        "loss_finite": bool(np.isfinite(model.evaluate(*data[-1], verbose=0))),
+    }
+
+
+def phase_predict(model_dir: Path, images_dir: Path, tta: bool) -> dict:
+    """Images per second of the predict stage's code over a folder, post-processing included."""
+    from pipeline import device
+    from pipeline.data import list_image_ids
+    from pipeline.model_store import load_model
+    from pipeline.predict import iter_predictions
+
+    description = device.configure("auto", "float32")
+    model, config = load_model(model_dir)
+    config.predict.tta = tta
+    ids = list_image_ids(images_dir)
+    list(iter_predictions(model, images_dir, ids[:2], config, progress=False))  # warm-up
+    started = time.perf_counter()
+    pixels = 0
+    for _, labels in iter_predictions(model, images_dir, ids, config, progress=False):
+        pixels += labels.size
+    seconds = time.perf_counter() - started
+    return {
+        "phase": "predict" + ("-tta" if tta else ""),
+        "device": description,
+        "images": len(ids),
+        "images_per_s": round(len(ids) / seconds, 2),
+        "megapixels_per_s": round(pixels / seconds / 1e6, 3),
+        "seconds": round(seconds, 1),
+        "peak_mib": round(_peak_mib()),
+    }
+
+
+def _run_phase(args: argparse.Namespace, phase: str) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--model",
+        str(args.model),
+        "--steps",
+        str(args.steps),
+        "--train-images",
+        str(args.train_images),
+        "--test-images",
+        str(args.test_images),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"phase {phase} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--train-images", type=Path, default=ROOT / "input" / "stage1_train")
+    parser.add_argument("--test-images", type=Path, default=ROOT / "input" / "stage1_test")
+    parser.add_argument("--phases", default="train-float32,train-bfloat16,predict,predict-tta")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.phase:
+        if args.phase.startswith("train-"):
+            row = phase_train(
+                args.model, args.phase.split("-", 1)[1], args.steps, args.train_images
+            )
+        else:
+            row = phase_predict(args.model, args.test_images, tta=args.phase == "predict-tta")
+        print(json.dumps(row))
+        return 0
+
+    rows = [_run_phase(args, phase) for phase in args.phases.split(",")]
+    scores = json.loads((args.model / "scores.json").read_text())
+    summary = {
+        "model": str(args.model.resolve().relative_to(ROOT)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "validation_score": scores.get("validation_score"),
+        "stage1_test_score": scores.get("stage1_test_score"),
+        "recorded_train_seconds": scores.get("train_seconds"),
+        "recorded_seconds_per_epoch": scores.get("seconds_per_epoch"),
+        "phases": rows,
+        "command": "python bench/bench_speed.py " + " ".join(sys.argv[1:]),
+    }
+    print(f"model {summary['model']} on {summary['machine']}")
+    print(f"{'phase':<16}{'images/s':>10}{'s/epoch':>10}{'peak MiB':>10}  device")
+    for row in rows:
+        print(
+            f"{row['phase']:<16}{row['images_per_s']:>10}{row.get('s_per_epoch', ''):>10}"
+            f"{row['peak_mib']:>10}  {row['device']}"
+        )
+    print(
+        f"validation score {summary['validation_score']}, "
+        f"stage1_test score {summary['stage1_test_score']}, "
+        f"recorded training time {summary['recorded_train_seconds']} s"
+    )
+    kind = "gpu" if any(row["device"].startswith("GPU") for row in rows) else "cpu"
+    out = args.out or ROOT / "bench" / "results" / f"speed-{kind}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,798 @@
+"""Stage ``download``: put the competition files into ``input/``.
+
+Two ways in, one result:
+
+- ``./run.sh download`` fetches ``data-science-bowl-2018.zip`` with the Kaggle API into
+  ``input/`` (it needs Kaggle credentials and the competition rules accepted), then unpacks it;
+- ``./run.sh download --from PATH`` takes the same files from a local copy: a folder holding
+  ``stage1_train.zip``, ``stage1_test.zip``, ``stage1_train_labels.csv.zip``, ... (such as
+  ``../shared/dsb2018``), the single ``data-science-bowl-2018.zip`` that the API delivers
+  (a zip of those zips), or a folder holding that file.
+
+Every competition file found is unpacked the same way:
+
+- an image archive ``<name>.zip`` becomes the folder ``input/<name>/`` in Kaggle layout
+  (``<ImageId>/images/<ImageId>.png``, ``<ImageId>/masks/*.png``);
+- ``<name>.csv.zip`` becomes ``input/<name>.csv``; a plain ``<name>.csv`` is copied.
+
+Unpacking is atomic (a temporary folder beside the target, moved into place when complete),
+checks every member's CRC while extracting, and refuses members whose path would leave the
+target folder. An unpacked folder holds a marker, ``.unpacked.json``, naming the zip it came
+from (name, size, CRC-32, member count) and the number of files written; a later run skips
+an archive whose marker matches and whose files are all there. A CSV is skipped when the file
+in ``input/`` already has the size and CRC-32 of the one in the zip.
+
+Example
+-------
+>>> import_local("../shared/dsb2018", "input")   # doctest: +SKIP
+[PosixPath('input/stage1_sample_submission.csv'), ..., PosixPath('input/stage1_train')]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from pipeline.data import image_path
+from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_dir, atomic_path
+from pipeline.paths import INPUT_DIR, SHARED_DATA_DIR
+
+log = logging.getLogger(__name__)
+
+COMPETITION = "data-science-bowl-2018"
+BUNDLE_NAME = f"{COMPETITION}.zip"  # what KaggleApi.competition_download_files writes
+MARKER_NAME = ".unpacked.json"
+RULES_URL = f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
+# Archives with at least this many members get a progress bar while unpacking.
+PROGRESS_MIN_MEMBERS = 200
+_CHUNK = 1 << 20
+# Names in zips that are never data (macOS resource forks, Finder files).
+_JUNK_PARTS = {"__MACOSX", ".DS_Store"}
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def _kaggle_config_dir(environ: Mapping[str, str], home: Path) -> Path:
+    """The folder where the kaggle package looks for ``kaggle.json`` (as kaggle 2.2.4 does)."""
+    if environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(environ["KAGGLE_CONFIG_DIR"])
+    legacy = home / ".kaggle"
+    if legacy.exists() or not sys.platform.startswith("linux"):
+        return legacy
+    return Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
+
+
+def _find_credentials() -> tuple[list[str], list[str]]:
+    """Where usable Kaggle credentials are, and what is wrong with unusable ones.
+
+    Returns
+    -------
+    sources, problems : list of str
+        Human-readable descriptions of each credential found, and of each credential file
+        that exists but cannot be used.
+    """
+    environ = os.environ
+    home = Path.home()
+    sources: list[str] = []
+    problems: list[str] = []
+
+    config = _kaggle_config_dir(environ, home) / "kaggle.json"
+    if config.is_file():
+        try:
+            values = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            problems.append(f"{config} is not readable JSON ({error})")
+        else:
+            if isinstance(values, dict) and values.get("username") and values.get("key"):
+                sources.append(str(config))
+            else:
+                problems.append(f'{config} lacks "username" and "key"')
+    if environ.get("KAGGLE_USERNAME") and environ.get("KAGGLE_KEY"):
+        sources.append("KAGGLE_USERNAME/KAGGLE_KEY")
+    if environ.get("KAGGLE_API_TOKEN"):
+        sources.append("KAGGLE_API_TOKEN")
+    # The token files and the OAuth cache that the kaggle package (kagglesdk) reads.
+    for name in ("access_token", "access_token.txt", "credentials.json"):
+        token_file = home / ".kaggle" / name
+        if token_file.is_file() and token_file.stat().st_size > 0:
+            sources.append(str(token_file))
+    return sources, problems
+
+
+def kaggle_credentials_available() -> bool:
+    """Whether Kaggle API credentials are present, without importing ``kaggle``.
+
+    Looks where the ``kaggle`` package (2.2.4) looks: ``kaggle.json`` with ``username`` and
+    ``key`` in ``$KAGGLE_CONFIG_DIR`` or ``~/.kaggle`` (``~/.config/kaggle`` when there is no
+    ``~/.kaggle``), the ``KAGGLE_USERNAME`` and ``KAGGLE_KEY`` environment variables,
+    ``KAGGLE_API_TOKEN``, and the token files ``~/.kaggle/access_token`` (or
+    ``access_token.txt``) and ``~/.kaggle/credentials.json`` (``kaggle auth login``).
+
+    Returns
+    -------
+    bool
+        True when at least one of them is there; whether Kaggle accepts it is only known
+        when the API is called.
+    """
+    return bool(_find_credentials()[0])
+
+
+def _no_credentials_message(problems: list[str]) -> str:
+    lines = [
+        "no Kaggle API credentials found. Either:",
+        '  - save your API key as ~/.kaggle/kaggle.json ({"username": "...", "key": "..."}, '
+        "from https://www.kaggle.com/settings/api; chmod 600 it; $KAGGLE_CONFIG_DIR "
+        "moves that folder), or",
+        "  - set the environment variables KAGGLE_USERNAME and KAGGLE_KEY, or",
+        "  - set KAGGLE_API_TOKEN to an API token (or save the token in ~/.kaggle/access_token);",
+        "or take the files from a local copy instead: ./run.sh download --from DIR",
+    ]
+    if SHARED_DATA_DIR.is_dir():
+        lines[-1] += f" (an offline copy is in {SHARED_DATA_DIR})"
+    lines += [f"(ignored: {problem})" for problem in problems]
+    return "\n".join(lines)
+
+
+def _describe_api_error(error: BaseException) -> str:
+    """A user-facing explanation of an exception raised by the kaggle package."""
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    if status == 401:
+        return (
+            f"Kaggle refused the credentials (401 Unauthorized: {error}). Check the key, or "
+            "create a new token at https://www.kaggle.com/settings/api"
+        )
+    if status == 403:
+        return (
+            f"Kaggle refused access to {COMPETITION} (403 Forbidden: {error}). Accept the "
+            f"competition rules at {RULES_URL} with the account of these credentials, then "
+            "run again"
+        )
+    if status == 404:
+        return f"Kaggle does not know the competition {COMPETITION} (404 Not Found: {error})"
+    if status is not None:
+        return f"the Kaggle API answered HTTP {status}: {error}"
+    if isinstance(error, OSError):  # requests' network errors are OSErrors too
+        return (
+            f"could not download from Kaggle ({type(error).__name__}: {error}). Without "
+            "internet access, take the files from a local copy: ./run.sh download --from DIR"
+        )
+    return f"the Kaggle download failed ({type(error).__name__}: {error})"
+
+
+def download_from_kaggle(input_dir: str | Path = INPUT_DIR, force: bool = False) -> list[Path]:
+    """Download the competition files with the Kaggle API and unpack them.
+
+    The ``kaggle`` package is imported only once credentials are known to exist (importing
+    it without them prints help and may exit). Its own messages go to stderr.
+
+    Parameters
+    ----------
+    input_dir : str or Path
+        Where ``data-science-bowl-2018.zip`` is downloaded and unpacked.
+    force : bool
+        Download again even when the local zip is up to date, and unpack again.
+
+    Returns
+    -------
+    list of Path
+        What is now in ``input_dir`` (see `import_local`).
+
+    Raises
+    ------
+    PipelineError
+        Without credentials (the message says how to provide them, or to use ``--from``),
+        when Kaggle refuses them or the competition rules were not accepted, on a network
+        error, or when the downloaded zip is damaged.
+    """
+    input_dir = Path(input_dir)
+    sources, problems = _find_credentials()
+    if not sources:
+        raise PipelineError(_no_credentials_message(problems))
+    log.info("downloading %s with the Kaggle API into %s", COMPETITION, input_dir)
+    log.debug("Kaggle credentials found: %s", ", ".join(sources))
+    input_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
+            api.competition_download_files(
+                COMPETITION, path=str(input_dir), force=force, quiet=False
+            )
+    except ImportError as error:
+        raise PipelineError(
+            f"the kaggle package cannot be imported ({error}); ./run.sh installs it in .venv"
+        ) from error
+    except SystemExit as error:  # kaggle exits when it cannot authenticate
+        raise PipelineError(
+            f"the Kaggle API could not authenticate with {', '.join(sources)} (it exited with "
+            f"status {error.code}); check those credentials, or use ./run.sh download --from DIR"
+        ) from None
+    except Exception as error:  # anything from requests or kagglesdk: explain, no traceback
+        raise PipelineError(_describe_api_error(error)) from error
+    bundle = input_dir / BUNDLE_NAME
+    if not bundle.is_file():
+        raise PipelineError(f"{bundle}: the Kaggle API reported success but wrote no such file")
+    try:
+        return import_local(bundle, input_dir, force=force)
+    except PipelineError as error:
+        raise PipelineError(
+            f"{error}\n(delete {bundle} or run with --force to download it again)"
+        ) from error
+
+
+# --------------------------------------------------------------------------- unpacking
+
+
+@dataclass(frozen=True)
+class _Fingerprint:
+    """Identity of a source zip: enough to tell whether it changed since it was unpacked."""
+
+    source: str
+    size: int
+    crc32: int
+
+
+def _file_crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _fingerprint(path: Path) -> _Fingerprint:
+    return _Fingerprint(path.name, path.stat().st_size, _file_crc32(path))
+
+
+def _archive_name(zip_name: str) -> str:
+    """``stage1_train.zip`` -> ``stage1_train``."""
+    return zip_name[: -len(".zip")] if zip_name.lower().endswith(".zip") else zip_name
+
+
+def _is_csv_zip(name: str) -> bool:
+    return name.lower().endswith(".csv.zip")
+
+
+@contextlib.contextmanager
+def _open_zip(path: Path, shown: str) -> Iterator[zipfile.ZipFile]:
+    """Open a zip, turning a damaged or missing file into a PipelineError naming ``shown``."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        raise PipelineError(
+            f"{shown}: not a valid zip file ({error}); it is damaged or was not downloaded "
+            "completely"
+        ) from None
+    except OSError as error:
+        raise PipelineError(f"{shown}: cannot read ({error})") from None
+    with archive:
+        # zipfile finds the last end-of-archive record in a file; in a truncated zip of
+        # stored zips that can be an inner zip's, which would pass for the whole file.
+        members = archive.infolist()
+        if members and min(info.header_offset for info in members) != 0:
+            raise PipelineError(
+                f"{shown}: not a valid zip file (it does not start with its first member); "
+                "it is damaged or was not downloaded completely"
+            )
+        yield archive
+
+
+def _copy_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, destination: Path, shown: str
+) -> None:
+    """Extract one member to ``destination``; its CRC-32 is checked as it is read."""
+    try:
+        with archive.open(info) as source, open(destination, "wb") as target:
+            shutil.copyfileobj(source, target, _CHUNK)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+        raise PipelineError(
+            f"{shown}: member {info.filename} is damaged ({error}); the zip is corrupt or "
+            "incomplete, get it again"
+        ) from None
+
+
+def _member_path(info: zipfile.ZipInfo, shown: str) -> PurePosixPath | None:
+    """Relative path of a member inside the target folder; None for junk entries.
+
+    Raises PipelineError for names that would leave the folder (absolute, ``..``, drives).
+    """
+    name = info.filename.replace("\\", "/")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if (
+        name.startswith("/")
+        or ".." in parts
+        or (parts and ":" in parts[0])
+        or any("\0" in part for part in parts)
+    ):
+        raise PipelineError(
+            f"{shown}: refusing to unpack, member {info.filename!r} points outside the folder "
+            "it is unpacked into"
+        )
+    if not parts or _JUNK_PARTS.intersection(parts):
+        return None
+    return PurePosixPath(*parts)
+
+
+def _planned_members(
+    archive: zipfile.ZipFile, name: str, shown: str
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """Every member with the relative path it gets under ``input/<name>/``.
+
+    All names are checked before anything is written. A single top folder named like the
+    archive (``stage1_train/...``) is dropped so that the result is always in Kaggle layout.
+    """
+    planned = []
+    for info in archive.infolist():
+        relative = _member_path(info, shown)
+        if relative is not None:
+            planned.append((info, relative))
+    tops = {relative.parts[0] for _, relative in planned}
+    if tops == {name}:
+        planned = [
+            (info, PurePosixPath(*relative.parts[1:]))
+            for info, relative in planned
+            if len(relative.parts) > 1
+        ]
+    return planned
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_readable(path: Path) -> None:
+    """Give a temporary file or folder the usual permissions (mkstemp/mkdtemp make them private)."""
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def _count_files(folder: Path) -> int:
+    """Number of files under ``folder``, the marker excepted."""
+    count = 0
+    for _, _, files in os.walk(folder):
+        count += len(files)
+    return count - int((folder / MARKER_NAME).is_file())
+
+
+def count_images(images_dir: str | Path) -> int:
+    """Number of images in Kaggle layout (``<id>/images/<id>.png``) in a folder."""
+    root = Path(images_dir)
+    if not root.is_dir():
+        return 0
+    return sum(1 for entry in root.iterdir() if image_path(root, entry.name).is_file())
+
+
+def _read_marker(target: Path) -> dict | None:
+    try:
+        marker = json.loads((target / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _is_unpacked(target: Path, fingerprint: _Fingerprint) -> bool:
+    """Whether ``target`` holds a complete unpacking of the zip with this fingerprint."""
+    marker = _read_marker(target)
+    if marker is None:
+        return False
+    same_source = (
+        marker.get("source") == fingerprint.source
+        and marker.get("size") == fingerprint.size
+        and marker.get("crc32") == fingerprint.crc32
+    )
+    return same_source and marker.get("files") == _count_files(target)
+
+
+def unpack_archive(
+    zip_path: str | Path,
+    input_dir: str | Path = INPUT_DIR,
+    force: bool = False,
+    display_name: str | None = None,
+) -> Path:
+    """Unpack an image archive ``<name>.zip`` into ``<input_dir>/<name>/``.
+
+    The members go into a temporary folder beside the target, which replaces the target only
+    when every member has been extracted and its CRC-32 checked, so that a damaged zip leaves
+    neither a partial ``<name>/`` nor a temporary folder behind. The folder gets a marker,
+    ``.unpacked.json``; when it is already there, matches the zip and all files are present,
+    nothing is done.
+
+    Parameters
+    ----------
+    zip_path : str or Path
+        The archive, such as ``stage1_train.zip``.
+    input_dir : str or Path
+        The folder that receives ``<name>/``.
+    force : bool
+        Unpack even when the folder is up to date.
+    display_name : str, optional
+        How to name the zip in messages (default: its path), for a zip taken out of another.
+
+    Returns
+    -------
+    Path
+        ``<input_dir>/<name>``.
+
+    Raises
+    ------
+    PipelineError
+        When the zip is unreadable, truncated or fails a CRC check, or when a member's path
+        would leave the target folder; the message names the zip.
+
+    Examples
+    --------
+    >>> unpack_archive("../shared/dsb2018/stage1_test.zip", "input")   # doctest: +SKIP
+    PosixPath('input/stage1_test')
+    """
+    zip_path = Path(zip_path)
+    shown = display_name or str(zip_path)
+    if not zip_path.is_file():
+        raise PipelineError(f"{shown}: no such file")
+    name = _archive_name(zip_path.name)
+    target = Path(input_dir) / name
+    fingerprint = _fingerprint(zip_path)
+    if not force and _is_unpacked(target, fingerprint):
+        log.info("%s: already unpacked from %s, skipped", target, shown)
+        return target
+    with _open_zip(zip_path, shown) as archive:
+        planned = _planned_members(archive, name, shown)
+        n_files = 0
+        with atomic_dir(target) as tmp:
+            progress = tqdm(
+                planned,
+                desc=f"unpacking {zip_path.name}",
+                unit="file",
+                disable=len(planned) < PROGRESS_MIN_MEMBERS,
+                leave=False,
+            )
+            for info, relative in progress:
+                destination = tmp.joinpath(*relative.parts)
+                if info.is_dir():
+                    destination.mkdir(parents=True, exist_ok=True)
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                _copy_member(archive, info, destination, shown)
+                n_files += 1
+            marker = {
+                "source": fingerprint.source,
+                "size": fingerprint.size,
+                "crc32": fingerprint.crc32,
+                "members": len(archive.infolist()),
+                "files": n_files,
+                "images": count_images(tmp),
+            }
+            (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+            _make_readable(tmp)
+    log.info("%s: unpacked %s (%d files, %d images)", target, shown, n_files, marker["images"])
+    if marker["images"] == 0:
+        log.warning(
+            "%s: no image in Kaggle layout (<ImageId>/images/<ImageId>.png) in %s",
+            target,
+            shown,
+        )
+    return target
+
+
+def _same_content(path: Path, size: int, crc32: int) -> bool:
+    return path.is_file() and path.stat().st_size == size and _file_crc32(path) == crc32
+
+
+def unpack_csv(
+    zip_path: str | Path,
+    input_dir: str | Path = INPUT_DIR,
+    force: bool = False,
+    display_name: str | None = None,
+) -> Path:
+    """Unpack ``<name>.csv.zip`` (a zip holding one CSV) into ``<input_dir>/<name>.csv``.
+
+    Skipped when the CSV in ``input_dir`` already has the size and CRC-32 of the one in the
+    zip. The file is written atomically and its CRC checked while it is extracted.
+
+    Parameters
+    ----------
+    zip_path : str or Path
+        Such as ``stage1_train_labels.csv.zip``.
+    input_dir : str or Path
+        The folder that receives ``<name>.csv``.
+    force : bool
+        Unpack even when the CSV is up to date.
+    display_name : str, optional
+        How to name the zip in messages (default: its path).
+
+    Returns
+    -------
+    Path
+        ``<input_dir>/<name>.csv``.
+
+    Raises
+    ------
+    PipelineError
+        When the zip is damaged or does not hold exactly one CSV file.
+    """
+    zip_path = Path(zip_path)
+    shown = display_name or str(zip_path)
+    if not zip_path.is_file():
+        raise PipelineError(f"{shown}: no such file")
+    target = Path(input_dir) / _archive_name(zip_path.name)
+    with _open_zip(zip_path, shown) as archive:
+        members = [
+            info
+            for info in archive.infolist()
+            if not info.is_dir()
+            and info.filename.lower().endswith(".csv")
+            and not _JUNK_PARTS.intersection(info.filename.replace("\\", "/").split("/"))
+        ]
+        if len(members) != 1:
+            found = ", ".join(info.filename for info in members) or "none"
+            raise PipelineError(f"{shown}: expected one CSV file inside, found {found}")
+        info = members[0]
+        if not force and _same_content(target, info.file_size, info.CRC):
+            log.info("%s: already unpacked from %s, skipped", target, shown)
+            return target
+        with atomic_path(target) as tmp:
+            _copy_member(archive, info, tmp, shown)
+            _make_readable(tmp)
+    log.info("%s: unpacked %s", target, shown)
+    return target
+
+
+def copy_csv(csv_path: str | Path, input_dir: str | Path = INPUT_DIR, force: bool = False) -> Path:
+    """Copy a plain CSV into ``input_dir`` (atomically; skipped when identical)."""
+    csv_path = Path(csv_path)
+    target = Path(input_dir) / csv_path.name
+    if target.exists() and target.resolve() == csv_path.resolve():
+        return target
+    if not force and _same_content(target, csv_path.stat().st_size, _file_crc32(csv_path)):
+        log.info("%s: already there, skipped", target)
+        return target
+    with atomic_path(target) as tmp:
+        shutil.copyfile(csv_path, tmp)
+        _make_readable(tmp)
+    log.info("%s: copied from %s", target, csv_path)
+    return target
+
+
+def _output_name(file_name: str) -> str | None:
+    """Name of what a competition file becomes in ``input/``; None when it is not one."""
+    lower = file_name.lower()
+    if _is_csv_zip(lower):
+        return file_name[: -len(".zip")]
+    if lower.endswith(".zip"):
+        return _archive_name(file_name)
+    if lower.endswith(".csv"):
+        return file_name
+    return None
+
+
+def _import_file(path: Path, input_dir: Path, force: bool, shown: str | None = None) -> Path:
+    """Unpack or copy one competition file, by its name."""
+    if _is_csv_zip(path.name):
+        return unpack_csv(path, input_dir, force=force, display_name=shown)
+    if path.name.lower().endswith(".zip"):
+        return unpack_archive(path, input_dir, force=force, display_name=shown)
+    return copy_csv(path, input_dir, force=force)
+
+
+def _is_bundle(path: Path) -> bool:
+    """Whether a zip holds competition files (zips, CSVs) rather than images."""
+    with _open_zip(path, str(path)) as archive:
+        names = [info.filename.lower() for info in archive.infolist() if not info.is_dir()]
+    return any(name.endswith((".zip", ".csv")) for name in names) and not any(
+        name.endswith(".png") for name in names
+    )
+
+
+def _import_bundle(bundle: Path, input_dir: Path, force: bool, already: set[str]) -> list[Path]:
+    """Unpack the competition files inside ``bundle`` (``data-science-bowl-2018.zip``).
+
+    Members whose result is in ``already`` (taken from loose files) are left out. An image
+    archive that is already unpacked is recognised from the bundle's directory alone; the
+    others are extracted to a temporary folder in ``input_dir`` and unpacked from there.
+    """
+    written: list[Path] = []
+    with _open_zip(bundle, str(bundle)) as archive:
+        members = []
+        for info in archive.infolist():
+            relative = _member_path(info, str(bundle))
+            if relative is None or info.is_dir():
+                continue
+            output = _output_name(relative.name)
+            if output is None:
+                log.debug("%s: ignoring %s", bundle, info.filename)
+            elif output in already:
+                log.info("%s: %s taken from the loose file instead", bundle, relative.name)
+            else:
+                already.add(output)
+                members.append((info, relative.name))
+        if not members:
+            raise PipelineError(f"{bundle}: holds no competition files (.zip or .csv)")
+        for info, file_name in members:
+            shown = f"{bundle}:{info.filename}"
+            target = input_dir / _output_name(file_name)
+            is_image_archive = file_name.lower().endswith(".zip") and not _is_csv_zip(file_name)
+            fingerprint = _Fingerprint(file_name, info.file_size, info.CRC)
+            if is_image_archive and not force and _is_unpacked(target, fingerprint):
+                log.info("%s: already unpacked from %s, skipped", target, shown)
+                written.append(target)
+                continue
+            with tempfile.TemporaryDirectory(prefix=".bundle.", dir=input_dir) as scratch:
+                inner = Path(scratch) / file_name
+                _copy_member(archive, info, inner, str(bundle))
+                written.append(_import_file(inner, input_dir, force, shown))
+    return written
+
+
+def import_local(
+    source: str | Path, input_dir: str | Path = INPUT_DIR, force: bool = False
+) -> list[Path]:
+    """Take the competition files from a local folder or zip and unpack them into ``input_dir``.
+
+    Parameters
+    ----------
+    source : str or Path
+        One of: a folder holding competition files (``<name>.zip`` image archives,
+        ``<name>.csv.zip``, ``<name>.csv``) and/or ``data-science-bowl-2018.zip``; that
+        bundle itself (a zip of competition files, whatever its name); or a single competition
+        file. Loose files in a folder take precedence over the same files inside a bundle.
+    input_dir : str or Path
+        The folder that receives ``<name>/`` folders and ``<name>.csv`` files.
+    force : bool
+        Unpack again even what is up to date.
+
+    Returns
+    -------
+    list of Path
+        The folders and CSV files in ``input_dir`` that came from ``source``, sorted.
+
+    Raises
+    ------
+    PipelineError
+        When ``source`` does not exist or holds no competition file, or a zip is damaged
+        (see `unpack_archive`).
+    """
+    source = Path(source)
+    input_dir = Path(input_dir)
+    if not source.exists():
+        raise PipelineError(f"{source}: no such file or folder to take the competition files from")
+    input_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if source.is_file():
+        lower = source.name.lower()
+        if source.name == BUNDLE_NAME or (
+            lower.endswith(".zip") and not _is_csv_zip(lower) and _is_bundle(source)
+        ):
+            written = _import_bundle(source, input_dir, force, set())
+        elif _output_name(source.name) is not None:
+            written = [_import_file(source, input_dir, force)]
+        else:
+            raise PipelineError(
+                f"{source}: not a competition file (expected a .zip, .csv.zip or .csv)"
+            )
+        return sorted(written)
+
+    loose: list[Path] = []
+    bundles: list[Path] = []
+    for path in sorted(source.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or _output_name(path.name) is None:
+            continue
+        if path.name == BUNDLE_NAME or (
+            path.name.lower().endswith(".zip") and not _is_csv_zip(path.name) and _is_bundle(path)
+        ):
+            bundles.append(path)
+        else:
+            loose.append(path)
+    if not loose and not bundles:
+        raise PipelineError(
+            f"{source}: no competition files found (expected stage1_train.zip, "
+            f"stage1_test.zip, *.csv.zip ... or {BUNDLE_NAME})"
+        )
+    taken = {_output_name(path.name) for path in loose}
+    written = [_import_file(path, input_dir, force) for path in loose]
+    for bundle in bundles:
+        written += _import_bundle(bundle, input_dir, force, taken)
+    return sorted(set(written))
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _csv_summary(path: Path) -> str:
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            reader = csv.reader(stream)
+            header = next(reader, [])
+            ids = [row[0] for row in reader if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        return f"unreadable ({error})"
+    if header[:1] != ["ImageId"]:
+        return f"{len(ids)} rows"
+    return f"{len(ids)} rows, {len(set(ids))} images"
+
+
+def describe_input(input_dir: str | Path = INPUT_DIR) -> list[str]:
+    """One line per image folder and CSV in ``input_dir``, with its image count.
+
+    Examples
+    --------
+    >>> describe_input("input")   # doctest: +SKIP
+    ['stage1_test/: 65 images', 'stage1_train/: 596 images with masks', ...]
+    """
+    root = Path(input_dir)
+    lines = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            n_images = count_images(path)
+            with_masks = n_images and any(
+                (entry / "masks").is_dir() for entry in path.iterdir() if entry.is_dir()
+            )
+            lines.append(f"{path.name}/: {n_images} images" + (" with masks" if with_masks else ""))
+        elif path.suffix.lower() == ".csv":
+            lines.append(f"{path.name}: {_csv_summary(path)}")
+    return lines
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``./run.sh download``."""
+    source = parser.add_argument_group("where the files come from (default: the Kaggle API)")
+    source.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="take the competition files from a local folder (such as ../shared/dsb2018) or "
+        f"from {BUNDLE_NAME} instead of downloading them",
+    )
+    output = parser.add_argument_group("where they go")
+    output.add_argument(
+        "--input",
+        dest="input_dir",
+        type=Path,
+        default=INPUT_DIR,
+        metavar="DIR",
+        help="folder that receives the unpacked files",
+    )
+    output.add_argument(
+        "--force",
+        action="store_true",
+        help="download and unpack again, even what is already up to date",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Fetch or import the competition files, unpack them, and summarise ``input/``."""
+    input_dir = Path(args.input_dir)
+    if args.source is not None:
+        log.info("taking the competition files from %s into %s", args.source, input_dir)
+        import_local(args.source, input_dir, force=args.force)
+    else:
+        download_from_kaggle(input_dir, force=args.force)
+    log.info("%s now holds:", input_dir)
+    for line in describe_input(input_dir):
+        log.info("  %s", line)
+    return 0
