@@ -1,0 +1,849 @@
+"""A browsable report of a submission: overlay pictures and an HTML page (stage ``report``).
+
+``./run.sh report SUBMISSION.csv`` writes, by default into ``submissions/<csv stem>/``
+(beside the CSV, a folder named after it):
+
+- ``per_image_scores.csv``: one row per image, worst first: ``ImageId``, ``kind``
+  (`pipeline.data.image_kind`), ``score`` (the competition metric), ``n_true``, ``n_pred``
+  and ``tp_iou50``, ``fp_iou50``, ``fn_iou50``, the matches at the lowest threshold
+  (IoU > 0.5);
+- ``overlays/<ImageId>.png`` for the N best and the N worst images: the image, and beside it
+  the predicted nuclei filled in distinct colours with the true nuclei outlined in yellow;
+- ``index.html``: one self-contained page (no external asset) with the overall score, the
+  score per image kind, the two galleries and the full table.
+
+The images are those of ``--images`` (Kaggle layout). Scores need the ground truth
+(``--solution``, ``ImageId,EncodedPixels,Height,Width[,Usage]``): when it is absent or does
+not cover every image, the report shows the predictions only (no score, no true outline; the
+overlays are those of the first N images by id). Images whose solution rows are all
+``Ignored`` are left out, as `pipeline.score` leaves them out. Decoding and scoring are those
+of `pipeline.score`: an image without submission rows is an empty prediction, and a
+submission that cannot be decoded is refused.
+
+The folder is built in a temporary folder and then replaces ``--out`` in one step, so an
+interrupted run leaves the previous report (or none), never half of one.
+
+Example
+-------
+>>> report = build_report("submissions/unet.csv", "input/stage1_test")   # doctest: +SKIP
+>>> report.index_html, report.score                                      # doctest: +SKIP
+(PosixPath('submissions/unet/index.html'), 0.412...)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import logging
+import math
+import os
+import re
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
+from tqdm import tqdm
+
+from pipeline import data, paths
+from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_dir, atomic_path, atomic_write_text
+from pipeline.metric import score_image
+from pipeline.score import SolutionImage, read_solution
+from pipeline.submission import (
+    Problem,
+    decode_image_rows,
+    group_rows,
+    read_submission,
+    read_submission_metadata,
+)
+
+__all__ = [
+    "PREDICTION_COLOURS",
+    "SCORES_CSV",
+    "TRUE_OUTLINE_COLOUR",
+    "ImageResult",
+    "Report",
+    "add_arguments",
+    "build_report",
+    "default_out_dir",
+    "evaluate_images",
+    "main",
+    "overlay_file_name",
+    "overlay_rgb",
+    "render_index_html",
+    "scores_table",
+    "select_galleries",
+    "write_overlay_png",
+]
+
+log = logging.getLogger(__name__)
+
+SCORES_CSV = "per_image_scores.csv"
+INDEX_HTML = "index.html"
+OVERLAYS_DIR = "overlays"
+SCORE_COLUMNS = ("ImageId", "kind", "score", "n_true", "n_pred", "tp_iou50", "fp_iou50", "fn_iou50")
+
+#: Outline colour of the true nuclei (RGB in 0..1): yellow, kept out of the fill colours.
+TRUE_OUTLINE_COLOUR = (1.0, 1.0, 0.0)
+#: Fill colours of the predicted nuclei: matplotlib's tab20 without its greys, olives,
+#: purples and pinks (greys vanish on grey images, olives look like the yellow outlines,
+#: purples and pinks like stained nuclei).
+PREDICTION_COLOURS = np.array(
+    [
+        [0x1F, 0x77, 0xB4], [0xAE, 0xC7, 0xE8], [0xFF, 0x7F, 0x0E], [0xFF, 0xBB, 0x78],
+        [0x2C, 0xA0, 0x2C], [0x98, 0xDF, 0x8A], [0xD6, 0x27, 0x28], [0xFF, 0x98, 0x96],
+        [0x8C, 0x56, 0x4B], [0xC4, 0x9C, 0x94], [0x17, 0xBE, 0xCF], [0x9E, 0xDA, 0xE5],
+    ],
+    dtype=np.float64,
+) / 255.0  # fmt: skip
+#: Consecutive labels (often neighbours) take colours this far apart in the palette;
+#: coprime with its length, so every colour is used.
+_COLOUR_STEP = 5
+#: Opacity of the prediction fill.
+FILL_ALPHA = 0.55
+#: The pixels just outside a true outline are darkened by this fraction.
+OUTLINE_RIM_DARKENING = 0.6
+#: Longest side of each picture in an overlay PNG, in pixels (keeps a PNG well under 500 KB).
+PANEL_PIXELS = 400
+_DPI = 100
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What the report shows of one image.
+
+    Attributes
+    ----------
+    image_id : str
+        The Kaggle ImageId.
+    kind : str
+        One of `pipeline.data.KINDS`.
+    n_pred : int
+        Number of predicted nuclei.
+    score : float or None
+        The competition metric on this image; None without ground truth.
+    n_true : int or None
+        Number of true nuclei; None without ground truth.
+    tp, fp, fn : int or None
+        Matched pairs, unmatched predictions and unmatched true nuclei at IoU > 0.5; None
+        without ground truth.
+    """
+
+    image_id: str
+    kind: str
+    n_pred: int
+    score: float | None = None
+    n_true: int | None = None
+    tp: int | None = None
+    fp: int | None = None
+    fn: int | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """A written report.
+
+    Attributes
+    ----------
+    folder : Path
+        The report folder.
+    index_html : Path
+        Its page.
+    results : list of ImageResult
+        Every image, worst first (by id without ground truth), as in the CSV.
+    score : float or None
+        Mean of the images' scores (the competition score); None without ground truth.
+    worst, best : list of ImageResult
+        The images of the two galleries (without ground truth: ``worst`` holds the first N
+        images by id and ``best`` is empty).
+    """
+
+    folder: Path
+    index_html: Path
+    results: list[ImageResult]
+    score: float | None
+    worst: list[ImageResult]
+    best: list[ImageResult]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Inputs:
+    """The decoded-on-demand inputs of a report."""
+
+    submission_csv: Path
+    images_dir: Path
+    image_ids: list[str]
+    predicted: dict[str, list[tuple[int, str]]]
+    truth: dict[str, SolutionImage] | None
+    solution_csv: Path | None
+
+    def labels(self, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predicted and true labels of one image (true ones None without ground truth)."""
+        true_labels = None
+        if self.truth is not None:
+            assert self.solution_csv is not None
+            truth = self.truth[image_id]
+            if truth.shape != shape:
+                raise PipelineError(
+                    f"{self.solution_csv}: line {truth.rows[0][0]}: {image_id} is "
+                    f"{truth.shape[0]}x{truth.shape[1]} but its image "
+                    f"{data.image_path(self.images_dir, image_id)} is {shape[0]}x{shape[1]}"
+                )
+            true_labels, problems = decode_image_rows(image_id, truth.rows, shape)
+            if problems:
+                raise _decode_error(self.solution_csv, problems)
+        pred_labels, problems = decode_image_rows(image_id, self.predicted.get(image_id, []), shape)
+        if problems:
+            raise _decode_error(self.submission_csv, problems)
+        return pred_labels, true_labels
+
+
+def _decode_error(path: Path, problems: list[Problem]) -> PipelineError:
+    more = f" (and {len(problems) - 1} more in this image)" if len(problems) > 1 else ""
+    return PipelineError(
+        f"{path}: {problems[0]}{more}; ./run.sh check-submission {path} lists every problem"
+    )
+
+
+def _read_inputs(submission_csv: Path, images_dir: Path, solution_csv: Path | None) -> _Inputs:
+    """Read the submission and the solution, and decide which images the report shows."""
+    image_ids = data.list_image_ids(images_dir)
+    predicted = group_rows(read_submission(submission_csv))
+    truth: dict[str, SolutionImage] | None = None
+    if solution_csv is not None:
+        if not solution_csv.is_file():
+            raise PipelineError(f"{solution_csv}: no such solution file")
+        solution, ignored = read_solution(solution_csv)
+        left_out = [image_id for image_id in image_ids if image_id in ignored]
+        if left_out:
+            log.info("%d image(s) are Ignored in %s: left out", len(left_out), solution_csv)
+            image_ids = [image_id for image_id in image_ids if image_id not in ignored]
+            if not image_ids:
+                raise PipelineError(f"{solution_csv}: every image of {images_dir} is Ignored")
+        uncovered = [image_id for image_id in image_ids if image_id not in solution]
+        if uncovered:
+            log.warning(
+                "%s covers %d of the %d images of %s (not: %s); showing predictions only",
+                solution_csv,
+                len(image_ids) - len(uncovered),
+                len(image_ids),
+                images_dir,
+                ", ".join(uncovered[:3]) + (", ..." if len(uncovered) > 3 else ""),
+            )
+        else:
+            truth = solution
+    unknown = [image_id for image_id in predicted if image_id not in set(image_ids)]
+    if unknown:
+        log.warning(
+            "%s: %d ImageId(s) not among the images of %s, ignored: %s",
+            submission_csv,
+            len(unknown),
+            images_dir,
+            ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else ""),
+        )
+    left_out = [image_id for image_id in image_ids if image_id not in predicted]
+    if left_out:
+        log.warning(
+            "%s: %d of the %d images have no row; they show as empty predictions",
+            submission_csv,
+            len(left_out),
+            len(image_ids),
+        )
+    return _Inputs(
+        submission_csv,
+        images_dir,
+        image_ids,
+        predicted,
+        truth,
+        solution_csv if truth is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def _evaluate(inputs: _Inputs) -> list[ImageResult]:
+    results = []
+    for image_id in tqdm(inputs.image_ids, desc="scoring", unit="image", disable=None, leave=False):
+        image = data.read_image(data.image_path(inputs.images_dir, image_id))
+        kind = data.image_kind(image)
+        pred_labels, true_labels = inputs.labels(image_id, image.shape[:2])
+        if true_labels is None:
+            results.append(ImageResult(image_id, kind, n_pred=int(pred_labels.max(initial=0))))
+            continue
+        scored = score_image(true_labels, pred_labels)
+        results.append(
+            ImageResult(
+                image_id,
+                kind,
+                n_pred=scored.n_pred,
+                score=scored.score,
+                n_true=scored.n_true,
+                tp=int(scored.tp[0]),
+                fp=int(scored.fp[0]),
+                fn=int(scored.fn[0]),
+            )
+        )
+    if inputs.truth is not None:
+        results.sort(key=lambda result: (result.score, result.image_id))
+    return results
+
+
+def evaluate_images(
+    submission_csv: str | os.PathLike[str],
+    images_dir: str | os.PathLike[str] = paths.TEST_DIR,
+    solution_csv: str | os.PathLike[str] | None = None,
+) -> list[ImageResult]:
+    """Each image's kind, nucleus counts and (with ground truth) score.
+
+    Parameters
+    ----------
+    submission_csv : str or Path
+        ``ImageId,EncodedPixels``, one row per nucleus.
+    images_dir : str or Path
+        The images, in Kaggle layout.
+    solution_csv : str or Path, optional
+        The ground truth; without it (or when it lacks some of the images) no score.
+
+    Returns
+    -------
+    list of ImageResult
+        Worst first (ties by id); by id without ground truth.
+
+    Raises
+    ------
+    PipelineError
+        When a file or the folder is missing or unreadable, or an encoding is invalid.
+    """
+    inputs = _read_inputs(
+        Path(submission_csv), Path(images_dir), None if solution_csv is None else Path(solution_csv)
+    )
+    return _evaluate(inputs)
+
+
+def scores_table(results: Sequence[ImageResult]) -> pd.DataFrame:
+    """The rows of ``per_image_scores.csv``, in the order given (empty cells: no truth)."""
+    table = pd.DataFrame(
+        {
+            "ImageId": pd.Series([r.image_id for r in results], dtype=str),
+            "kind": pd.Series([r.kind for r in results], dtype=str),
+            "score": pd.Series([r.score for r in results], dtype="Float64"),
+            "n_true": pd.Series([r.n_true for r in results], dtype="Int64"),
+            "n_pred": pd.Series([r.n_pred for r in results], dtype="Int64"),
+            "tp_iou50": pd.Series([r.tp for r in results], dtype="Int64"),
+            "fp_iou50": pd.Series([r.fp for r in results], dtype="Int64"),
+            "fn_iou50": pd.Series([r.fn for r in results], dtype="Int64"),
+        }
+    )
+    assert tuple(table.columns) == SCORE_COLUMNS
+    return table
+
+
+def select_galleries(
+    results: Sequence[ImageResult], n: int
+) -> tuple[list[ImageResult], list[ImageResult]]:
+    """The ``n`` worst and the ``n`` best images, never the same image twice.
+
+    Parameters
+    ----------
+    results : sequence of ImageResult
+        Worst first, as `evaluate_images` returns them (by id without scores).
+    n : int
+        Images per gallery (0 or more).
+
+    Returns
+    -------
+    worst : list of ImageResult
+        The first ``n`` images (worst first); without scores, simply the first ``n``.
+    best : list of ImageResult
+        Best first, from the images not in ``worst``: with fewer than ``2 n`` images it
+        holds fewer than ``n`` (none without scores).
+
+    Examples
+    --------
+    >>> ranked = [ImageResult(name, "histology", 0, score) for name, score in
+    ...           [("a", 0.0), ("b", 0.5), ("c", 1.0)]]
+    >>> [[r.image_id for r in gallery] for gallery in select_galleries(ranked, 2)]
+    [['a', 'b'], ['c']]
+    """
+    if n < 0:
+        raise ValueError(f"n must be 0 or more, got {n}")
+    worst = list(results[:n])
+    scored = bool(results) and results[0].score is not None
+    best = list(results[n:][::-1][:n]) if scored else []
+    return worst, best
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+def overlay_file_name(image_id: str) -> str:
+    """The overlay PNG's file name: the id itself when it is a safe file name.
+
+    Other characters become ``_`` and a short hash of the id keeps names apart.
+
+    Examples
+    --------
+    >>> overlay_file_name("0a7d30b2")
+    '0a7d30b2.png'
+    >>> overlay_file_name("a/b")
+    'a_b-3ec69c85.png'
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", image_id).lstrip(".") or "image"
+    if safe == image_id:
+        return f"{image_id}.png"
+    digest = hashlib.sha1(image_id.encode("utf-8")).hexdigest()[:8]
+    return f"{safe[:100]}-{digest}.png"
+
+
+def _thick_boundaries(labels: np.ndarray, thickness: int) -> np.ndarray:
+    boundaries = find_boundaries(labels, mode="inner")
+    if thickness > 1:
+        boundaries = ndimage.binary_dilation(boundaries, iterations=thickness - 1) & (labels > 0)
+    return boundaries
+
+
+def overlay_rgb(
+    image: np.ndarray,
+    pred_labels: np.ndarray,
+    true_labels: np.ndarray | None = None,
+    thickness: int = 1,
+) -> np.ndarray:
+    """The image with predicted nuclei filled and true nuclei outlined.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        RGB uint8 (H, W, 3).
+    pred_labels : np.ndarray
+        (H, W) predicted instance labels; each nucleus is filled (``FILL_ALPHA`` opaque) in a
+        colour of ``PREDICTION_COLOURS``, with its border more opaque, so that touching
+        nuclei stay apart.
+    true_labels : np.ndarray, optional
+        (H, W) true instance labels, outlined in ``TRUE_OUTLINE_COLOUR`` on top, with a
+        one-pixel darker rim just outside the outline (on the background).
+    thickness : int
+        Outline width in pixels (wider for images that are shown shrunk).
+
+    Returns
+    -------
+    np.ndarray
+        float64 RGB in [0, 1], (H, W, 3).
+
+    Examples
+    --------
+    >>> picture = overlay_rgb(np.zeros((3, 3, 3), np.uint8), np.zeros((3, 3), int),
+    ...                       np.pad([[1]], 1))
+    >>> picture[1, 1].tolist(), picture[0, 0].tolist()
+    ([1.0, 1.0, 0.0], [0.0, 0.0, 0.0])
+    """
+    rgb = np.asarray(image, dtype=np.float64) / 255.0
+    pred_labels = np.asarray(pred_labels)
+    inside = pred_labels > 0
+    colours = PREDICTION_COLOURS[(pred_labels * _COLOUR_STEP) % len(PREDICTION_COLOURS)]
+    alpha = np.where(inside, FILL_ALPHA, 0.0)
+    alpha[_thick_boundaries(pred_labels, thickness)] = 0.85
+    rgb = rgb * (1.0 - alpha[..., None]) + colours * alpha[..., None]
+    if true_labels is not None:
+        outline = _thick_boundaries(np.asarray(true_labels), thickness)
+        # A dark rim outside the outline keeps it visible on light backgrounds too.
+        rim = ndimage.binary_dilation(outline) & ~outline & (np.asarray(true_labels) == 0)
+        rgb[rim] *= 1.0 - OUTLINE_RIM_DARKENING
+        rgb[outline] = TRUE_OUTLINE_COLOUR
+    return rgb
+
+
+def _short_id(image_id: str, keep: int = 12) -> str:
+    return image_id if len(image_id) <= keep + 4 else image_id[:keep] + "\u2026"
+
+
+def write_overlay_png(
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    pred_labels: np.ndarray,
+    true_labels: np.ndarray | None,
+    title: str,
+) -> Path:
+    """Write the overlay figure of one image as a PNG, atomically.
+
+    Two pictures side by side, each at most ``PANEL_PIXELS`` on its longest side: the
+    image, and `overlay_rgb` of it. A title above, a legend below.
+
+    Parameters
+    ----------
+    path : str or Path
+        The PNG to write.
+    image : np.ndarray
+        RGB uint8 (H, W, 3).
+    pred_labels, true_labels : np.ndarray
+        (H, W) instance labels; ``true_labels`` may be None (no outlines).
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    height, width = image.shape[:2]
+    scale = PANEL_PIXELS / max(height, width)
+    thickness = max(1, math.ceil(1.5 / scale))  # at least about 1.5 pixels once shown
+    panel_w, panel_h = width * scale / _DPI, height * scale / _DPI
+    margin, top, bottom = 0.1, 0.45, 0.35  # inches
+    fig_w, fig_h = 2 * panel_w + 3 * margin, panel_h + top + bottom
+    figure = Figure(figsize=(fig_w, fig_h), dpi=_DPI)
+    canvas = FigureCanvasAgg(figure)
+    n_pred = int(np.count_nonzero(np.bincount(pred_labels.ravel())[1:]))
+    legend = f"coloured fill: {n_pred} predicted nuclei"
+    if true_labels is not None:
+        n_true = int(np.count_nonzero(np.bincount(true_labels.ravel())[1:]))
+        legend += f"    yellow outline: {n_true} true nuclei"
+    pictures = (image, overlay_rgb(image, pred_labels, true_labels, thickness))
+    for index, picture in enumerate(pictures):
+        axes = figure.add_axes(
+            (
+                (margin + index * (panel_w + margin)) / fig_w,
+                bottom / fig_h,
+                panel_w / fig_w,
+                panel_h / fig_h,
+            )
+        )
+        axes.imshow(picture, interpolation="antialiased")
+        axes.set_axis_off()
+    figure.suptitle(title, y=1 - 0.08 / fig_h, va="top", fontsize=10)
+    figure.text(0.5, 0.08 / fig_h, legend, ha="center", va="bottom", fontsize=8)
+    canvas.draw()
+    rendered = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    # 256 colours (no dithering) keep the file small: about 1 byte a pixel at most.
+    indexed = rendered.quantize(colors=256, dither=Image.Dither.NONE)
+    with atomic_path(path) as tmp:
+        indexed.save(tmp, format="PNG", optimize=True)
+    return Path(path)
+
+
+def _overlay_title(result: ImageResult) -> str:
+    score = "no score" if result.score is None else f"score {result.score:.3f}"
+    return f"{_short_id(result.image_id)}  |  {result.kind}  |  {score}"
+
+
+def _write_overlays(inputs: _Inputs, shown: Sequence[ImageResult], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for result in tqdm(shown, desc="overlays", unit="image", disable=None, leave=False):
+        image = data.read_image(data.image_path(inputs.images_dir, result.image_id))
+        pred_labels, true_labels = inputs.labels(result.image_id, image.shape[:2])
+        write_overlay_png(
+            folder / overlay_file_name(result.image_id),
+            image,
+            pred_labels,
+            true_labels,
+            _overlay_title(result),
+        )
+
+
+# ------------------------------------------------------------------------------- page
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
+th { background: #eee; }
+td.id { text-align: left; font-family: monospace; }
+td.kind { text-align: left; }
+.gallery { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; }
+figure img { max-width: 44em; border: 1px solid #ccc; }
+figcaption { font-size: 0.85em; font-family: monospace; }
+.note { color: #666; }
+"""
+
+
+def _number(value: float | int | None, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _href(file_name: str) -> str:
+    return html.escape(f"{OVERLAYS_DIR}/{urllib.parse.quote(file_name)}")
+
+
+def _gallery(title: str, shown: Sequence[ImageResult]) -> list[str]:
+    lines = [f"<h2>{html.escape(title)}</h2>", '<div class="gallery">']
+    for result in shown:
+        href = _href(overlay_file_name(result.image_id))
+        score = "" if result.score is None else f" &middot; score {result.score:.4f}"
+        lines += [
+            "<figure>",
+            f'<a href="{href}"><img src="{href}" alt="{html.escape(result.image_id)}"></a>',
+            f"<figcaption>{html.escape(result.image_id)} &middot; "
+            f"{html.escape(result.kind)}{score}</figcaption>",
+            "</figure>",
+        ]
+    return [*lines, "</div>"]
+
+
+def render_index_html(
+    name: str,
+    results: Sequence[ImageResult],
+    worst: Sequence[ImageResult],
+    best: Sequence[ImageResult],
+    details: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The report's page: a self-contained HTML document.
+
+    Parameters
+    ----------
+    name : str
+        The submission's name (the page's title).
+    results : sequence of ImageResult
+        Every image, in the order of the full table (worst first).
+    worst, best : sequence of ImageResult
+        The galleries (`select_galleries`); their overlays are ``overlays/<file>`` with file
+        names from `overlay_file_name`.
+    details : sequence of (str, str)
+        Further facts shown under the title (the files, the model, ...).
+
+    Returns
+    -------
+    str
+        The HTML; every id and text is escaped, the only links are relative ones to the
+        overlays.
+    """
+    scored = [r for r in results if r.score is not None]
+    overall = float(np.mean([r.score for r in scored])) if scored else None
+    lines = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{html.escape(name)}: report</title>",
+        f"<style>{_STYLE}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{html.escape(name)}</h1>",
+    ]
+    if overall is None:
+        lines.append('<p class="note">No ground truth for these images: predictions only.</p>')
+    else:
+        lines.append(
+            f"<p>Overall score <strong>{overall:.4f}</strong> "
+            f"(mean over {len(scored)} images of the competition metric)</p>"
+        )
+    if details:
+        lines.append("<table>")
+        lines += [
+            f'<tr><th>{html.escape(key)}</th><td class="kind">{html.escape(value)}</td></tr>'
+            for key, value in details
+        ]
+        lines.append("</table>")
+
+    lines += ["<h2>By image kind</h2>", "<table>", "<tr><th>kind</th><th>images</th>"]
+    lines[-1] += "<th>mean score</th></tr>" if overall is not None else "</tr>"
+    kinds = list(data.KINDS) + sorted({r.kind for r in results} - set(data.KINDS))
+    for kind in kinds:
+        of_kind = [r for r in results if r.kind == kind]
+        row = f'<tr><td class="kind">{html.escape(kind)}</td><td>{len(of_kind)}</td>'
+        if overall is not None:
+            mean = float(np.mean([r.score for r in of_kind])) if of_kind else None
+            row += f"<td>{_number(mean)}</td>"
+        lines.append(row + "</tr>")
+    lines.append("</table>")
+
+    if overall is None:
+        lines += _gallery(f"The first {len(worst)} images", worst)
+    elif best:
+        lines += _gallery(f"Worst {len(worst)} images", worst)
+        lines += _gallery(f"Best {len(best)} images", best)
+    else:
+        lines += _gallery("All images, worst first", worst)
+    lines.append(
+        '<p class="note">Coloured fill: predicted nuclei. Yellow outline: true nuclei.</p>'
+    )
+
+    shown = {r.image_id for r in [*worst, *best]}
+    headers = ["ImageId", "kind", "score", "true", "predicted", "TP", "FP", "FN"]
+    lines += [
+        "<h2>Every image" + (", worst first" if overall is not None else "") + "</h2>",
+        "<table>",
+        "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>",
+    ]
+    for r in results:
+        label = html.escape(r.image_id)
+        if r.image_id in shown:
+            label = f'<a href="{_href(overlay_file_name(r.image_id))}">{label}</a>'
+        cells = [_number(v) for v in (r.score, r.n_true, r.n_pred, r.tp, r.fp, r.fn)]
+        lines.append(
+            f'<tr><td class="id">{label}</td><td class="kind">{html.escape(r.kind)}</td>'
+            + "".join(f"<td>{cell}</td>" for cell in cells)
+            + "</tr>"
+        )
+    lines += [
+        "</table>",
+        '<p class="note">TP, FP, FN: matches at IoU &gt; 0.5, the lowest threshold.</p>',
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ stage
+
+
+def default_out_dir(submission_csv: str | os.PathLike[str]) -> Path:
+    """The report folder of a submission: beside it, named after it (``a/x.csv`` -> ``a/x``)."""
+    path = Path(submission_csv)
+    return path.with_name(path.stem if path.suffix else path.name + ".report")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace anything but an earlier report (or an empty folder)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise PipelineError(f"{out_dir}: exists and is not a folder; choose another --out")
+    entries = {entry.name for entry in out_dir.iterdir()}
+    if entries and not {INDEX_HTML, SCORES_CSV} <= entries:
+        raise PipelineError(
+            f"{out_dir}: a folder that is not a report (no {INDEX_HTML} and {SCORES_CSV}); "
+            "it would be replaced, so choose another --out"
+        )
+
+
+def _details(
+    submission_csv: Path, images_dir: Path, solution_csv: Path | None
+) -> list[tuple[str, str]]:
+    details = [("submission", str(submission_csv)), ("images", str(images_dir))]
+    details.append(("solution", str(solution_csv) if solution_csv else "none"))
+    try:
+        metadata = read_submission_metadata(submission_csv)
+    except PipelineError as error:
+        log.warning("%s", error)
+        metadata = {}
+    details += [
+        (key, str(metadata[key])) for key in ("model", "config", "commit") if key in metadata
+    ]
+    return details
+
+
+def build_report(
+    submission_csv: str | os.PathLike[str],
+    images_dir: str | os.PathLike[str] = paths.TEST_DIR,
+    solution_csv: str | os.PathLike[str] | None = paths.SOLUTION_CSV,
+    out_dir: str | os.PathLike[str] | None = None,
+    n: int = 8,
+) -> Report:
+    """Score a submission image by image and write its report folder (atomically).
+
+    Parameters
+    ----------
+    submission_csv : str or Path
+        ``ImageId,EncodedPixels``, one row per nucleus.
+    images_dir : str or Path
+        The images, in Kaggle layout.
+    solution_csv : str or Path or None
+        The ground truth (``ImageId,EncodedPixels,Height,Width[,Usage]``). None, or a
+        solution that lacks some of the images: predictions only.
+    out_dir : str or Path, optional
+        The report folder; by default `default_out_dir` of the submission. An existing
+        report there is replaced; any other non-empty folder is refused.
+    n : int
+        Overlays of the ``n`` worst and the ``n`` best images (the first ``n`` without
+        ground truth).
+
+    Returns
+    -------
+    Report
+        Where it is, and what it shows.
+
+    Raises
+    ------
+    PipelineError
+        When the submission or the solution is missing or unreadable, the images folder is
+        missing or empty, an encoding is invalid, ``n`` is negative, or ``out_dir`` holds
+        something else than a report.
+    """
+    submission_csv, images_dir = Path(submission_csv), Path(images_dir)
+    solution = None if solution_csv is None else Path(solution_csv)
+    out = default_out_dir(submission_csv) if out_dir is None else Path(out_dir)
+    if n < 0:
+        raise PipelineError(f"--n must be 0 or more, got {n}")
+    _check_out_dir(out)
+    inputs = _read_inputs(submission_csv, images_dir, solution)
+    results = _evaluate(inputs)
+    worst, best = select_galleries(results, n)
+    scored = [r.score for r in results if r.score is not None]
+    overall = float(np.mean(scored)) if scored else None
+    page = render_index_html(
+        submission_csv.stem,
+        results,
+        worst,
+        best,
+        _details(submission_csv, images_dir, inputs.solution_csv),
+    )
+    with atomic_dir(out) as tmp:
+        _write_overlays(inputs, [*worst, *best], tmp / OVERLAYS_DIR)
+        atomic_write_text(tmp / SCORES_CSV, scores_table(results).to_csv(index=False))
+        atomic_write_text(tmp / INDEX_HTML, page)
+    return Report(out, out / INDEX_HTML, results, overall, worst, best)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("submission", type=Path, help="the submission CSV to report on")
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument(
+        "--images",
+        type=Path,
+        default=paths.TEST_DIR,
+        metavar="DIR",
+        help="the images it is for, in Kaggle layout (<id>/images/<id>.png)",
+    )
+    inputs.add_argument(
+        "--solution",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the ground truth (ImageId,EncodedPixels,Height,Width,Usage); None: "
+        f"{paths.SOLUTION_CSV} if it exists, else predictions only",
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the report folder; None: beside the CSV, a folder named after it",
+    )
+    output.add_argument(
+        "--n",
+        type=int,
+        default=8,
+        metavar="N",
+        help="overlay pictures of the N worst and the N best images",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Write the report of a submission; log where its page is."""
+    solution = args.solution
+    if solution is None:
+        if paths.SOLUTION_CSV.is_file():
+            solution = paths.SOLUTION_CSV
+        else:
+            log.info("no solution at %s: the report shows predictions only", paths.SOLUTION_CSV)
+    report = build_report(args.submission, args.images, solution, args.out, args.n)
+    if report.score is not None:
+        log.info("score %.6f over %d images", report.score, len(report.results))
+    log.info("report: %s", report.index_html)
+    return 0
