@@ -28,6 +28,9 @@ class ModelConfig:
     depth: int = 4  # number of down-sampling steps
     dropout: float = 0.1
     batch_norm: bool = True
+    # Invert light-background images (brightfield, histology) before standardising, so
+    # nuclei are bright on dark in every image kind.
+    invert_light_background: bool = True
 
 
 @dataclass
@@ -127,7 +130,14 @@ def _preset_seeds_baseline() -> Config:
     """The seeds' baseline: 128x128 resized input, 16 base filters, threshold 0.5, CC."""
     return Config(
         name="seeds-baseline",
-        model=ModelConfig(arch="unet", base_filters=16, depth=4, dropout=0.1, batch_norm=False),
+        model=ModelConfig(
+            arch="unet",
+            base_filters=16,
+            depth=4,
+            dropout=0.1,
+            batch_norm=False,
+            invert_light_background=False,
+        ),
         train=TrainConfig(
             resize_policy="resize", crop_size=128, epochs=30, augment=False, loss="bce_dice"
         ),

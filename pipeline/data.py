@@ -387,6 +387,20 @@ def labels_from_rle_csv(
 # --------------------------------------------------------------------------- image kinds
 
 
+def has_light_background(image: np.ndarray) -> bool:
+    """Whether the image's median grey level is above ``LIGHT_BACKGROUND_LEVEL``.
+
+    Brightfield and histology images have a light background and dark nuclei;
+    fluorescence images the opposite.
+
+    >>> has_light_background(np.full((4, 4, 3), 220, dtype=np.uint8))
+    True
+    """
+    sample = np.asarray(image)[::2, ::2]
+    grey = sample.mean(axis=2) if sample.ndim == 3 else sample
+    return float(np.median(grey)) > LIGHT_BACKGROUND_LEVEL
+
+
 def image_kind(image: np.ndarray) -> str:
     """Tell a fluorescence, brightfield or histology image apart, from its colours.
 
@@ -424,8 +438,7 @@ def image_kind(image: np.ndarray) -> str:
         raise ValueError(f"image must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
     # Every other pixel is plenty for these statistics, and four times faster.
     sample = image[::2, ::2].astype(np.int16)
-    grey = sample.mean(axis=2)
-    if float(np.median(grey)) <= LIGHT_BACKGROUND_LEVEL:
+    if not has_light_background(image):
         return "fluorescence"
     spread = float((sample.max(axis=2) - sample.min(axis=2)).mean())
     return "histology" if spread > STAIN_SPREAD else "brightfield"

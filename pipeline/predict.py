@@ -77,7 +77,7 @@ def predict_probabilities(
     multiple = input_multiple(config.model)
     prepared: list[np.ndarray] = []
     for image in images:
-        x = normalise_image(image)
+        x = normalise_image(image, config.model.invert_light_background)
         if config.train.resize_policy == "resize":
             x = resize(x, (size, size), order=1, preserve_range=True, anti_aliasing=True)
         else:

@@ -10,16 +10,22 @@ from __future__ import annotations
 import numpy as np
 
 
-def normalise_image(image: np.ndarray) -> np.ndarray:
+def normalise_image(image: np.ndarray, invert_light_background: bool = False) -> np.ndarray:
     """RGB uint8 (H, W, 3) to float32 with zero mean and unit spread per image.
 
     Per-image standardisation puts dim fluorescence, bright brightfield and stained
-    histology images on one scale; a flat image becomes all zeros.
+    histology images on one scale; a flat image becomes all zeros. With
+    ``invert_light_background``, images with a light background (brightfield, histology)
+    are inverted first, so that nuclei are brighter than their surroundings in every kind.
 
     >>> normalise_image(np.full((2, 2, 3), 7, np.uint8)).max()
     np.float32(0.0)
     """
+    from pipeline.data import has_light_background
+
     pixels = image.astype(np.float32) / 255.0
+    if invert_light_background and has_light_background(image):
+        pixels = 1.0 - pixels
     mean = pixels.mean()
     std = pixels.std()
     return (pixels - mean) / max(float(std), 1e-3)

@@ -107,7 +107,7 @@ def make_batch_source(samples, config: Config, steps: int, seed: int):
                 image, labels = augment(
                     transform, sample.image, sample.labels, int(rng.integers(2**31))
                 )
-                images.append(normalise_image(image))
+                images.append(normalise_image(image, config.model.invert_light_background))
                 targets.append(labels_to_targets(labels))
             return np.stack(images), np.stack(targets)
 

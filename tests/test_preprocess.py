@@ -29,3 +29,19 @@ def test_pad_leaves_multiples_alone_and_honours_min_size():
     image = np.zeros((32, 48, 3), np.float32)
     assert pad_to_multiple(image, 16) is image
     assert pad_to_multiple(image, 16, min_size=64).shape == (64, 64, 3)
+
+
+def test_light_background_images_are_inverted_when_asked():
+    image = np.full((8, 8, 3), 220, np.uint8)
+    image[2:4, 2:4] = 40  # a dark nucleus on a light background
+    plain = normalise_image(image)
+    inverted = normalise_image(image, invert_light_background=True)
+    assert plain[2, 2, 0] < 0 < plain[0, 0, 0]
+    assert inverted[2, 2, 0] > 0 > inverted[0, 0, 0]
+    assert np.allclose(inverted, -plain, atol=1e-5)
+
+
+def test_dark_background_images_are_never_inverted():
+    image = np.full((8, 8, 3), 10, np.uint8)
+    image[2:4, 2:4] = 200
+    assert np.array_equal(normalise_image(image, True), normalise_image(image, False))
