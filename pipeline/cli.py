@@ -35,6 +35,7 @@ STAGES: dict[str, tuple[str, str]] = {
         "fetch the competition files into input/ (Kaggle API or --from DIR)",
     ),
     "train": ("pipeline.train", "train a U-Net on input/stage1_train"),
+    "tune": ("pipeline.tune", "choose post-processing settings on the validation split"),
     "predict": ("pipeline.predict", "predict a folder of images and write a submission CSV"),
     "check-submission": ("pipeline.submission", "check a submission CSV against the test images"),
     "score": ("pipeline.score", "score a submission with the competition metric"),
@@ -58,6 +59,15 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones (None, False) that mean "not given"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(stage: str) -> argparse.ArgumentParser:
     """The argument parser of one stage, with the options its module declares."""
     module_name, description = STAGES[stage]
@@ -65,7 +75,7 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"./run.sh {stage}",
         description=description[0].upper() + description[1:] + ".",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     module.add_arguments(parser)

@@ -31,6 +31,9 @@ class ModelConfig:
     # Invert light-background images (brightfield, histology) before standardising, so
     # nuclei are bright on dark in every image kind.
     invert_light_background: bool = True
+    # What the network learns (pipeline.targets.TARGET_SETS): "foreground" alone, or with
+    # a "border" channel (and a "centre" one) for splitting touching nuclei by watershed.
+    targets: str = "foreground"
 
 
 @dataclass
@@ -40,14 +43,14 @@ class TrainConfig:
     # "native": random crops of crop_size at the images' own scale (whole images are
     # predicted, padded); "resize": every image resized to crop_size (the seeds' way).
     resize_policy: str = "native"
-    crop_size: int = 256
+    crop_size: int = 128
     epochs: int = 40
-    batch_size: int = 8
+    batch_size: int = 16
     steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
     learning_rate: float = 1e-3
     val_fraction: float = 0.15
     seed: int = 42
-    eval_every: int = 2  # epochs between competition-metric evaluations on validation
+    eval_every: int = 3  # epochs between competition-metric evaluations on validation
     patience: int = 5  # evaluations without improvement before stopping early
     augment: bool = True
     loss: str = "bce_dice"
@@ -58,7 +61,12 @@ class TrainConfig:
 class PredictConfig:
     """How probabilities become nucleus instances."""
 
-    threshold: float = 0.5
+    # Defaults until ./run.sh tune (run at the end of training) saves tuned values in the
+    # model's thresholds.json; command-line flags override both.
+    method: str = "components"  # "components" or "watershed" (needs a border channel)
+    threshold: float = 0.5  # foreground probability above which a pixel is nucleus
+    marker_threshold: float = 0.5  # watershed seeds: foreground - border_weight * border
+    border_weight: float = 1.0
     min_size: int = 10  # instances smaller than this (pixels) are dropped
     fill_holes: bool = True
     batch_size: int = 4
@@ -123,7 +131,12 @@ class Config:
 
 
 def _preset_default() -> Config:
-    return Config(name="default")
+    """The best CPU-trainable model: native-scale crops, a border channel, watershed."""
+    return Config(
+        name="default",
+        model=ModelConfig(targets="border"),
+        predict=PredictConfig(method="watershed"),
+    )
 
 
 def _preset_seeds_baseline() -> Config:

@@ -5,6 +5,9 @@
 - ``config.json``: the full ``Config`` it was trained with;
 - ``model.weights.h5``: the weights of the best checkpoint (by the competition metric on
   the validation split);
+- ``thresholds.json``: post-processing settings tuned on the validation split (``tune``
+  stage); they replace the config's ``predict`` defaults, and command-line flags replace
+  them in turn;
 - ``split.json``: the train/validation split of ``stage1_train`` image ids, by kind;
 - ``scores.json``: validation scores (overall and per image kind), the best epoch, the
   time taken, the git commit and the command that trained it; the stage1_test score is
@@ -28,6 +31,17 @@ from pipeline.fileio import atomic_write_text
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 SPLIT_FILE = "split.json"
+THRESHOLDS_FILE = "thresholds.json"
+# The prediction settings thresholds.json may hold.
+TUNABLE = (
+    "method",
+    "threshold",
+    "marker_threshold",
+    "border_weight",
+    "min_size",
+    "fill_holes",
+    "tta",
+)
 SCORES_FILE = "scores.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
@@ -54,17 +68,36 @@ def is_complete(model_dir: Path) -> bool:
     return all((model_dir / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE, SCORES_FILE))
 
 
-def load_config(model_dir: Path) -> Config:
-    return Config.load(Path(model_dir) / CONFIG_FILE)
+def load_config(model_dir: Path, tuned: bool = True) -> Config:
+    """The model's config; with ``tuned``, its ``predict`` settings from thresholds.json."""
+    config = Config.load(Path(model_dir) / CONFIG_FILE)
+    if tuned:
+        saved = read_json(Path(model_dir) / THRESHOLDS_FILE).get("params", {})
+        for key in TUNABLE:
+            if key in saved:
+                setattr(config.predict, key, saved[key])
+    return config
 
 
-def load_model(model_dir: Path):
+def target_channels(config: Config) -> tuple[str, ...]:
+    """The output channels of the model that ``config`` describes."""
+    from pipeline.targets import TARGET_SETS
+
+    try:
+        return TARGET_SETS[config.model.targets]
+    except KeyError:
+        raise PipelineError(
+            f"unknown target set {config.model.targets!r}; choose from {sorted(TARGET_SETS)}"
+        ) from None
+
+
+def load_model(model_dir: Path, tuned: bool = True):
     """Build the network from ``config.json`` and load ``model.weights.h5``.
 
-    Returns ``(model, config)``. Raises ``PipelineError`` naming what is missing.
+    Returns ``(model, config)``, the config's ``predict`` settings from thresholds.json
+    when ``tuned``. Raises ``PipelineError`` naming what is missing.
     """
     from pipeline.models import build_model
-    from pipeline.targets import TARGET_CHANNELS
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -72,9 +105,8 @@ def load_model(model_dir: Path):
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (model_dir / name).is_file():
             raise PipelineError(f"{model_dir}: {name} is missing; is the training finished?")
-    config = load_config(model_dir)
-    channels = read_json(model_dir / SCORES_FILE).get("target_channels", list(TARGET_CHANNELS))
-    model = build_model(config.model, out_channels=len(channels))
+    config = load_config(model_dir, tuned=tuned)
+    model = build_model(config.model, out_channels=len(target_channels(config)))
     try:
         model.load_weights(model_dir / WEIGHTS_FILE)
     except (ValueError, OSError) as error:

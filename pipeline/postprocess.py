@@ -1,37 +1,238 @@
 """Network probabilities to nucleus instances (independent of Keras).
 
 The counterpart of ``pipeline.targets.labels_to_targets``. Tested without a model.
+
+Two methods (``method=``):
+
+``"components"``
+    The connected components (8-connectivity) of ``foreground_prob > threshold``. Two
+    nuclei that touch become one instance.
+``"watershed"``
+    Marker-controlled watershed, the DSB2018 winners' way to split touching nuclei:
+
+    1. mask: ``foreground_prob > threshold``;
+    2. markers: the 4-connected components, inside the mask, of
+       ``centre_prob > marker_threshold`` when a centre map is given, else of
+       ``foreground_prob - border_weight * border_prob > marker_threshold`` when a border
+       map is given, else of the mask's own centre map (each component's distance to its
+       edge divided by its largest, as `pipeline.targets` computes it from labels; this
+       splits only nuclei of similar size with a narrow waist between them);
+       markers smaller than ``min_marker_size`` pixels are dropped;
+    3. ``skimage.segmentation.watershed`` of the elevation ``-centre`` (or
+       ``-(foreground - border_weight * border)``) from the markers, within the mask;
+    4. a piece of the mask that holds no marker keeps its own connected component, so no
+       nucleus is lost.
+
+Both then fill holes (optional) and drop instances smaller than ``min_size`` pixels.
+
+`instances_from_channels` takes the network's (H, W, C) output with its channel names and
+a dict of parameters; `tune_postprocess` grid-searches those parameters for the best mean
+competition score on validation images.
+
+Example
+-------
+Two touching 5 x 5 squares with their perfect targets: the components merge them, the
+watershed on foreground minus border splits them again.
+
+>>> from pipeline.targets import TARGET_SETS, labels_to_targets
+>>> labels = np.zeros((7, 12), np.int32)
+>>> labels[1:6, 1:6] = 1
+>>> labels[1:6, 6:11] = 2
+>>> prob = labels_to_targets(labels, TARGET_SETS["border"])
+>>> params = {"min_size": 0, "marker_threshold": 0.5, "min_marker_size": 1}
+>>> int(instances_from_channels(prob, ("foreground", "border"), params).max())
+2
+>>> int(instances_from_channels(prob[..., :1], ("foreground",), params).max())
+1
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 from skimage.measure import label as connected_components
-from skimage.segmentation import relabel_sequential
+from skimage.segmentation import watershed
+from tqdm import tqdm
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "METHODS",
+    "PARAM_NAMES",
+    "fill_instance_holes",
+    "instances_from_channels",
+    "probabilities_to_labels",
+    "remove_small_instances",
+    "tune_postprocess",
+]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("components", "watershed")
+#: Defaults of the post-processing parameters (``method`` is chosen from the channels
+#: by `instances_from_channels` when not given).
+DEFAULT_PARAMS: dict[str, Any] = {
+    "threshold": 0.5,
+    "min_size": 10,
+    "fill_holes": True,
+    "method": "components",
+    "marker_threshold": 0.5,
+    "border_weight": 1.0,
+    "min_marker_size": 3,
+}
+#: The parameter names `instances_from_channels` and `tune_postprocess` accept.
+PARAM_NAMES = tuple(DEFAULT_PARAMS)
 
 
 def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop instances with fewer than ``min_size`` pixels; renumber the rest 1..n."""
-    if min_size > 0 and labels.max() > 0:
-        sizes = np.bincount(labels.ravel())
-        too_small = sizes < min_size
-        too_small[0] = False
-        labels = np.where(too_small[labels], 0, labels)
-    return relabel_sequential(labels)[0].astype(np.int32)
+    """Drop instances with fewer than ``min_size`` pixels; renumber the rest 1..n.
+
+    The instances keep their order. One lookup table, no sort.
+
+    >>> remove_small_instances(np.array([[0, 7, 7, 3, 9, 9]]), min_size=2).tolist()
+    [[0, 1, 1, 0, 2, 2]]
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.max() <= 0:
+        return np.zeros(labels.shape, dtype=np.int32)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    lookup = (np.cumsum(keep) * keep).astype(np.int32)
+    return lookup[labels]
+
+
+def _hole_sources(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of a mask's holes, and of the foreground pixel nearest to each."""
+    background = ~foreground
+    holes = ndimage.binary_fill_holes(foreground) & background
+    hole_index = np.flatnonzero(holes)
+    if hole_index.size == 0:
+        return hole_index, hole_index
+    _, (rows, cols) = ndimage.distance_transform_edt(background, return_indices=True)
+    source = np.ravel_multi_index(
+        (rows.ravel()[hole_index], cols.ravel()[hole_index]), foreground.shape
+    )
+    return hole_index, source
+
+
+def _fill_from(labels: np.ndarray, hole_index: np.ndarray, source: np.ndarray) -> np.ndarray:
+    if hole_index.size == 0:
+        return labels
+    filled = labels.copy()
+    filled.ravel()[hole_index] = labels.ravel()[source]
+    return filled
 
 
 def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill holes inside each instance (a hole is background enclosed by one instance)."""
-    background = labels == 0
-    holes = ndimage.binary_fill_holes(~background) & background
-    if not holes.any():
+    """Fill holes inside each instance (a hole is background enclosed by one instance).
+
+    Each hole pixel takes the label of the nearest instance pixel.
+    """
+    return _fill_from(labels, *_hole_sources(labels != 0))
+
+
+class _Maps:
+    """One image's probability maps and what is shared between parameter settings.
+
+    The mask, its components, its centre map and its holes depend on the threshold only;
+    a tuning run asks for them once per threshold instead of once per setting. Both
+    methods label exactly the mask's pixels, so the holes of their labels are the mask's.
+    """
+
+    def __init__(
+        self,
+        foreground_prob: np.ndarray,
+        border_prob: np.ndarray | None,
+        centre_prob: np.ndarray | None,
+    ) -> None:
+        self.foreground = foreground_prob
+        self.border = border_prob
+        self.centre = centre_prob
+        self._masks: dict[float, np.ndarray] = {}
+        self._components: dict[float, np.ndarray] = {}
+        self._mask_centres: dict[float, np.ndarray] = {}
+        self._holes: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+    def mask(self, threshold: float) -> np.ndarray:
+        if threshold not in self._masks:
+            self._masks[threshold] = self.foreground > threshold
+        return self._masks[threshold]
+
+    def components(self, threshold: float) -> np.ndarray:
+        if threshold not in self._components:
+            self._components[threshold] = connected_components(
+                self.mask(threshold), connectivity=2
+            ).astype(np.int32)
+        return self._components[threshold]
+
+    def mask_centre(self, threshold: float) -> np.ndarray:
+        if threshold not in self._mask_centres:
+            from pipeline.targets import labels_to_targets
+
+            components = self.components(threshold)
+            self._mask_centres[threshold] = labels_to_targets(components, ("centre",))[..., 0]
+        return self._mask_centres[threshold]
+
+    def fill_holes(self, labels: np.ndarray, threshold: float) -> np.ndarray:
+        """`fill_instance_holes` of labels whose foreground is ``mask(threshold)``."""
+        if threshold not in self._holes:
+            self._holes[threshold] = _hole_sources(self.mask(threshold))
+        return _fill_from(labels, *self._holes[threshold])
+
+    def finish(self, params: Mapping[str, Any]) -> np.ndarray:
+        """The labels of a setting: raw labels, holes filled, small instances dropped."""
+        labels = self.raw_labels(params)
+        if params["fill_holes"]:
+            labels = self.fill_holes(labels, float(params["threshold"]))
+        return remove_small_instances(labels, int(params["min_size"]))
+
+    def raw_key(self, params: Mapping[str, Any]) -> tuple:
+        """The parameters the labels before hole filling and size filtering depend on."""
+        threshold = float(params["threshold"])
+        if params["method"] == "components":
+            return ("components", threshold)
+        uses_border = self.centre is None and self.border is not None
+        return (
+            "watershed",
+            threshold,
+            float(params["marker_threshold"]),
+            float(params["border_weight"]) if uses_border else None,
+            int(params["min_marker_size"]),
+        )
+
+    def raw_labels(self, params: Mapping[str, Any]) -> np.ndarray:
+        """Instance labels before hole filling and size filtering."""
+        threshold = float(params["threshold"])
+        if params["method"] == "components":
+            return self.components(threshold)
+        mask = self.mask(threshold)
+        if self.centre is not None:
+            score = self.centre
+        elif self.border is not None:
+            score = self.foreground - float(params["border_weight"]) * self.border
+        else:
+            score = self.mask_centre(threshold)
+        markers = connected_components(
+            (score > float(params["marker_threshold"])) & mask, connectivity=1
+        ).astype(np.int32)
+        markers = remove_small_instances(markers, int(params["min_marker_size"]))
+        labels = watershed(-score, markers, mask=mask).astype(np.int32)
+        # Parts of the mask that no marker reached keep their own component.
+        unreached = mask & (labels == 0)
+        if unreached.any():
+            pieces = connected_components(unreached, connectivity=2).astype(np.int32)
+            labels = np.where(pieces > 0, pieces + labels.max(), labels)
         return labels
-    # Each hole pixel takes the label of the nearest instance pixel.
-    _, (rows, cols) = ndimage.distance_transform_edt(background, return_indices=True)
-    filled = labels.copy()
-    filled[holes] = labels[rows[holes], cols[holes]]
-    return filled
+
+
+def _check_map(name: str, prob: np.ndarray | None, shape: tuple[int, ...]) -> None:
+    if prob is not None and prob.shape != shape:
+        raise ValueError(f"{name} has shape {prob.shape}, foreground_prob {shape}")
 
 
 def probabilities_to_labels(
@@ -39,20 +240,253 @@ def probabilities_to_labels(
     threshold: float = 0.5,
     min_size: int = 10,
     fill_holes: bool = True,
+    border_prob: np.ndarray | None = None,
+    centre_prob: np.ndarray | None = None,
+    method: str = "components",
+    marker_threshold: float = 0.5,
+    border_weight: float = 1.0,
+    min_marker_size: int = 3,
 ) -> np.ndarray:
-    """Instance labels (int32, 0 = background) from a foreground probability map.
+    """Instance labels (int32, 0 = background) from probability maps.
 
-    Thresholds the map, labels connected components (8-connectivity), optionally fills
-    holes and drops instances smaller than ``min_size`` pixels.
+    Parameters
+    ----------
+    foreground_prob : np.ndarray
+        2-D foreground probability.
+    threshold : float
+        A pixel is foreground when its probability is strictly above this.
+    min_size : int
+        Instances with fewer pixels are dropped (after hole filling).
+    fill_holes : bool
+        Fill background enclosed by one instance with that instance.
+    border_prob, centre_prob : np.ndarray, optional
+        Border and centre probabilities (the ``border`` and ``centre`` channels of
+        `pipeline.targets`), same shape; used by the watershed only.
+    method : {"components", "watershed"}
+        See the module docstring.
+    marker_threshold : float
+        Watershed markers are where the marker score is strictly above this.
+    border_weight : float
+        Weight of the border map in the marker score ``foreground - weight * border``.
+    min_marker_size : int
+        Markers with fewer pixels are dropped. The default 3 gave the best watershed from
+        perfect foreground and border targets on 30 stage1_train images (1: 0.992,
+        3: 0.995, 5: 0.992, 8: 0.988); tune it on real predictions.
 
+    Returns
+    -------
+    np.ndarray
+        int32 labels ``0..n``, consecutive.
+
+    Examples
+    --------
     >>> prob = np.zeros((5, 7)); prob[1:4, 1:3] = 0.9; prob[1:4, 4:6] = 0.8
     >>> probabilities_to_labels(prob, min_size=0).max()
     np.int32(2)
     """
+    foreground_prob = np.asarray(foreground_prob)
     if foreground_prob.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {foreground_prob.shape}")
-    foreground = foreground_prob > threshold
-    labels = connected_components(foreground, connectivity=2).astype(np.int32)
-    if fill_holes:
-        labels = fill_instance_holes(labels)
-    return remove_small_instances(labels, min_size)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_map("border_prob", border_prob, foreground_prob.shape)
+    _check_map("centre_prob", centre_prob, foreground_prob.shape)
+    maps = _Maps(foreground_prob, border_prob, centre_prob)
+    params = {
+        "threshold": threshold,
+        "min_size": min_size,
+        "fill_holes": fill_holes,
+        "method": method,
+        "marker_threshold": marker_threshold,
+        "border_weight": border_weight,
+        "min_marker_size": min_marker_size,
+    }
+    return maps.finish(params)
+
+
+def _resolve_params(channels: Sequence[str], params: Mapping[str, Any]) -> dict[str, Any]:
+    """All parameters: the given ones over the defaults; the method from the channels."""
+    unknown = sorted(set(params) - set(PARAM_NAMES))
+    if unknown:
+        raise ValueError(f"unknown post-processing parameters {unknown}; known: {PARAM_NAMES}")
+    resolved = dict(DEFAULT_PARAMS)
+    if "border" in channels or "centre" in channels:
+        resolved["method"] = "watershed"
+    resolved.update(params)
+    if resolved["method"] not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {resolved['method']!r}")
+    return resolved
+
+
+def _maps_from_channels(prob: np.ndarray, channels: Sequence[str]) -> _Maps:
+    prob = np.asarray(prob)
+    channels = tuple(channels)
+    if prob.ndim != 3 or prob.shape[-1] != len(channels):
+        raise ValueError(
+            f"expected (H, W, {len(channels)}) probabilities for channels {channels}, "
+            f"got shape {prob.shape}"
+        )
+    if not channels or channels[0] != "foreground":
+        raise ValueError(f"the first channel must be 'foreground', got {channels}")
+    unknown = [name for name in channels if name not in ("foreground", "border", "centre")]
+    if unknown or len(set(channels)) != len(channels):
+        raise ValueError(f"channels must be distinct foreground/border/centre, got {channels}")
+
+    def plane(name: str) -> np.ndarray | None:
+        return prob[..., channels.index(name)] if name in channels else None
+
+    return _Maps(prob[..., 0], plane("border"), plane("centre"))
+
+
+def instances_from_channels(
+    prob: np.ndarray, channels: Sequence[str], params: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """Instance labels from the network's multi-channel output.
+
+    Parameters
+    ----------
+    prob : np.ndarray
+        ``(H, W, C)`` probabilities, one channel per name in ``channels``.
+    channels : sequence of str
+        The channel names, ``"foreground"`` first (a value of
+        ``pipeline.targets.TARGET_SETS``); ``"border"`` and ``"centre"`` are passed to
+        `probabilities_to_labels` as ``border_prob`` and ``centre_prob``.
+    params : mapping, optional
+        Any of `PARAM_NAMES`; the others take `DEFAULT_PARAMS`, except ``method``, which
+        defaults to ``"watershed"`` when there is a border or centre channel.
+
+    Returns
+    -------
+    np.ndarray
+        int32 labels ``0..n``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown parameter name, a bad method, channels not starting with
+        ``"foreground"``, or a shape that does not match the channels.
+
+    Examples
+    --------
+    >>> prob = np.zeros((3, 6, 2)); prob[..., 0] = 1.0; prob[:, 2:4, 1] = 1.0
+    >>> instances_from_channels(prob, ("foreground", "border"), {"min_size": 0}).tolist()
+    [[1, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2]]
+    """
+    resolved = _resolve_params(channels, params or {})
+    maps = _maps_from_channels(prob, channels)
+    return maps.finish(resolved)
+
+
+def _grid_settings(grid: Mapping[str, Any], channels: Sequence[str]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in order, over the defaults."""
+    names = list(grid)
+    unknown = sorted(set(names) - set(PARAM_NAMES))
+    if unknown:
+        raise ValueError(f"unknown post-processing parameters {unknown}; known: {PARAM_NAMES}")
+    values = []
+    for name in names:
+        options = grid[name]
+        if isinstance(options, str) or not isinstance(options, Sequence):
+            options = [options]  # a single value
+        if len(options) == 0:
+            raise ValueError(f"grid[{name!r}] is empty")
+        values.append(list(options))
+    return [
+        _resolve_params(channels, dict(zip(names, combination, strict=True)))
+        for combination in itertools.product(*values)
+    ]
+
+
+def tune_postprocess(
+    prob_maps: Sequence[np.ndarray],
+    true_labels: Sequence[np.ndarray],
+    channels: Sequence[str],
+    grid: Mapping[str, Any],
+    progress: bool = False,
+) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    """Grid search of the post-processing parameters for the best competition score.
+
+    Each setting of the grid turns every probability map into instances
+    (`instances_from_channels`) and is scored by the mean of
+    ``pipeline.metric.score_image`` over the images. Work is shared: per image, the mask
+    and its components are made once per threshold, the watershed once per distinct
+    (threshold, marker parameters), hole filling once per watershed, and settings that
+    differ only in parameters their method ignores are scored once.
+
+    Parameters
+    ----------
+    prob_maps : sequence of np.ndarray
+        ``(H, W, C)`` probabilities of each validation image.
+    true_labels : sequence of np.ndarray
+        The true ``(H, W)`` instance labels of each image.
+    channels : sequence of str
+        The channel names of ``prob_maps``, ``"foreground"`` first.
+    grid : mapping of str to sequence
+        Values to try for each of `PARAM_NAMES`, e.g. ``{"threshold": [0.4, 0.5],
+        "min_size": [0, 10]}``; a parameter not in the grid takes its default.
+    progress : bool
+        Show a progress bar over the images.
+
+    Returns
+    -------
+    best_params : dict
+        Every parameter of the best setting (the first one in grid order on a tie).
+    best_score : float
+        Its mean score.
+    table : list of dict
+        One row per setting, in grid order: its parameters and ``"score"``.
+
+    Examples
+    --------
+    >>> prob = np.zeros((8, 8, 1)); prob[2:6, 2:6, 0] = 0.9; prob[1, 2:6, 0] = 0.6
+    >>> truth = np.zeros((8, 8), np.int32); truth[2:6, 2:6] = 1
+    >>> best, score, table = tune_postprocess(
+    ...     [prob], [truth], ("foreground",), {"threshold": [0.5, 0.7], "min_size": 0}
+    ... )
+    >>> best["threshold"], score, [row["score"] for row in table]
+    (0.7, 1.0, [0.6, 1.0])
+    """
+    from pipeline.metric import score_image
+
+    if len(prob_maps) != len(true_labels):
+        raise ValueError(f"{len(prob_maps)} probability maps but {len(true_labels)} label images")
+    if len(prob_maps) == 0:
+        raise ValueError("no image to tune on")
+    settings = _grid_settings(grid, channels)
+    scores = np.zeros((len(prob_maps), len(settings)), dtype=np.float64)
+    pairs = zip(prob_maps, true_labels, strict=True)
+    for image_index, (prob, truth) in enumerate(
+        tqdm(pairs, total=len(prob_maps), desc="tune", unit="img", disable=not progress)
+    ):
+        maps = _maps_from_channels(prob, channels)
+        if np.shape(truth) != maps.foreground.shape:
+            raise ValueError(
+                f"image {image_index}: labels {np.shape(truth)} but probabilities "
+                f"{maps.foreground.shape}"
+            )
+        # Settings grouped by their labels before filling: one watershed per group, and
+        # only one group's label images held at a time.
+        groups: dict[tuple, list[int]] = {}
+        for setting_index, setting in enumerate(settings):
+            groups.setdefault(maps.raw_key(setting), []).append(setting_index)
+        for members in groups.values():
+            raw = maps.raw_labels(settings[members[0]])
+            filled: dict[bool, np.ndarray] = {}
+            scored: dict[tuple[bool, int], float] = {}
+            for setting_index in members:
+                fill = bool(settings[setting_index]["fill_holes"])
+                key = (fill, int(settings[setting_index]["min_size"]))
+                if key not in scored:
+                    if fill not in filled:
+                        threshold = float(settings[setting_index]["threshold"])
+                        filled[fill] = maps.fill_holes(raw, threshold) if fill else raw
+                    labels = remove_small_instances(filled[fill], key[1])
+                    scored[key] = score_image(truth, labels).score
+                scores[image_index, setting_index] = scored[key]
+    means = scores.mean(axis=0)
+    best = int(np.argmax(means))
+    table = [
+        {**setting, "score": float(score)} for setting, score in zip(settings, means, strict=True)
+    ]
+    log.info("best post-processing %s: score %.4f", settings[best], means[best])
+    return dict(settings[best]), float(means[best]), table

@@ -101,16 +101,19 @@ def predict_probabilities(
     return results  # type: ignore[return-value]
 
 
+def postprocess_params(config: Config) -> dict:
+    """The post-processing settings of ``config`` as ``instances_from_channels`` takes them."""
+    from pipeline.model_store import TUNABLE
+
+    return {key: getattr(config.predict, key) for key in TUNABLE if key != "tta"}
+
+
 def labels_from_probabilities(prob: np.ndarray, config: Config) -> np.ndarray:
     """Instances from the network's output channels, with the config's thresholds."""
-    from pipeline.postprocess import probabilities_to_labels
+    from pipeline.model_store import target_channels
+    from pipeline.postprocess import instances_from_channels
 
-    return probabilities_to_labels(
-        prob[..., 0],
-        threshold=config.predict.threshold,
-        min_size=config.predict.min_size,
-        fill_holes=config.predict.fill_holes,
-    )
+    return instances_from_channels(prob, target_channels(config), postprocess_params(config))
 
 
 def predict_labels(
@@ -204,7 +207,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use the synthetic demo set (input/demo) and its model (models/demo)",
     )
     post = parser.add_argument_group("post-processing (default: the values saved with the model)")
+    post.add_argument(
+        "--method",
+        choices=("components", "watershed"),
+        default=None,
+        help="how instances are split",
+    )
     post.add_argument("--threshold", type=float, default=None, help="foreground threshold")
+    post.add_argument(
+        "--marker-threshold", type=float, default=None, help="watershed seed threshold"
+    )
+    post.add_argument(
+        "--border-weight",
+        type=float,
+        default=None,
+        help="weight of the border channel in the watershed seeds",
+    )
     post.add_argument("--min-size", type=int, default=None, help="smallest nucleus, in pixels")
     post.add_argument(
         "--tta",
@@ -236,6 +254,9 @@ def main(args: argparse.Namespace) -> int:
         )
     out_csv = args.out or paths.SUBMISSIONS_DIR / f"{Path(model_dir).name}.csv"
     overrides = {
+        "method": args.method,
+        "marker_threshold": args.marker_threshold,
+        "border_weight": args.border_weight,
         "threshold": args.threshold,
         "min_size": args.min_size,
         "tta": args.tta,

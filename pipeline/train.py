@@ -80,9 +80,11 @@ def make_batch_source(samples, config: Config, steps: int, seed: int):
     import keras
 
     from pipeline.augment import augment, build_augmentation
+    from pipeline.model_store import target_channels
     from pipeline.preprocess import normalise_image
     from pipeline.targets import labels_to_targets
 
+    channels = target_channels(config)
     crop = config.train.crop_size
     transform = build_augmentation(crop, "default" if config.train.augment else "none")
     batch_size = config.train.batch_size
@@ -108,7 +110,7 @@ def make_batch_source(samples, config: Config, steps: int, seed: int):
                     transform, sample.image, sample.labels, int(rng.integers(2**31))
                 )
                 images.append(normalise_image(image, config.model.invert_light_background))
-                targets.append(labels_to_targets(labels))
+                targets.append(labels_to_targets(labels, channels))
             return np.stack(images), np.stack(targets)
 
     return Batches()
@@ -246,6 +248,7 @@ def train_model(
     resume: bool = False,
     device: str = "auto",
     command: str | None = None,
+    tune: bool = True,
 ) -> dict[str, Any]:
     """Train ``config`` on the labelled images of ``images_dir`` into ``model_dir``.
 
@@ -265,11 +268,11 @@ def train_model(
         SPLIT_FILE,
         WEIGHTS_FILE,
         read_json,
+        target_channels,
         write_json,
     )
     from pipeline.models import build_model
     from pipeline.provenance import git_commit
-    from pipeline.targets import TARGET_CHANNELS
 
     model_dir = Path(model_dir)
     checkpoint = model_dir / CHECKPOINT_DIR
@@ -341,7 +344,7 @@ def train_model(
             state["best_epoch"],
         )
     else:
-        model = build_model(config.model, out_channels=len(TARGET_CHANNELS))
+        model = build_model(config.model, out_channels=len(target_channels(config)))
         schedule = keras.optimizers.schedules.CosineDecay(
             config.train.learning_rate, decay_steps=steps * config.train.epochs, alpha=0.05
         )
@@ -372,7 +375,7 @@ def train_model(
         "train_seconds": round(state["seconds"], 1),
         "seconds_per_epoch": round(state["seconds"] / max(1, len(state["history"])), 1),
         "device": device_description,
-        "target_channels": list(TARGET_CHANNELS),
+        "target_channels": list(target_channels(config)),
         "training_fingerprint": config.training_fingerprint(),
         "commit": git_commit(),
         "command": command,
@@ -384,11 +387,18 @@ def train_model(
         model_dir,
         f"{scores['validation_score']:.4f}" if best else "n/a",
     )
+    if val_samples and tune:
+        from pipeline.tune import tune_model
+
+        tune_model(model_dir, images_dir, device)
+        scores = read_json(model_dir / SCORES_FILE)
     return scores
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    what = parser.add_argument_group("what to train")
+    what = parser.add_argument_group(
+        "what to train", "options left out take the preset's (or --config's) value"
+    )
     what.add_argument(
         "--preset", default=None, help="named configuration: default, seeds-baseline, demo"
     )
@@ -396,6 +406,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--arch", default=None, help="architecture (unet)")
     what.add_argument("--base-filters", type=int, default=None)
     what.add_argument("--depth", type=int, default=None)
+    what.add_argument(
+        "--targets", default=None, help="what the network learns: foreground, border, border_centre"
+    )
     data = parser.add_argument_group("data and output")
     data.add_argument(
         "--images",
@@ -412,7 +425,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
-    how = parser.add_argument_group("training")
+    how = parser.add_argument_group(
+        "training", "options left out take the preset's (or --config's) value"
+    )
     how.add_argument("--epochs", type=int, default=None)
     how.add_argument("--batch-size", type=int, default=None)
     how.add_argument("--crop-size", type=int, default=None)
@@ -424,6 +439,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--no-augment", action="store_true")
     how.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None)
     how.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    how.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="skip tuning the post-processing on validation at the end",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -436,6 +456,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("model", "arch"): args.arch,
         ("model", "base_filters"): args.base_filters,
         ("model", "depth"): args.depth,
+        ("model", "targets"): args.targets,
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("train", "crop_size"): args.crop_size,
@@ -482,5 +503,6 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume,
         device=args.device,
         command=getattr(args, "command_line", None),
+        tune=not args.no_tune,
     )
     return 0

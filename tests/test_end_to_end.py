@@ -80,6 +80,36 @@ def test_training_writes_a_complete_model_folder(trained):
     assert config["model"]["base_filters"] == 4 and config["train"]["crop_size"] == 64
 
 
+def test_tuned_thresholds_are_saved_and_used_unless_overridden(trained, demo, tmp_path):
+    tuned = json.loads((trained / "thresholds.json").read_text())
+    assert set(tuned["params"]) >= {"method", "threshold", "min_size", "tta"}
+    assert tuned["validation_score"] >= tuned["untuned_validation_score"]
+    assert tuned["validation_score"] == max(
+        tuned["validation_score_with_tta"], tuned["validation_score_without_tta"]
+    )
+    out = tmp_path / "override.csv"
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--model",
+                str(trained),
+                "--images",
+                str(demo.test_dir),
+                "--out",
+                str(out),
+                "--threshold",
+                "0.9",
+                "--no-tta",
+            ]
+        )
+        == 0
+    )
+    used = json.loads(out.with_suffix(".json").read_text())["predict"]
+    assert used["threshold"] == 0.9 and used["tta"] is False
+    assert used["min_size"] == tuned["params"]["min_size"]  # the saved value, not the default
+
+
 def test_predict_check_score_and_leaderboard(trained, demo, tmp_path, capsys):
     submission = tmp_path / "tiny.csv"
     leaderboard = tmp_path / "leaderboard.csv"

@@ -1,0 +1,180 @@
+"""Stage ``tune``: choose post-processing settings on the validation split, save them.
+
+The model predicts its validation images once without and once with test-time
+augmentation; a grid search over the post-processing settings (method, thresholds,
+minimum size) maximises the competition score on them, and the best settings, TTA only
+where it helped, go to the model's ``thresholds.json``. ``predict`` uses them unless a
+flag overrides them. Training runs this at its end; ``./run.sh tune --model DIR`` re-runs
+it (for example with another grid). The stage-1 test set is never looked at here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def default_grid(channels: tuple[str, ...]) -> list[dict[str, list[Any]]]:
+    """Grids of candidate settings, one per post-processing method the channels allow."""
+    grids: list[dict[str, list[Any]]] = [
+        {
+            "method": ["components"],
+            "threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+            "min_size": [0, 10, 20, 40],
+        }
+    ]
+    if "border" in channels:
+        grids.append(
+            {
+                "method": ["watershed"],
+                "threshold": [0.3, 0.4, 0.5, 0.6],
+                "marker_threshold": [0.3, 0.5, 0.7],
+                "border_weight": [0.5, 1.0],
+                "min_size": [10, 25],
+            }
+        )
+    return grids
+
+
+def search(
+    probs: list[np.ndarray],
+    true_labels: list[np.ndarray],
+    channels: tuple[str, ...],
+    grids: list[dict[str, list[Any]]],
+    base: dict[str, Any],
+) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    """Best settings over every grid: ``(params, mean score, table)``.
+
+    Settings a grid leaves out take their value from ``base`` (the config's).
+    """
+    from pipeline.postprocess import tune_postprocess
+
+    table: list[dict[str, Any]] = []
+    for grid in grids:
+        full = {key: [value] for key, value in base.items()} | grid
+        _, _, rows = tune_postprocess(probs, true_labels, channels, full)
+        table += rows
+    best = max(table, key=lambda row: row["score"])  # the first of equals, in grid order
+    params = {key: value for key, value in best.items() if key != "score"}
+    return params, float(best["score"]), table
+
+
+def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "auto") -> dict:
+    """Tune ``model_dir``'s post-processing on its validation split; write thresholds.json."""
+    from pipeline import device as device_module
+
+    device_module.select_device(device)
+    from pipeline.data import load_samples
+    from pipeline.metric import score_images
+    from pipeline.model_store import (
+        SCORES_FILE,
+        SPLIT_FILE,
+        THRESHOLDS_FILE,
+        load_model,
+        read_json,
+        target_channels,
+        write_json,
+    )
+    from pipeline.postprocess import instances_from_channels
+    from pipeline.predict import postprocess_params, predict_probabilities
+
+    model_dir = Path(model_dir)
+    device_module.configure(device, "float32")
+    model, config = load_model(model_dir, tuned=False)
+    split = read_json(model_dir / SPLIT_FILE)
+    if not split.get("val"):
+        raise PipelineError(f"{model_dir / SPLIT_FILE}: no validation images to tune on")
+    images_dir = Path(images_dir or split.get("images_dir", ""))
+    if not images_dir.is_dir():
+        raise PipelineError(
+            f"{images_dir}: the training images of {model_dir} are not there (--images DIR)"
+        )
+    samples = load_samples(images_dir, with_labels=True, ids=split["val"])
+    channels = target_channels(config)
+    truths = [s.labels for s in samples]
+    base = postprocess_params(config)
+    grids = default_grid(channels)
+    results = {}
+    for tta in (False, True):
+        started = time.time()
+        probs = predict_probabilities(model, [s.image for s in samples], config, tta=tta)
+        params, score, table = search(probs, truths, channels, grids, base)
+        results[tta] = (params, score, table, probs)
+        log.info(
+            "tune: best validation score %.4f %s TTA (%s) in %.0f s",
+            score,
+            "with" if tta else "without",
+            params,
+            time.time() - started,
+        )
+    use_tta = results[True][1] > results[False][1]
+    params, score, table, probs = results[use_tta]
+    per_image = score_images(
+        {
+            s.image_id: (s.labels, instances_from_channels(prob, channels, params))
+            for s, prob in zip(samples, probs, strict=True)
+        }
+    ).per_image
+    per_kind = {
+        kind: float(np.mean([per_image[s.image_id] for s in samples if s.kind == kind]))
+        for kind in sorted({s.kind for s in samples})
+    }
+    tuned = {
+        "params": {**params, "tta": use_tta},
+        "validation_score": round(score, 6),
+        "validation_score_without_tta": round(results[False][1], 6),
+        "validation_score_with_tta": round(results[True][1], 6),
+        "validation_per_kind": {k: round(v, 6) for k, v in per_kind.items()},
+        "validation_images": len(samples),
+        "untuned_validation_score": round(
+            next(
+                (
+                    r["score"]
+                    for r in results[False][2]
+                    if all(r.get(k) == v for k, v in base.items())
+                ),
+                float("nan"),
+            ),
+            6,
+        ),
+        "grid": sorted(results[use_tta][2], key=lambda row: -row["score"])[:20],
+    }
+    write_json(model_dir / THRESHOLDS_FILE, tuned)
+    scores = read_json(model_dir / SCORES_FILE)
+    if scores:
+        scores["tuned_validation_score"] = tuned["validation_score"]
+        scores["tuned_validation_per_kind"] = tuned["validation_per_kind"]
+        write_json(model_dir / SCORES_FILE, scores)
+    log.info(
+        "tune: wrote %s (validation score %.4f, TTA %s)",
+        model_dir / THRESHOLDS_FILE,
+        score,
+        "on" if use_tta else "off",
+    )
+    return tuned
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="model folder")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="its training images (default: the folder it was trained on)",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+
+
+def main(args: argparse.Namespace) -> int:
+    tuned = tune_model(args.model, args.images, args.device)
+    print(f"validation score {tuned['validation_score']:.4f} with {tuned['params']}")
+    return 0
