@@ -35,6 +35,7 @@ STAGES: dict[str, tuple[str, str]] = {
         "fetch the competition files into input/ (Kaggle API or --from DIR)",
     ),
     "train": ("pipeline.train", "train a U-Net on input/stage1_train"),
+    "evaluate": ("pipeline.evaluate", "score a model on its validation split"),
     "tune": ("pipeline.tune", "choose post-processing settings on the validation split"),
     "predict": ("pipeline.predict", "predict a folder of images and write a submission CSV"),
     "check-submission": ("pipeline.submission", "check a submission CSV against the test images"),

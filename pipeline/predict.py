@@ -146,6 +146,7 @@ def run_prediction(
     out_csv: Path,
     overrides: dict | None = None,
     device: str = "auto",
+    tuned: bool = True,
 ) -> Path:
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
@@ -163,7 +164,7 @@ def run_prediction(
 
     ids = list_image_ids(images_dir)
     device_module.configure(device, "float32")
-    model, config = load_model(model_dir)
+    model, config = load_model(model_dir, tuned=tuned)
     for key, value in (overrides or {}).items():
         if value is not None:
             setattr(config.predict, key, value)
@@ -186,26 +187,8 @@ def run_prediction(
     return out_csv
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    io = parser.add_argument_group("input and output")
-    io.add_argument("--model", type=Path, default=paths.DEFAULT_MODEL_DIR, help="model folder")
-    io.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder of images in Kaggle layout (default: input/stage1_test)",
-    )
-    io.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="submission CSV (default: submissions/<model name>.csv)",
-    )
-    io.add_argument(
-        "--demo",
-        action="store_true",
-        help="use the synthetic demo set (input/demo) and its model (models/demo)",
-    )
+def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that override a model's saved post-processing settings."""
     post = parser.add_argument_group("post-processing (default: the values saved with the model)")
     post.add_argument(
         "--method",
@@ -230,10 +213,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="average the 8 flips and rotations",
     )
+
+
+def postprocess_overrides(args: argparse.Namespace) -> dict:
+    """The post-processing flags a user gave (None for the ones left to the model)."""
+    return {
+        "method": args.method,
+        "threshold": args.threshold,
+        "marker_threshold": args.marker_threshold,
+        "border_weight": args.border_weight,
+        "min_size": args.min_size,
+        "tta": args.tta,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--model", type=Path, default=paths.DEFAULT_MODEL_DIR, help="model folder")
+    io.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of images in Kaggle layout (default: input/stage1_test)",
+    )
+    io.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="submission CSV (default: submissions/<model name>.csv)",
+    )
+    io.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the synthetic demo set (input/demo) and its model (models/demo)",
+    )
+    add_postprocess_arguments(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=None, help="images per batch")
     run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     run.add_argument("--no-check", action="store_true", help="skip checking the written CSV")
+    run.add_argument(
+        "--untuned",
+        action="store_true",
+        help="ignore the model's thresholds.json (use its config's defaults)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -253,16 +276,10 @@ def main(args: argparse.Namespace) -> int:
             "(./run.sh download fetches the competition data, --demo uses the synthetic set)"
         )
     out_csv = args.out or paths.SUBMISSIONS_DIR / f"{Path(model_dir).name}.csv"
-    overrides = {
-        "method": args.method,
-        "marker_threshold": args.marker_threshold,
-        "border_weight": args.border_weight,
-        "threshold": args.threshold,
-        "min_size": args.min_size,
-        "tta": args.tta,
-        "batch_size": args.batch_size,
-    }
-    run_prediction(Path(model_dir), Path(images_dir), Path(out_csv), overrides, args.device)
+    overrides = {**postprocess_overrides(args), "batch_size": args.batch_size}
+    run_prediction(
+        Path(model_dir), Path(images_dir), Path(out_csv), overrides, args.device, not args.untuned
+    )
     if not args.no_check:
         from pipeline.submission import check_submission
 

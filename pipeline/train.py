@@ -407,6 +407,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--base-filters", type=int, default=None)
     what.add_argument("--depth", type=int, default=None)
     what.add_argument(
+        "--invert-light",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="invert light-background images before standardising",
+    )
+    what.add_argument(
         "--targets", default=None, help="what the network learns: foreground, border, border_centre"
     )
     data = parser.add_argument_group("data and output")
@@ -457,6 +463,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("model", "base_filters"): args.base_filters,
         ("model", "depth"): args.depth,
         ("model", "targets"): args.targets,
+        ("model", "invert_light_background"): args.invert_light,
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("train", "crop_size"): args.crop_size,

@@ -110,6 +110,15 @@ def test_tuned_thresholds_are_saved_and_used_unless_overridden(trained, demo, tm
     assert used["min_size"] == tuned["params"]["min_size"]  # the saved value, not the default
 
 
+def test_evaluate_scores_the_validation_split(trained, capsys):
+    assert cli_main(["evaluate", "--model", str(trained), "--untuned", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    split = json.loads((trained / "split.json").read_text())
+    assert set(result["per_image"]) == set(split["val"])
+    assert result["settings"]["threshold"] == 0.5  # the demo preset's default, untuned
+    assert result["score"] == pytest.approx(sum(result["per_image"].values()) / len(split["val"]))
+
+
 def test_predict_check_score_and_leaderboard(trained, demo, tmp_path, capsys):
     submission = tmp_path / "tiny.csv"
     leaderboard = tmp_path / "leaderboard.csv"

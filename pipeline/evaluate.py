@@ -1,0 +1,107 @@
+"""Stage ``evaluate``: a model's competition score on its own validation split.
+
+    ./run.sh evaluate --model models/default [--untuned] [--threshold 0.5 ...] [--json]
+
+Predicts the validation images recorded in the model's ``split.json`` (never the
+stage-1 test set) with the model's saved post-processing settings, or the ones given on
+the command line, and prints the score overall and per image kind. With ``--json`` the
+last line printed is ``{"score": ..., "per_kind": {...}, "per_image": {...},
+"settings": {...}}``. This is how settings are compared honestly; ``./run.sh score``
+then gives the leaderboard number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import paths
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(
+    model_dir: Path,
+    overrides: dict | None = None,
+    tuned: bool = True,
+    images_dir: Path | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Score ``model_dir`` on its validation split; see the module docstring for the keys."""
+    from pipeline import device as device_module
+
+    device_module.select_device(device)
+    from pipeline.data import load_samples
+    from pipeline.metric import score_images
+    from pipeline.model_store import SPLIT_FILE, load_model, read_json
+    from pipeline.predict import postprocess_params, predict_labels
+
+    model_dir = Path(model_dir)
+    device_module.configure(device, "float32")
+    model, config = load_model(model_dir, tuned=tuned)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(config.predict, key, value)
+    split = read_json(model_dir / SPLIT_FILE)
+    if not split.get("val"):
+        raise PipelineError(f"{model_dir / SPLIT_FILE}: no validation split recorded")
+    images_dir = Path(images_dir or split.get("images_dir") or paths.TRAIN_DIR)
+    samples = load_samples(images_dir, with_labels=True, ids=split["val"])
+    predicted = {}
+    for start in range(0, len(samples), 16):
+        chunk = samples[start : start + 16]
+        labels = predict_labels(model, [s.image for s in chunk], config)
+        predicted.update({s.image_id: lab for s, lab in zip(chunk, labels, strict=True)})
+    result = score_images({s.image_id: (s.labels, predicted[s.image_id]) for s in samples})
+    per_kind = {
+        kind: float(np.mean([result.per_image[s.image_id] for s in samples if s.kind == kind]))
+        for kind in sorted({s.kind for s in samples})
+    }
+    return {
+        "score": float(result.score),
+        "per_kind": per_kind,
+        "images": len(samples),
+        "settings": {**postprocess_params(config), "tta": config.predict.tta},
+        "per_image": {k: float(v) for k, v in result.per_image.items()},
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.predict import add_postprocess_arguments
+
+    parser.add_argument("--model", type=Path, required=True, help="model folder")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="its training images (default: the folder it was trained on)",
+    )
+    parser.add_argument(
+        "--untuned",
+        action="store_true",
+        help="ignore the model's thresholds.json (use its config's defaults)",
+    )
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    add_postprocess_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.predict import postprocess_overrides
+
+    result = evaluate_model(
+        args.model, postprocess_overrides(args), not args.untuned, args.images, args.device
+    )
+    print(f"validation score {result['score']:.6f} ({result['images']} images)")
+    for kind, score in result["per_kind"].items():
+        print(f"  {kind:<13}{score:.6f}")
+    print(f"settings: {result['settings']}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
