@@ -742,7 +742,9 @@ def describe_input(input_dir: str | Path = INPUT_DIR) -> list[str]:
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         if path.name.startswith("."):
             continue
-        if path.is_dir():
+        if path.is_dir() and (path / "synthetic_dataset.json").is_file():
+            lines.append(f"{path.name}/: the synthetic demo set (./run.sh --demo)")
+        elif path.is_dir():
             n_images = count_images(path)
             with_masks = n_images and any(
                 (entry / "masks").is_dir() for entry in path.iterdir() if entry.is_dir()
