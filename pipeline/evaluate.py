@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import paths
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ def evaluate_model(
     device_module.select_device(device)
     from pipeline.data import load_samples
     from pipeline.metric import score_images
-    from pipeline.model_store import SPLIT_FILE, load_model, read_json
+    from pipeline.model_store import SPLIT_FILE, load_model, read_json, training_images_dir
     from pipeline.predict import postprocess_params, predict_labels
 
     model_dir = Path(model_dir)
@@ -51,7 +50,7 @@ def evaluate_model(
     split = read_json(model_dir / SPLIT_FILE)
     if not split.get("val"):
         raise PipelineError(f"{model_dir / SPLIT_FILE}: no validation split recorded")
-    images_dir = Path(images_dir or split.get("images_dir") or paths.TRAIN_DIR)
+    images_dir = Path(images_dir or training_images_dir(model_dir))
     samples = load_samples(images_dir, with_labels=True, ids=split["val"])
     predicted = {}
     for start in range(0, len(samples), 16):

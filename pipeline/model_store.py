@@ -79,6 +79,26 @@ def load_config(model_dir: Path, tuned: bool = True) -> Config:
     return config
 
 
+def portable_path(path: Path) -> str:
+    """A path to record in a model folder: relative to the repository when inside it."""
+    from pipeline.paths import REPO_ROOT
+
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def training_images_dir(model_dir: Path) -> Path:
+    """Where the model's training images are: as recorded in split.json, else input/."""
+    from pipeline.paths import REPO_ROOT, TRAIN_DIR
+
+    recorded = read_json(Path(model_dir) / SPLIT_FILE).get("images_dir")
+    if recorded:
+        candidate = REPO_ROOT / recorded  # an absolute path stays absolute
+        if candidate.is_dir():
+            return candidate
+    return TRAIN_DIR
+
+
 def target_channels(config: Config) -> tuple[str, ...]:
     """The output channels of the model that ``config`` describes."""
     from pipeline.targets import TARGET_SETS

@@ -267,6 +267,7 @@ def train_model(
         SCORES_FILE,
         SPLIT_FILE,
         WEIGHTS_FILE,
+        portable_path,
         read_json,
         target_channels,
         write_json,
@@ -300,7 +301,7 @@ def train_model(
             model_dir / SPLIT_FILE,
             {
                 "seed": config.train.seed,
-                "images_dir": str(Path(images_dir).resolve()),
+                "images_dir": portable_path(images_dir),
                 **split,
                 "kinds": kinds,
             },
@@ -491,9 +492,9 @@ def main(args: argparse.Namespace) -> int:
         demo = make_demo_dataset(paths.INPUT_DIR / "demo")
         images_dir = images_dir or demo.train_dir
     if images_dir is None and args.resume and args.out is not None:
-        from pipeline.model_store import SPLIT_FILE, read_json
+        from pipeline.model_store import training_images_dir
 
-        images_dir = read_json(Path(args.out) / SPLIT_FILE).get("images_dir")
+        images_dir = training_images_dir(Path(args.out))
     images_dir = Path(images_dir or paths.TRAIN_DIR)
     if not images_dir.is_dir():
         raise PipelineError(

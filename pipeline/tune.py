@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import paths
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -83,6 +82,7 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
         load_model,
         read_json,
         target_channels,
+        training_images_dir,
         write_json,
     )
     from pipeline.postprocess import instances_from_channels
@@ -94,7 +94,7 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     split = read_json(model_dir / SPLIT_FILE)
     if not split.get("val"):
         raise PipelineError(f"{model_dir / SPLIT_FILE}: no validation images to tune on")
-    images_dir = Path(images_dir or split.get("images_dir") or paths.TRAIN_DIR)
+    images_dir = Path(images_dir or training_images_dir(model_dir))
     if not images_dir.is_dir():
         raise PipelineError(
             f"{images_dir}: the training images of {model_dir} are not there (--images DIR)"
