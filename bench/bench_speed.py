@@ -42,16 +42,16 @@ def phase_train(model_dir: Path, precision: str, steps: int, images_dir: Path) -
     from pipeline import device
     from pipeline.data import list_image_ids, load_samples
     from pipeline.losses import get_loss
-    from pipeline.model_store import load_config
-    from pipeline.models import build_model
+    from pipeline.model_store import load_config, target_channels
+    from pipeline.models import build_model, model_outputs
     from pipeline.train import make_batch_source
 
     config = load_config(model_dir)
     description = device.configure("auto", precision)
     ids = list_image_ids(images_dir)[:64]
     samples = load_samples(images_dir, with_labels=True, ids=ids)
-    batches = make_batch_source(samples, config, steps + 2, seed=0)
-    model = build_model(config.model)
+    model = build_model(config.model, out_channels=len(target_channels(config)), pretrained=False)
+    batches = make_batch_source(samples, config, steps + 2, seed=0, outputs=model_outputs(model))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(config.train.loss))
     data = [batches[i] for i in range(steps + 2)]
     for x, y in data[:2]:  # warm-up: tracing and memory allocation

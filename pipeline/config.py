@@ -23,9 +23,11 @@ from pipeline.errors import PipelineError
 class ModelConfig:
     """Architecture of the network."""
 
+    # "unet", "unetpp" (U-Net++: nested dense skips, one output head per top-level node)
+    # or "mobilenetv2_unet" (a MobileNetV2 encoder, a U-Net decoder); see pipeline.models.
     arch: str = "unet"
     base_filters: int = 16  # filters of the first level; doubled at each level down
-    depth: int = 4  # number of down-sampling steps
+    depth: int = 4  # number of down-sampling steps (mobilenetv2_unet: always 5)
     dropout: float = 0.1
     batch_norm: bool = True
     # Invert light-background images (brightfield, histology) before standardising, so
@@ -34,6 +36,10 @@ class ModelConfig:
     # What the network learns (pipeline.targets.TARGET_SETS): "foreground" alone, or with
     # a "border" channel (and a "centre" one) for splitting touching nuclei by watershed.
     targets: str = "foreground"
+    # mobilenetv2_unet only: the encoder's initial weights, "imagenet" or "none" (random),
+    # and whether training updates them (False: a frozen encoder, only the decoder learns).
+    encoder_weights: str = "imagenet"
+    encoder_trainable: bool = True
 
 
 @dataclass
@@ -55,6 +61,9 @@ class TrainConfig:
     augment: bool = True
     loss: str = "bce_dice"
     precision: str = "auto"  # "auto": bfloat16 where it pays off, "float32", "bfloat16"
+    # Wall-clock budget of the training, in minutes (0: none): no epoch is started that
+    # would end past it (by the mean epoch time so far), and the last one is evaluated.
+    max_minutes: float = 0.0
 
 
 @dataclass
@@ -71,6 +80,21 @@ class PredictConfig:
     fill_holes: bool = True
     batch_size: int = 4
     tta: bool = False
+    # Models with several output heads (unetpp): "all" averages them (accurate), "N" uses
+    # head N alone (fast: the network is cut after it). Thresholds are tuned for this value.
+    heads: str = "all"
+
+
+def check_heads(heads: str) -> str:
+    """``heads`` as ``PredictConfig.heads`` holds it: "all" or a head number from 1.
+
+    >>> check_heads("2"), check_heads("all")
+    ('2', 'all')
+    """
+    heads = str(heads).strip().lower()
+    if heads == "all" or (heads.isdigit() and int(heads) >= 1):
+        return heads
+    raise PipelineError(f"heads must be 'all' or a head number from 1, got {heads!r}")
 
 
 @dataclass
@@ -124,9 +148,16 @@ class Config:
         Two configs with the same fingerprint train the same model, so the main job can
         skip training when a model with this fingerprint already exists.
         """
-        payload = json.dumps(
-            {"model": self.to_dict()["model"], "train": self.to_dict()["train"]}, sort_keys=True
-        )
+        data = self.to_dict()
+        model, train = data["model"], data["train"]
+        # Settings that cannot change the weights leave the fingerprint as it was before
+        # they existed, so the models trained then keep theirs (and are not retrained):
+        # the encoder's settings outside mobilenetv2_unet, and no time budget.
+        if model["arch"] != "mobilenetv2_unet":
+            del model["encoder_weights"], model["encoder_trainable"]
+        if not train["max_minutes"]:
+            del train["max_minutes"]
+        payload = json.dumps({"model": model, "train": train}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -162,7 +193,15 @@ def _preset_demo() -> Config:
     """A tiny model for the synthetic demo set: every stage runs in two or three minutes."""
     return Config(
         name="demo",
-        model=ModelConfig(arch="unet", base_filters=8, depth=3, dropout=0.0, targets="border"),
+        # encoder_weights "none": the demo runs offline (--arch mobilenetv2_unet included).
+        model=ModelConfig(
+            arch="unet",
+            base_filters=8,
+            depth=3,
+            dropout=0.0,
+            targets="border",
+            encoder_weights="none",
+        ),
         train=TrainConfig(
             resize_policy="native",
             crop_size=128,

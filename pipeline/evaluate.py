@@ -66,7 +66,11 @@ def evaluate_model(
         "score": float(result.score),
         "per_kind": per_kind,
         "images": len(samples),
-        "settings": {**postprocess_params(config), "tta": config.predict.tta},
+        "settings": {
+            **postprocess_params(config),
+            "tta": config.predict.tta,
+            "heads": config.predict.heads,
+        },
         "per_image": {k: float(v) for k, v in result.per_image.items()},
     }
 

@@ -126,7 +126,8 @@ def load_model(model_dir: Path, tuned: bool = True):
         if not (model_dir / name).is_file():
             raise PipelineError(f"{model_dir}: {name} is missing; is the training finished?")
     config = load_config(model_dir, tuned=tuned)
-    model = build_model(config.model, out_channels=len(target_channels(config)))
+    # No pretrained encoder weights (nor their download): the trained ones replace them.
+    model = build_model(config.model, out_channels=len(target_channels(config)), pretrained=False)
     try:
         model.load_weights(model_dir / WEIGHTS_FILE)
     except (ValueError, OSError) as error:

@@ -45,21 +45,32 @@ def _tta_variants(batch: np.ndarray) -> list[tuple[np.ndarray, callable]]:
     return variants
 
 
-def _run_model(model, batch: np.ndarray) -> np.ndarray:
+def _run_model(model, batch: np.ndarray, heads: str = "all") -> np.ndarray:
+    """The network's probabilities for a batch; a model with several output heads
+    (U-Net++) gives the mean of its heads, or the one head ``heads`` names."""
     # A direct call, not predict_on_batch: images come in many sizes, and a traced
     # function would be re-traced for each new size.
     import keras
 
-    return keras.ops.convert_to_numpy(model(batch, training=False)).astype(np.float32)
+    from pipeline.models import select_heads
+
+    outputs = select_heads(model, heads)(batch, training=False)
+    if not isinstance(outputs, (list, tuple)):
+        outputs = [outputs]
+    total = None
+    for output in outputs:
+        prob = keras.ops.convert_to_numpy(output).astype(np.float32)
+        total = prob if total is None else total + prob
+    return total / len(outputs) if len(outputs) > 1 else total
 
 
-def _predict_batch(model, batch: np.ndarray, tta: bool) -> np.ndarray:
+def _predict_batch(model, batch: np.ndarray, tta: bool, heads: str = "all") -> np.ndarray:
     if not tta:
-        return _run_model(model, batch)
+        return _run_model(model, batch, heads)
     total = None
     for variant, inverse in _tta_variants(batch):
         # rot90 of a non-square batch swaps H and W; the network takes any size.
-        prob = inverse(_run_model(model, np.ascontiguousarray(variant)))
+        prob = inverse(_run_model(model, np.ascontiguousarray(variant), heads))
         total = prob.astype(np.float32) if total is None else total + prob
     return total / 8.0
 
@@ -67,7 +78,11 @@ def _predict_batch(model, batch: np.ndarray, tta: bool) -> np.ndarray:
 def predict_probabilities(
     model, images: Sequence[np.ndarray], config: Config, tta: bool | None = None
 ) -> list[np.ndarray]:
-    """Per-pixel probabilities (H, W, C) float32 for each RGB uint8 image, at its own size."""
+    """Per-pixel probabilities (H, W, C) float32 for each RGB uint8 image, at its own size.
+
+    A model with several output heads gives the mean of its heads, or the one head that
+    ``config.predict.heads`` names.
+    """
     from pipeline.models import input_multiple
     from pipeline.preprocess import crop_to_shape, normalise_image, pad_to_multiple
 
@@ -90,7 +105,9 @@ def predict_probabilities(
     for indices in by_shape.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
-            probs = _predict_batch(model, np.stack([prepared[i] for i in chunk]), tta)
+            probs = _predict_batch(
+                model, np.stack([prepared[i] for i in chunk]), tta, config.predict.heads
+            )
             for i, prob in zip(chunk, probs, strict=True):
                 shape = images[i].shape[:2]
                 if config.train.resize_policy == "resize":
@@ -151,7 +168,7 @@ def run_prediction(
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
     ``overrides`` replaces fields of the model's saved prediction settings (threshold,
-    min_size, fill_holes, tta, batch_size). Writes the submission atomically, with a
+    min_size, fill_holes, tta, heads, batch_size). Writes the submission atomically, with a
     sidecar ``.json`` naming the model, config and commit; returns the CSV path.
     """
     from pipeline import device as device_module
@@ -213,6 +230,25 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="average the 8 flips and rotations",
     )
+    network = parser.add_argument_group("network output (default: the model's config)")
+    network.add_argument(
+        "--heads",
+        type=_heads_argument,
+        default=None,
+        metavar="all|N",
+        help="models with several output heads (unetpp): average them all (accurate), or "
+        "use head N alone, the network cut after it (fast); the saved thresholds were "
+        "tuned with the config's value",
+    )
+
+
+def _heads_argument(value: str) -> str:
+    from pipeline.config import check_heads
+
+    try:
+        return check_heads(value)
+    except PipelineError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def postprocess_overrides(args: argparse.Namespace) -> dict:
@@ -224,6 +260,7 @@ def postprocess_overrides(args: argparse.Namespace) -> dict:
         "border_weight": args.border_weight,
         "min_size": args.min_size,
         "tta": args.tta,
+        "heads": args.heads,
     }
 
 

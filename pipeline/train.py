@@ -1,11 +1,16 @@
-"""Stage ``train``: a U-Net from ``stage1_train`` (or the demo set) to a model folder.
+"""Stage ``train``: a network from ``stage1_train`` (or the demo set) to a model folder.
 
 - a seeded train/validation split, stratified by image kind, saved with the model;
 - joint image and label augmentation (``pipeline.augment``), random crops at the images'
   own scale (or whole images resized, for the seeds' baseline);
 - the best checkpoint chosen by the competition metric on the validation images,
   computed every ``eval_every`` epochs, with early stopping on it;
-- ``--resume`` continues from the last epoch's checkpoint after a kill.
+- ``--resume`` continues from the last epoch's checkpoint after a kill;
+- ``--max-minutes`` gives the training a wall-clock budget (architectures compared on
+  equal time: ``bench/compare_architectures.py``).
+
+Any architecture of ``pipeline.models`` trains here; a model with several output heads
+(U-Net++'s deep supervision) learns the same targets at every head (the loss is their sum).
 
 The folder layout is described in ``pipeline.model_store``.
 """
@@ -75,8 +80,12 @@ def _prepare_for_resize_policy(samples, size: int):
     return prepared
 
 
-def make_batch_source(samples, config: Config, steps: int, seed: int):
-    """A ``keras.utils.PyDataset`` of augmented (images, targets) batches, seeded per epoch."""
+def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: int = 1):
+    """A ``keras.utils.PyDataset`` of augmented (images, targets) batches, seeded per epoch.
+
+    For a model with ``outputs`` heads (``pipeline.models.model_outputs``) the targets
+    are repeated, one copy per head.
+    """
     import keras
 
     from pipeline.augment import augment, build_augmentation
@@ -111,7 +120,10 @@ def make_batch_source(samples, config: Config, steps: int, seed: int):
                 )
                 images.append(normalise_image(image, config.model.invert_light_background))
                 targets.append(labels_to_targets(labels, channels))
-            return np.stack(images), np.stack(targets)
+            batch_targets = np.stack(targets)
+            if outputs > 1:
+                return np.stack(images), tuple([batch_targets] * outputs)
+            return np.stack(images), batch_targets
 
     return Batches()
 
@@ -141,20 +153,46 @@ def evaluate(model, samples, config: Config) -> dict[str, Any]:
     }
 
 
+def out_of_time(seconds: float, epochs_done: int, max_minutes: float) -> bool:
+    """Whether another epoch, as long as the mean one so far, would end past the budget.
+
+    >>> out_of_time(50.0, 2, 1.0), out_of_time(40.0, 2, 1.0), out_of_time(99.0, 1, 0)
+    (True, False, False)
+    """
+    if max_minutes <= 0 or epochs_done <= 0:
+        return False
+    return seconds + seconds / epochs_done > max_minutes * 60
+
+
 def _make_callbacks(model_dir: Path, val_samples, config: Config, state: dict[str, Any]):
     import keras
 
     from pipeline.fileio import atomic_path
     from pipeline.model_store import CHECKPOINT_DIR, WEIGHTS_FILE, write_json
 
+    class TrainingClock(keras.callbacks.Callback):
+        """Keeps ``state["seconds"]``, the training time of all epochs, up to date."""
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.started = time.time()
+            self.seconds_before = state.get("seconds", 0.0)
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            state["seconds"] = self.seconds_before + time.time() - self.started
+
     class CompetitionMetricCheckpoint(keras.callbacks.Callback):
-        """Every ``eval_every`` epochs: score validation, keep the best weights, stop early."""
+        """Every ``eval_every`` epochs (and the last one): score validation, keep the best
+        weights, stop early."""
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
             done = epoch + 1
             row = {"epoch": done, **{k: float(v) for k, v in logs.items()}}
-            evaluate_now = done % config.train.eval_every == 0 or done == config.train.epochs
+            evaluate_now = (
+                done % config.train.eval_every == 0
+                or done == config.train.epochs
+                or state.get("stopped_by") == "time budget"
+            )
             if evaluate_now and val_samples:
                 started = time.time()
                 result = evaluate(self.model, val_samples, config)
@@ -185,6 +223,7 @@ def _make_callbacks(model_dir: Path, val_samples, config: Config, state: dict[st
                             "stopping early: no improvement in %d evaluations",
                             config.train.patience,
                         )
+                        state["stopped_by"] = "early stopping"
                         self.model.stop_training = True
             state["history"].append(row)
             state["epoch"] = done
@@ -197,7 +236,26 @@ def _make_callbacks(model_dir: Path, val_samples, config: Config, state: dict[st
                 keras_tmp.replace(tmp)
             write_json(checkpoint / "state.json", state)
 
-    callbacks: list[Any] = [CompetitionMetricCheckpoint()]
+    class WallClockBudget(keras.callbacks.Callback):
+        """Stop before an epoch that would end past ``max_minutes`` of training.
+
+        Runs before the checkpoint callback, which then evaluates this last epoch.
+        """
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            # state["seconds"]: all epochs so far, this one included (TrainingClock).
+            if out_of_time(state["seconds"], epoch + 1, config.train.max_minutes):
+                log.info(
+                    "stopping: %.1f of the %g minutes of the time budget spent, "
+                    "not enough for another epoch",
+                    state["seconds"] / 60,
+                    config.train.max_minutes,
+                )
+                state["stopped_by"] = "time budget"
+                self.model.stop_training = True
+
+    # In this order: the clock, the budget, then the checkpoint that evaluates a last epoch.
+    callbacks: list[Any] = [TrainingClock(), WallClockBudget(), CompetitionMetricCheckpoint()]
     if keras.config.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs")))
     return callbacks
@@ -272,7 +330,7 @@ def train_model(
         target_channels,
         write_json,
     )
-    from pipeline.models import build_model
+    from pipeline.models import build_model, custom_objects, model_outputs
     from pipeline.provenance import git_commit
 
     model_dir = Path(model_dir)
@@ -286,9 +344,24 @@ def train_model(
             f"{model_dir}: folder exists and is not empty; use --resume to continue it, "
             "or --out for a new folder"
         )
-    model_dir.mkdir(parents=True, exist_ok=True)
     device_description = device_module.configure(device, config.train.precision)
     keras.utils.set_random_seed(config.train.seed)
+    if resume:
+        from pipeline.losses import bce_dice_loss, soft_dice_loss
+
+        model = keras.saving.load_model(
+            checkpoint / "last.keras",
+            custom_objects={
+                "bce_dice_loss": bce_dice_loss,
+                "soft_dice_loss": soft_dice_loss,
+                **custom_objects(),
+            },
+        )
+    else:
+        # Before anything is written: a model that cannot be built (pretrained weights
+        # that cannot be downloaded) leaves no half-made folder behind.
+        model = build_model(config.model, out_channels=len(target_channels(config)))
+    model_dir.mkdir(parents=True, exist_ok=True)
 
     samples = load_samples(images_dir, with_labels=True)
     kinds = {s.image_id: s.kind for s in samples}
@@ -319,7 +392,9 @@ def train_model(
     )
 
     steps = config.train.steps_per_epoch or max(1, len(train_samples) // config.train.batch_size)
-    batches = make_batch_source(train_samples, config, steps, config.train.seed)
+    batches = make_batch_source(
+        train_samples, config, steps, config.train.seed, outputs=model_outputs(model)
+    )
     state: dict[str, Any] = {
         "epoch": 0,
         "best_score": -1.0,
@@ -330,13 +405,7 @@ def train_model(
         "seconds": 0.0,
     }
     if resume:
-        from pipeline.losses import bce_dice_loss, soft_dice_loss
-
         state = read_json(checkpoint / "state.json")
-        model = keras.saving.load_model(
-            checkpoint / "last.keras",
-            custom_objects={"bce_dice_loss": bce_dice_loss, "soft_dice_loss": soft_dice_loss},
-        )
         batches.epoch = state["epoch"]
         log.info(
             "resuming after epoch %d (best validation score %.4f at epoch %d)",
@@ -345,15 +414,18 @@ def train_model(
             state["best_epoch"],
         )
     else:
-        model = build_model(config.model, out_channels=len(target_channels(config)))
         schedule = keras.optimizers.schedules.CosineDecay(
             config.train.learning_rate, decay_steps=steps * config.train.epochs, alpha=0.05
         )
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(config.train.loss))
     started = time.time()
-    if state["epoch"] < config.train.epochs and not (
-        state["evals_without_improvement"] >= config.train.patience
+    seconds_before = state.get("seconds", 0.0)
+    if (
+        state["epoch"] < config.train.epochs
+        and state["evals_without_improvement"] < config.train.patience
+        and not out_of_time(state.get("seconds", 0.0), state["epoch"], config.train.max_minutes)
     ):
+        state.pop("stopped_by", None)  # a resumed run goes on (its budget or patience grew)
         model.fit(
             batches,
             epochs=config.train.epochs,
@@ -361,7 +433,7 @@ def train_model(
             callbacks=_make_callbacks(model_dir, val_samples, config, state),
             verbose=1 if sys.stderr.isatty() else 2,
         )
-    state["seconds"] = state.get("seconds", 0.0) + (time.time() - started)
+    state["seconds"] = seconds_before + (time.time() - started)
     if not (model_dir / WEIGHTS_FILE).is_file():
         # No evaluation happened (no validation images): keep the last weights.
         model.save_weights(str(model_dir / WEIGHTS_FILE))
@@ -375,6 +447,10 @@ def train_model(
         "epochs_run": state["epoch"],
         "train_seconds": round(state["seconds"], 1),
         "seconds_per_epoch": round(state["seconds"] / max(1, len(state["history"])), 1),
+        "stopped_by": state.get("stopped_by")
+        or ("epochs" if state["epoch"] >= config.train.epochs else None),
+        "max_minutes": config.train.max_minutes or None,
+        "parameters": int(model.count_params()),
         "device": device_description,
         "target_channels": list(target_channels(config)),
         "training_fingerprint": config.training_fingerprint(),
@@ -404,7 +480,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", default=None, help="named configuration: default, seeds-baseline, demo"
     )
     what.add_argument("--config", type=Path, default=None, help="a config.json to start from")
-    what.add_argument("--arch", default=None, help="architecture (unet)")
+    what.add_argument(
+        "--arch",
+        default=None,
+        help="architecture: unet, unetpp (U-Net++, deep supervision) or mobilenetv2_unet "
+        "(MobileNetV2 encoder, U-Net decoder)",
+    )
     what.add_argument("--base-filters", type=int, default=None)
     what.add_argument("--depth", type=int, default=None)
     what.add_argument(
@@ -415,6 +496,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument(
         "--targets", default=None, help="what the network learns: foreground, border, border_centre"
+    )
+    what.add_argument(
+        "--encoder-weights",
+        choices=("imagenet", "none"),
+        default=None,
+        help="mobilenetv2_unet: the encoder's initial weights (imagenet: downloaded once "
+        "into ~/.keras/models/; none: random)",
+    )
+    what.add_argument(
+        "--freeze-encoder",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mobilenetv2_unet: keep the encoder's weights fixed (only the decoder learns)",
     )
     data = parser.add_argument_group("data and output")
     data.add_argument(
@@ -436,6 +530,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "training", "options left out take the preset's (or --config's) value"
     )
     how.add_argument("--epochs", type=int, default=None)
+    how.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget: no epoch is started that would end past it (0: none)",
+    )
     how.add_argument("--batch-size", type=int, default=None)
     how.add_argument("--crop-size", type=int, default=None)
     how.add_argument("--steps-per-epoch", type=int, default=None)
@@ -465,6 +565,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("model", "depth"): args.depth,
         ("model", "targets"): args.targets,
         ("model", "invert_light_background"): args.invert_light,
+        ("model", "encoder_weights"): args.encoder_weights,
+        ("model", "encoder_trainable"): (
+            None if args.freeze_encoder is None else not args.freeze_encoder
+        ),
+        ("train", "max_minutes"): args.max_minutes,
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("train", "crop_size"): args.crop_size,

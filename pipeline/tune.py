@@ -131,6 +131,7 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     }
     tuned = {
         "params": {**params, "tta": use_tta},
+        "heads": config.predict.heads,  # the output heads the settings were tuned with
         "validation_score": round(score, 6),
         "validation_score_without_tta": round(results[False][1], 6),
         "validation_score_with_tta": round(results[True][1], 6),

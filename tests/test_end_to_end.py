@@ -236,3 +236,48 @@ def test_main_job_runs_every_stage_on_the_demo(tmp_path, monkeypatch):
     )
     assert (tmp_path / "models" / "demo" / "model.weights.h5").stat().st_mtime_ns == before
     assert len((tmp_path / "leaderboard.csv").read_text().splitlines()) == 3
+
+
+# The MobileNetV2 encoder frozen: the same code path, a third of the graph-building time.
+ARCH_FLAGS = {
+    "unet": [],
+    "unetpp": [],
+    "mobilenetv2_unet": ["--encoder-weights", "none", "--freeze-encoder"],
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_FLAGS))
+def test_every_architecture_trains_predicts_and_submits(arch, demo, tmp_path, capsys):
+    model_dir = tmp_path / arch
+    train = ["train", "--preset", "demo", "--arch", arch, *TINY, *ARCH_FLAGS[arch]]
+    train += ["--epochs", "1", "--images", str(demo.train_dir), "--out", str(model_dir)]
+    assert cli_main(train) == 0
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model"]["arch"] == arch
+    scores = json.loads((model_dir / "scores.json").read_text())
+    assert scores["epochs_run"] == 1 and scores["parameters"] > 0
+    tuned = json.loads((model_dir / "thresholds.json").read_text())
+    assert tuned["heads"] == "all"
+    submission = tmp_path / f"{arch}.csv"
+    predict = ["predict", "--model", str(model_dir), "--images", str(demo.test_dir)]
+    assert cli_main([*predict, "--out", str(submission)]) == 0
+    assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
+    if arch == "unetpp":  # fast mode: the first head alone
+        fast = tmp_path / "fast.csv"
+        assert cli_main([*predict, "--out", str(fast), "--heads", "1"]) == 0
+        assert json.loads(fast.with_suffix(".json").read_text())["predict"]["heads"] == "1"
+        assert cli_main([*predict, "--out", str(fast), "--heads", "3"]) == 2  # 2 heads only
+        capsys.readouterr()
+        assert cli_main(["evaluate", "--model", str(model_dir), "--heads", "2", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["settings"]["heads"] == "2"
+
+
+def test_time_budget_stops_training_and_evaluates_the_last_epoch(demo, tmp_path):
+    model_dir = tmp_path / "budget"
+    args = ["train", "--preset", "demo", *TINY, "--eval-every", "4", "--epochs", "5"]
+    args += ["--max-minutes", "0.0001", "--no-tune", "--images", str(demo.train_dir)]
+    assert cli_main([*args, "--out", str(model_dir)]) == 0
+    scores = json.loads((model_dir / "scores.json").read_text())
+    assert scores["epochs_run"] == 1 and scores["stopped_by"] == "time budget"
+    assert scores["max_minutes"] == 0.0001 and scores["validation_score"] is not None

@@ -67,3 +67,261 @@ def test_model_and_loss_code_is_backend_agnostic():
     for name in ("models.py", "losses.py", "metric.py", "targets.py", "postprocess.py"):
         source = (root / name).read_text()
         assert not re.search(r"\bimport tensorflow\b|\btf\.", source), name
+
+
+# --- the architectures: unet, unetpp (U-Net++), mobilenetv2_unet ------------------------
+
+TINY_ARCHS = {
+    "unet": ModelConfig(arch="unet", base_filters=4, depth=2),
+    "unetpp": ModelConfig(arch="unetpp", base_filters=4, depth=2),
+    "mobilenetv2_unet": ModelConfig(
+        arch="mobilenetv2_unet", base_filters=4, encoder_weights="none", encoder_trainable=False
+    ),
+}
+
+
+def _outputs_as_list(y):
+    return [np.asarray(v) for v in y] if isinstance(y, (list, tuple)) else [np.asarray(y)]
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_ARCHS))
+def test_every_architecture_keeps_non_square_input_sizes(arch):
+    from pipeline.models import ARCHITECTURES, build_model, input_multiple, model_outputs
+
+    assert arch in ARCHITECTURES
+    config = TINY_ARCHS[arch]
+    model = build_model(config, out_channels=2)
+    multiple = input_multiple(config)
+    x = np.random.default_rng(0).normal(size=(1, 2 * multiple, 3 * multiple, 3)).astype("float32")
+    outputs = _outputs_as_list(model(x, training=False))
+    assert len(outputs) == model_outputs(model) == (2 if arch == "unetpp" else 1)
+    for y in outputs:
+        assert y.shape == (1, 2 * multiple, 3 * multiple, 2)
+        assert y.dtype == np.float32 and y.min() >= 0 and y.max() <= 1
+
+
+def test_input_multiples():
+    from pipeline.models import input_multiple
+
+    assert input_multiple(ModelConfig(arch="unet", depth=3)) == 8
+    assert input_multiple(ModelConfig(arch="unetpp", depth=4)) == 16
+    assert input_multiple(ModelConfig(arch="mobilenetv2_unet", depth=2)) == 32
+
+
+def test_unetpp_has_one_head_per_top_level_node():
+    from pipeline.models import build_model
+
+    model = build_model(ModelConfig(arch="unetpp", base_filters=4, depth=3))
+    assert model.output_names == ["probabilities_1", "probabilities_2", "probabilities_3"]
+    # X^{0,3} concatenates X^{0,0}, X^{0,1}, X^{0,2} and the up-sampled X^{1,2}.
+    assert len(model.get_layer("skip0_3").input) == 4
+    assert len(model.get_layer("skip1_1").input) == 2
+    unet = build_model(ModelConfig(arch="unet", base_filters=4, depth=3))
+    assert model.count_params() > unet.count_params()
+
+
+def test_unetpp_prediction_averages_the_heads_or_uses_one():
+    from pipeline.errors import PipelineError
+    from pipeline.models import build_model, select_heads
+    from pipeline.predict import _predict_batch, _run_model
+
+    model = build_model(ModelConfig(arch="unetpp", base_filters=4, depth=2, batch_norm=False))
+    x = np.random.default_rng(1).normal(size=(2, 8, 12, 3)).astype("float32")
+    head1, head2 = _outputs_as_list(model(x, training=False))
+    assert not np.allclose(head1, head2)
+    assert np.allclose(_run_model(model, x), (head1 + head2) / 2, atol=1e-6)
+    assert np.allclose(_run_model(model, x, "all"), (head1 + head2) / 2, atol=1e-6)
+    assert np.allclose(_run_model(model, x, "1"), head1, atol=1e-6)
+    assert np.allclose(_run_model(model, x, "2"), head2, atol=1e-6)
+    # Fast mode: the network cut after head 1 skips the nodes only head 2 needs.
+    fast = select_heads(model, "1")
+    assert fast is select_heads(model, "1") and fast.count_params() < model.count_params()
+    # TTA of one head: each flip's result brought back, then averaged.
+    assert _predict_batch(model, x, tta=True, heads="1").shape == head1.shape
+    with pytest.raises(PipelineError, match="has 2 output heads"):
+        _run_model(model, x, "3")
+
+
+def test_heads_setting_is_checked():
+    from pipeline.config import PredictConfig, check_heads
+    from pipeline.errors import PipelineError
+    from pipeline.models import build_model
+    from pipeline.predict import _run_model
+
+    assert PredictConfig().heads == "all"
+    assert check_heads("ALL") == "all" and check_heads(3) == "3"
+    for bad in ("0", "-1", "first", ""):
+        with pytest.raises(PipelineError, match="heads must be"):
+            check_heads(bad)
+    unet = build_model(ModelConfig(base_filters=4, depth=1))
+    x = np.zeros((1, 4, 4, 3), "float32")
+    assert _run_model(unet, x, "1").shape == _run_model(unet, x, "all").shape == (1, 4, 4, 1)
+    with pytest.raises(PipelineError, match="has 1 output head$"):
+        _run_model(unet, x, "2")
+
+
+def test_predict_probabilities_uses_the_configured_heads():
+    from pipeline.config import Config
+    from pipeline.models import build_model
+    from pipeline.predict import predict_probabilities
+
+    config = Config(model=ModelConfig(arch="unetpp", base_filters=4, depth=2))
+    model = build_model(config.model)
+    image = np.random.default_rng(2).integers(0, 255, size=(10, 7, 3), dtype=np.uint8)
+    averaged = predict_probabilities(model, [image], config)[0]
+    config.predict.heads = "2"
+    second = predict_probabilities(model, [image], config)[0]
+    assert averaged.shape == second.shape == (10, 7, 1)
+    assert not np.allclose(averaged, second)
+
+
+def test_mobilenetv2_skips_come_from_strides_2_to_32():
+    from pipeline.models import MOBILENETV2_OUTPUT, MOBILENETV2_SKIPS, build_model
+
+    model = build_model(TINY_ARCHS["mobilenetv2_unet"])
+    encoder = model.get_layer("encoder")
+    features = encoder(np.zeros((1, 64, 96, 3), "float32"))
+    strides = [*sorted(MOBILENETV2_SKIPS), 32]
+    assert [64 // f.shape[1] for f in features] == strides
+    assert [96 // f.shape[2] for f in features] == strides
+    assert encoder.get_layer(MOBILENETV2_OUTPUT) is not None
+    assert not encoder.trainable  # encoder_trainable=False
+
+
+def test_frozen_encoder_leaves_only_the_decoder_trainable():
+    from pipeline.models import build_model
+
+    config = TINY_ARCHS["mobilenetv2_unet"]
+    frozen = build_model(config)
+    tuned = build_model(ModelConfig(**{**vars(config), "encoder_trainable": True}))
+    assert frozen.count_params() == tuned.count_params()
+    n_frozen = sum(int(np.prod(w.shape)) for w in frozen.trainable_weights)
+    n_tuned = sum(int(np.prod(w.shape)) for w in tuned.trainable_weights)
+    assert n_tuned - n_frozen > 2_000_000  # MobileNetV2's 2.2 million weights
+
+
+def test_per_image_range_maps_each_image_to_minus_one_one():
+    from pipeline.models import PerImageRange
+
+    x = np.stack([np.full((2, 2, 3), 5.0), np.arange(12.0).reshape(2, 2, 3)]).astype("float32")
+    y = np.asarray(PerImageRange()(x))
+    assert np.allclose(y[0], -1.0)  # a flat image
+    assert y[1].min() == -1.0 and y[1].max() == 1.0
+    assert np.allclose(y[1].ravel(), np.linspace(-1, 1, 12), atol=1e-6)
+
+
+def test_missing_imagenet_weights_is_a_clear_error(monkeypatch, tmp_path):
+    from pipeline.errors import PipelineError
+    from pipeline.models import build_model
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    config = ModelConfig(arch="mobilenetv2_unet", base_filters=4, encoder_weights="imagenet")
+    with pytest.raises(PipelineError) as error:
+        build_model(config)
+    message = str(error.value)
+    assert "could not be downloaded" in message
+    assert "--encoder-weights none" in message
+    expected = (
+        tmp_path / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    )
+    assert str(expected) in message
+    # Loading a trained model needs no download: its own weights replace the encoder's.
+    assert build_model(config, pretrained=False).count_params() > 0
+
+
+def test_imagenet_weights_are_loaded_from_keras_cache(monkeypatch, tmp_path):
+    """The cached file (Keras' legacy h5 layout) goes into the encoder, layer by layer."""
+    import h5py
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+    from pipeline.models import build_model
+
+    keras.utils.set_random_seed(3)
+    source = keras.applications.MobileNetV2(
+        input_shape=(None, None, 3), include_top=False, weights=None
+    )
+    cached = tmp_path / "mobilenet_v2_no_top.h5"
+    with h5py.File(cached, "w") as handle:
+        save_weights_to_hdf5_group(handle, source)
+    requested = []
+    monkeypatch.setattr(
+        keras.utils, "get_file", lambda name, *a, **k: requested.append(name) or str(cached)
+    )
+    model = build_model(
+        ModelConfig(arch="mobilenetv2_unet", base_filters=4, encoder_weights="imagenet")
+    )
+    assert requested == ["mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"]
+    encoder = model.get_layer("encoder")
+    for name in ("Conv1", "block_6_expand", "block_16_project", "Conv_1"):
+        for loaded, original in zip(
+            encoder.get_layer(name).get_weights(), source.get_layer(name).get_weights(), strict=True
+        ):
+            assert np.array_equal(loaded, original), name
+
+
+@pytest.mark.parametrize("arch", ["unetpp", "mobilenetv2_unet"])
+def test_weights_and_resume_checkpoint_round_trip(arch, tmp_path):
+    """model.weights.h5 (predict) and checkpoint/last.keras (train --resume) round trips.
+
+    (The U-Net's go through the command line in tests/test_end_to_end.py.)
+    """
+    from pipeline.losses import bce_dice_loss, get_loss, soft_dice_loss
+    from pipeline.models import build_model, custom_objects, input_multiple, model_outputs
+
+    config = TINY_ARCHS[arch]
+    model = build_model(config)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice"))
+    side = input_multiple(config)
+    x = np.random.default_rng(4).normal(size=(2, side, 2 * side, 3)).astype("float32")
+    target = (x[..., :1] > 0).astype("float32")
+    targets = tuple([target] * model_outputs(model)) if model_outputs(model) > 1 else target
+    logs = model.train_on_batch(x, targets, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    expected = _outputs_as_list(model(x, training=False))
+
+    model.save_weights(str(tmp_path / "model.weights.h5"))
+    rebuilt = build_model(config, pretrained=False)
+    rebuilt.load_weights(str(tmp_path / "model.weights.h5"))
+    for got, want in zip(_outputs_as_list(rebuilt(x, training=False)), expected, strict=True):
+        assert np.allclose(got, want, atol=1e-5)
+
+    model.save(tmp_path / "last.keras")
+    resumed = keras.saving.load_model(
+        tmp_path / "last.keras",
+        custom_objects={
+            "bce_dice_loss": bce_dice_loss,
+            "soft_dice_loss": soft_dice_loss,
+            **custom_objects(),
+        },
+    )
+    for got, want in zip(_outputs_as_list(resumed(x, training=False)), expected, strict=True):
+        assert np.allclose(got, want, atol=1e-5)
+    assert int(resumed.optimizer.iterations) == 1  # the optimiser's state came back too
+
+
+def test_new_settings_at_their_defaults_keep_old_fingerprints():
+    """Models trained before the encoder and time-budget settings keep their fingerprint."""
+    import hashlib
+    import json
+
+    from pipeline.config import preset
+
+    for name in ("default", "demo", "seeds-baseline"):
+        config = preset(name)
+        data = config.to_dict()
+        for key in ("encoder_weights", "encoder_trainable"):
+            del data["model"][key]
+        del data["train"]["max_minutes"]
+        payload = json.dumps({"model": data["model"], "train": data["train"]}, sort_keys=True)
+        assert config.training_fingerprint() == hashlib.sha256(payload.encode()).hexdigest()[:12]
+        config.train.max_minutes = 30
+        assert config.training_fingerprint() != hashlib.sha256(payload.encode()).hexdigest()[:12]
+    mobile = preset("default")
+    mobile.model.arch = "mobilenetv2_unet"
+    frozen = preset("default")
+    frozen.model.arch, frozen.model.encoder_trainable = "mobilenetv2_unet", False
+    assert mobile.training_fingerprint() != frozen.training_fingerprint()
