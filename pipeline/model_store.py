@@ -136,3 +136,18 @@ def load_model(model_dir: Path, tuned: bool = True):
             f"{model_dir / CONFIG_FILE} ({error})"
         ) from error
     return model, config
+
+
+def compact_weights(model_dir: Path) -> None:
+    """Rewrite ``model.weights.h5`` without the optimiser's state.
+
+    Keras saves a compiled model's optimiser variables with its weights (three times the
+    size for Adam); prediction needs none of them, and the shipped model must stay small.
+    """
+    from pipeline.fileio import atomic_path
+
+    model, _ = load_model(model_dir, tuned=False)
+    with atomic_path(Path(model_dir) / WEIGHTS_FILE) as tmp:
+        keras_tmp = tmp.with_suffix(".weights.h5")
+        model.save_weights(str(keras_tmp))
+        keras_tmp.replace(tmp)

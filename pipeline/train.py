@@ -325,6 +325,7 @@ def train_model(
         SCORES_FILE,
         SPLIT_FILE,
         WEIGHTS_FILE,
+        compact_weights,
         portable_path,
         read_json,
         target_channels,
@@ -437,6 +438,7 @@ def train_model(
     if not (model_dir / WEIGHTS_FILE).is_file():
         # No evaluation happened (no validation images): keep the last weights.
         model.save_weights(str(model_dir / WEIGHTS_FILE))
+    compact_weights(model_dir)
     _write_history(model_dir, state["history"])
     best = state.get("best_eval") or {}
     scores = {
