@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,50 @@ import numpy as np
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
+
+
+def kind_means(per_image: Mapping[str, float], samples: Sequence) -> dict[str, float]:
+    """Mean score per image kind (fluorescence, brightfield, histology) of ``samples``."""
+    kinds = sorted({s.kind for s in samples})
+    return {
+        kind: float(np.mean([per_image[s.image_id] for s in samples if s.kind == kind]))
+        for kind in kinds
+    }
+
+
+def score_samples(model, samples: Sequence, config) -> dict[str, Any]:
+    """Competition score of ``model`` on labelled samples: overall, per kind and per image."""
+    from pipeline.metric import score_images
+    from pipeline.predict import predict_labels
+
+    predicted: dict[str, np.ndarray] = {}
+    for start in range(0, len(samples), 16):
+        chunk = samples[start : start + 16]
+        labels = predict_labels(model, [s.image for s in chunk], config)
+        predicted.update({s.image_id: lab for s, lab in zip(chunk, labels, strict=True)})
+    result = score_images({s.image_id: (s.labels, predicted[s.image_id]) for s in samples})
+    per_image = {k: float(v) for k, v in result.per_image.items()}
+    return {
+        "score": float(result.score),
+        "per_kind": kind_means(per_image, samples),
+        "per_image": per_image,
+    }
+
+
+def validation_samples(model_dir: Path, images_dir: Path | None = None) -> list:
+    """The labelled validation images of a model, as its ``split.json`` records them."""
+    from pipeline.data import load_samples
+    from pipeline.model_store import SPLIT_FILE, read_json, training_images_dir
+
+    split = read_json(Path(model_dir) / SPLIT_FILE)
+    if not split.get("val"):
+        raise PipelineError(f"{Path(model_dir) / SPLIT_FILE}: no validation split recorded")
+    images_dir = Path(images_dir or training_images_dir(model_dir))
+    if not images_dir.is_dir():
+        raise PipelineError(
+            f"{images_dir}: the training images of {model_dir} are not there (--images DIR)"
+        )
+    return load_samples(images_dir, with_labels=True, ids=split["val"])
 
 
 def evaluate_model(
@@ -36,42 +81,26 @@ def evaluate_model(
     from pipeline import device as device_module
 
     device_module.select_device(device)
-    from pipeline.data import load_samples
-    from pipeline.metric import score_images
-    from pipeline.model_store import SPLIT_FILE, load_model, read_json, training_images_dir
-    from pipeline.predict import postprocess_params, predict_labels
+    from pipeline.model_store import load_model
+    from pipeline.predict import postprocess_params
 
-    model_dir = Path(model_dir)
     device_module.configure(device, "float32")
-    model, config = load_model(model_dir, tuned=tuned)
+    model, config = load_model(Path(model_dir), tuned=tuned)
     for key, value in (overrides or {}).items():
         if value is not None:
             setattr(config.predict, key, value)
-    split = read_json(model_dir / SPLIT_FILE)
-    if not split.get("val"):
-        raise PipelineError(f"{model_dir / SPLIT_FILE}: no validation split recorded")
-    images_dir = Path(images_dir or training_images_dir(model_dir))
-    samples = load_samples(images_dir, with_labels=True, ids=split["val"])
-    predicted = {}
-    for start in range(0, len(samples), 16):
-        chunk = samples[start : start + 16]
-        labels = predict_labels(model, [s.image for s in chunk], config)
-        predicted.update({s.image_id: lab for s, lab in zip(chunk, labels, strict=True)})
-    result = score_images({s.image_id: (s.labels, predicted[s.image_id]) for s in samples})
-    per_kind = {
-        kind: float(np.mean([result.per_image[s.image_id] for s in samples if s.kind == kind]))
-        for kind in sorted({s.kind for s in samples})
-    }
+    samples = validation_samples(model_dir, images_dir)
+    result = score_samples(model, samples, config)
     return {
-        "score": float(result.score),
-        "per_kind": per_kind,
+        "score": result["score"],
+        "per_kind": result["per_kind"],
         "images": len(samples),
         "settings": {
             **postprocess_params(config),
             "tta": config.predict.tta,
             "heads": config.predict.heads,
         },
-        "per_image": {k: float(v) for k, v in result.per_image.items()},
+        "per_image": result["per_image"],
     }
 
 

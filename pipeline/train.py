@@ -34,8 +34,6 @@ from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("fluorescence", "brightfield", "histology")
-
 
 def split_ids(kinds: dict[str, str], val_fraction: float, seed: int) -> dict[str, list[str]]:
     """A seeded train/validation split of image ids, stratified by image kind.
@@ -128,31 +126,6 @@ def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: i
     return Batches()
 
 
-def evaluate(model, samples, config: Config) -> dict[str, Any]:
-    """Competition score of ``model`` on labelled samples: overall, per kind and per image."""
-    from pipeline.metric import score_images
-    from pipeline.predict import predict_labels
-
-    predicted: dict[str, np.ndarray] = {}
-    for start in range(0, len(samples), 16):
-        chunk = samples[start : start + 16]
-        for sample, labels in zip(
-            chunk, predict_labels(model, [s.image for s in chunk], config), strict=True
-        ):
-            predicted[sample.image_id] = labels
-    result = score_images({s.image_id: (s.labels, predicted[s.image_id]) for s in samples})
-    per_kind = {}
-    for kind in KINDS:
-        scores = [result.per_image[s.image_id] for s in samples if s.kind == kind]
-        if scores:
-            per_kind[kind] = float(np.mean(scores))
-    return {
-        "score": float(result.score),
-        "per_kind": per_kind,
-        "per_image": {k: float(v) for k, v in result.per_image.items()},
-    }
-
-
 def out_of_time(seconds: float, epochs_done: int, max_minutes: float) -> bool:
     """Whether another epoch, as long as the mean one so far, would end past the budget.
 
@@ -167,6 +140,7 @@ def out_of_time(seconds: float, epochs_done: int, max_minutes: float) -> bool:
 def _make_callbacks(model_dir: Path, val_samples, config: Config, state: dict[str, Any]):
     import keras
 
+    from pipeline.evaluate import score_samples
     from pipeline.fileio import atomic_path
     from pipeline.model_store import CHECKPOINT_DIR, WEIGHTS_FILE, write_json
 
@@ -195,7 +169,7 @@ def _make_callbacks(model_dir: Path, val_samples, config: Config, state: dict[st
             )
             if evaluate_now and val_samples:
                 started = time.time()
-                result = evaluate(self.model, val_samples, config)
+                result = score_samples(self.model, val_samples, config)
                 row["val_score"] = result["score"]
                 logs["val_score"] = result["score"]
                 improved = result["score"] > state["best_score"]

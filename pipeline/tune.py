@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError
-
 log = logging.getLogger(__name__)
 
 
@@ -73,16 +71,14 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     from pipeline import device as device_module
 
     device_module.select_device(device)
-    from pipeline.data import load_samples
+    from pipeline.evaluate import kind_means, validation_samples
     from pipeline.metric import score_images
     from pipeline.model_store import (
         SCORES_FILE,
-        SPLIT_FILE,
         THRESHOLDS_FILE,
         load_model,
         read_json,
         target_channels,
-        training_images_dir,
         write_json,
     )
     from pipeline.postprocess import instances_from_channels
@@ -91,15 +87,7 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     model_dir = Path(model_dir)
     device_module.configure(device, "float32")
     model, config = load_model(model_dir, tuned=False)
-    split = read_json(model_dir / SPLIT_FILE)
-    if not split.get("val"):
-        raise PipelineError(f"{model_dir / SPLIT_FILE}: no validation images to tune on")
-    images_dir = Path(images_dir or training_images_dir(model_dir))
-    if not images_dir.is_dir():
-        raise PipelineError(
-            f"{images_dir}: the training images of {model_dir} are not there (--images DIR)"
-        )
-    samples = load_samples(images_dir, with_labels=True, ids=split["val"])
+    samples = validation_samples(model_dir, images_dir)
     channels = target_channels(config)
     truths = [s.labels for s in samples]
     base = postprocess_params(config)
@@ -125,10 +113,7 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
             for s, prob in zip(samples, probs, strict=True)
         }
     ).per_image
-    per_kind = {
-        kind: float(np.mean([per_image[s.image_id] for s in samples if s.kind == kind]))
-        for kind in sorted({s.kind for s in samples})
-    }
+    per_kind = kind_means(per_image, samples)
     tuned = {
         "params": {**params, "tta": use_tta},
         "heads": config.predict.heads,  # the output heads the settings were tuned with
