@@ -116,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as error:
         logging.getLogger("pipeline").error("error: %s", error)
         return 2
+    except BrokenPipeError:  # output piped into head or less, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         logging.getLogger("pipeline").error("interrupted")
         return 130

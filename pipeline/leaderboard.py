@@ -140,14 +140,35 @@ def append_entry(
 
 
 def format_leaderboard(table: pd.DataFrame) -> str:
-    """The leaderboard best first (ties: earliest first), as an aligned text table."""
+    """The leaderboard best first (ties: earliest first), as an aligned text table.
+
+    Numbers are right-aligned under their headers, text left-aligned; an empty cell
+    shows as ``-``.
+    """
     ranked = table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-    ranked.insert(0, "rank", range(1, len(ranked) + 1))
-    return ranked.to_string(
-        index=False,
-        formatters={"score": "{:.6f}".format},
-        justify="left",
-    )
+    columns = ["rank", *ranked.columns]
+    rows = [
+        [
+            str(rank),
+            *(
+                f"{value:.6f}" if key == "score" else str(value) or "-"
+                for key, value in row.items()
+            ),
+        ]
+        for rank, (_, row) in enumerate(ranked.iterrows(), start=1)
+    ]
+    widths = [
+        max(len(text) for text in [name, *(r[i] for r in rows)]) for i, name in enumerate(columns)
+    ]
+    numeric = {"rank", "score"}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if name in numeric else cell.ljust(width)
+            for name, cell, width in zip(columns, cells, widths, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(columns), *(line(r) for r in rows)])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -247,8 +247,12 @@ def test_leaderboard_rows_and_best_first(
     assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3"]
     assert [Path(line.split()[2]).name for line in lines[1:]] == ["b.csv", "a.csv", "c.csv"]
     assert [line.split()[3] for line in lines[1:]] == ["0.500000", "0.250000", "0.125000"]
-    # The columns are aligned: each starts at the same place on every line.
+    # The columns are aligned: each starts at the same place on every line, header included.
     assert len({line.index(":") for line in lines[1:]}) == 1
+    assert {line.index(":") - 13 for line in lines[1:]} == {lines[0].index("time")}
+    score_ends = {re.search(r"\d\.\d{6}", line).end() for line in lines[1:]}
+    assert score_ends == {lines[0].index("score") + len("score")}  # right-aligned under it
+    assert lines[3].split()[4:6] == ["-", "-"]  # c.csv: no model, no config
 
 
 def test_leaderboard_refuses_a_file_that_is_not_one(tmp_path: Path) -> None:
