@@ -488,5 +488,5 @@ def tune_postprocess(
     table = [
         {**setting, "score": float(score)} for setting, score in zip(settings, means, strict=True)
     ]
-    log.info("best post-processing %s: score %.4f", settings[best], means[best])
+    log.debug("best post-processing %s: score %.4f", settings[best], means[best])
     return dict(settings[best]), float(means[best]), table
