@@ -47,6 +47,8 @@ MOBILENETV2_SKIPS = {
 }
 MOBILENETV2_OUTPUT = "out_relu"  # stride 32
 MOBILENETV2_ALPHA = 1.0
+# Batch-norm momentum of a MobileNetV2 encoder trained from random weights (Keras: 0.999).
+RANDOM_INIT_BN_MOMENTUM = 0.9
 MOBILENETV2_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 )
@@ -233,6 +235,14 @@ def build_mobilenetv2_unet(
     )
     if config.encoder_weights == "imagenet" and pretrained:
         backbone.load_weights(fetch_mobilenetv2_weights(MOBILENETV2_ALPHA))
+    if config.encoder_weights == "none":
+        # Keras' MobileNetV2 uses a batch-norm momentum of 0.999, made for fine-tuning
+        # ImageNet statistics: from random weights, the moving statistics would still be
+        # ~70% their initial values after a few hundred steps, and inference-mode output
+        # noise. Learn them at the U-Net's pace instead.
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = RANDOM_INIT_BN_MOMENTUM
     names = [MOBILENETV2_SKIPS[stride] for stride in sorted(MOBILENETV2_SKIPS)]
     encoder = keras.Model(
         backbone.input,

@@ -325,3 +325,23 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
     frozen = preset("default")
     frozen.model.arch, frozen.model.encoder_trainable = "mobilenetv2_unet", False
     assert mobile.training_fingerprint() != frozen.training_fingerprint()
+
+
+def test_random_init_mobilenetv2_learns_batch_norm_statistics_at_a_usable_pace():
+    """From random weights, Keras' 0.999 momentum left inference-mode output as noise."""
+    from keras import layers
+
+    from pipeline.models import RANDOM_INIT_BN_MOMENTUM, build_model
+
+    def momenta(model):
+        encoder = model.get_layer("encoder")
+        return {
+            layer.momentum
+            for layer in encoder.layers
+            if isinstance(layer, layers.BatchNormalization)
+        }
+
+    random_init = ModelConfig(arch="mobilenetv2_unet", base_filters=4, encoder_weights="none")
+    assert momenta(build_model(random_init)) == {RANDOM_INIT_BN_MOMENTUM}
+    imagenet = ModelConfig(arch="mobilenetv2_unet", base_filters=4, encoder_weights="imagenet")
+    assert momenta(build_model(imagenet, pretrained=False)) == {0.999}
