@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_commands import last_json, run_command, update_readme  # noqa: E402
+
 RUN = str(ROOT / "run.sh")
 ABLATION_MODELS = "models/ablation"
 KINDS = ("fluorescence", "brightfield", "histology")
@@ -58,20 +60,6 @@ ROWS = [
     ("+ thresholds tuned on validation", "models/default", [], ["--no-tta"]),
     ("+ test-time augmentation (flips, rotations)", "models/default", [], ["--tta"]),
 ]
-MARK_START = "<!-- ablation:start -->"
-MARK_END = "<!-- ablation:end -->"
-
-
-def _run(args: list[str]) -> str:
-    print("$", " ".join(args), flush=True)
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(args)}\n{result.stderr[-3000:]}")
-    return result.stdout
-
-
-def _last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
 
 
 def kinds_of_images(test_dir: Path) -> dict[str, str]:
@@ -83,13 +71,13 @@ def kinds_of_images(test_dir: Path) -> dict[str, str]:
 def run_row(label: str, model: str, train_args: list[str], flags: list[str], kinds: dict) -> dict:
     model_dir = ROOT / model
     if not (model_dir / "scores.json").is_file():
-        _run([RUN, "train", "--out", model, *train_args])
+        run_command([RUN, "train", "--out", model, *train_args])
     started = time.time()
-    validation = _last_json(_run([RUN, "evaluate", "--model", model, *flags, "--json"]))
+    validation = last_json(run_command([RUN, "evaluate", "--model", model, *flags, "--json"]))
     slug = model.rstrip("/").split("/")[-1] + "-" + "-".join(f.strip("-") for f in flags)
     csv = f"submissions/ablation/{slug}.csv"
-    _run([RUN, "predict", "--model", model, "--out", csv, *flags])
-    test = _last_json(_run([RUN, "score", csv, "--json"]))
+    run_command([RUN, "predict", "--model", model, "--out", csv, *flags])
+    test = last_json(run_command([RUN, "score", csv, "--json"]))
     test_per_kind = {
         kind: sum(s for i, s in test["per_image"].items() if kinds[i] == kind)
         / max(1, sum(1 for i in test["per_image"] if kinds[i] == kind))
@@ -151,10 +139,7 @@ def main() -> int:
     (out / "ablation.md").write_text(markdown + "\n")
     print(markdown)
     if args.update_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
-        readme.write_text(text[:start] + "\n" + markdown + "\n" + text[end:])
+        update_readme("ablation", markdown)
     return 0
 
 

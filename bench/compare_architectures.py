@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_commands import last_json, run_command, update_readme  # noqa: E402
+
 RUN = str(ROOT / "run.sh")
 ARCHITECTURES = ("unet", "unetpp", "mobilenetv2_unet")
 LABELS = {
@@ -41,20 +43,6 @@ LABELS = {
     "unetpp": "U-Net++ (deep supervision, heads averaged)",
     "mobilenetv2_unet": "MobileNetV2 encoder (ImageNet) + U-Net decoder",
 }
-MARK_START = "<!-- architectures:start -->"
-MARK_END = "<!-- architectures:end -->"
-
-
-def _run(args: list[str]) -> str:
-    print("$", " ".join(args), flush=True)
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(args)}\n{result.stderr[-3000:]}")
-    return result.stdout
-
-
-def _last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
 
 
 def run_architecture(arch: str, args: argparse.Namespace, data: dict[str, Path]) -> dict:
@@ -68,15 +56,17 @@ def run_architecture(arch: str, args: argparse.Namespace, data: dict[str, Path])
             train += ["--demo"]
         if arch == "mobilenetv2_unet" and args.encoder_weights:
             train += ["--encoder-weights", args.encoder_weights]
-        _run(train + args.train_args)
+        run_command(train + args.train_args)
     started = time.time()
-    validation = _last_json(_run([RUN, "evaluate", "--model", str(model), "--json"]))
+    validation = last_json(run_command([RUN, "evaluate", "--model", str(model), "--json"]))
     csv = data["submissions"] / f"{arch}.csv"
-    _run([RUN, "predict", "--model", str(model), "--images", str(data["test"]), "--out", str(csv)])
+    run_command(
+        [RUN, "predict", "--model", str(model), "--images", str(data["test"]), "--out", str(csv)]
+    )
     score = [RUN, "score", str(csv), "--json", "--solution", str(data["solution"])]
     if args.demo:
         score += ["--leaderboard", str(data["leaderboard"])]
-    test = _last_json(_run(score))
+    test = last_json(run_command(score))
     scores = json.loads((model / "scores.json").read_text())
     config = json.loads((model / "config.json").read_text())
     return {
@@ -209,10 +199,7 @@ def main() -> int:
     print(markdown)
     print(f"wrote {_shown(data['results'] / 'architectures.json')} and .md")
     if args.update_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
-        readme.write_text(text[:start] + "\n" + markdown + "\n" + text[end:])
+        update_readme("architectures", markdown)
     return 0
 
 
