@@ -64,7 +64,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STRENGTHS = ("none", "default")
+STRENGTHS = ("none", "default", "strong")
 PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
 DEFAULT_SCALE_RANGE = (0.75, 1.5)
 
@@ -219,6 +219,8 @@ def build_augmentation(
         ``"none"``: only a random crop (padded where the image is smaller), no pixel value
         changes. ``"default"``: a random scale in 0.75-1.5 then a crop, flips, 90 degree
         rotations, brightness/contrast, gamma, hue/saturation, Gaussian noise and CLAHE.
+        ``"strong"``: the same geometry with wider gamma (0.5-2), hue (+-40) and
+        saturation changes, grey versions of colour images, blur, noise and CLAHE.
     pad_mode : str
         How an image smaller than the window is padded: ``"reflect"`` (image and labels
         mirrored) or ``"constant"`` (0 in the image and the labels).
@@ -235,20 +237,43 @@ def build_augmentation(
     border_mode = PAD_MODES[pad_mode]
     if strength == "none":
         return A.Compose([RandomScaleCrop(crop_size, (1.0, 1.0), border_mode)])
+    geometry = [
+        # Cut first, so that everything after works on crop_size x crop_size pixels.
+        RandomScaleCrop(crop_size, DEFAULT_SCALE_RANGE, border_mode),
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=1.0),
+    ]
+    if strength == "default":
+        return A.Compose(
+            [
+                *geometry,
+                A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+                A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+                # Hue/saturation leave grey pixels grey (albumentations keeps S = 0 at 0),
+                # and the noise is the same in the three channels: fluorescence stays grey.
+                A.HueSaturationValue(
+                    hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=0, p=0.3
+                ),
+                A.GaussNoise(std_range=(0.01, 0.04), per_channel=False, p=0.3),
+                A.CLAHE(clip_limit=(1.0, 3.0), tile_grid_size=(8, 8), p=0.1),
+            ]
+        )
+    # "strong": images are standardised per image afterwards, so brightness and contrast
+    # changes mostly cancel out; what changes how nuclei look relative to each other is
+    # gamma (dim nuclei next to bright ones, as in many stage1_test images), the stain's
+    # colour (pink H&E against the purple of the training histology), grey versions of
+    # colour images, blur and local contrast.
     return A.Compose(
         [
-            # Cut first, so that everything after works on crop_size x crop_size pixels.
-            RandomScaleCrop(crop_size, DEFAULT_SCALE_RANGE, border_mode),
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=1.0),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-            A.RandomGamma(gamma_limit=(80, 120), p=0.3),
-            # Hue/saturation leave grey pixels grey (albumentations keeps S = 0 at 0), and
-            # the noise is the same in the three channels: fluorescence images stay grey.
-            A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=0, p=0.3),
-            A.GaussNoise(std_range=(0.01, 0.04), per_channel=False, p=0.3),
-            A.CLAHE(clip_limit=(1.0, 3.0), tile_grid_size=(8, 8), p=0.1),
+            *geometry,
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.3, p=0.5),
+            A.RandomGamma(gamma_limit=(50, 200), p=0.5),
+            A.HueSaturationValue(hue_shift_limit=40, sat_shift_limit=40, val_shift_limit=0, p=0.5),
+            A.ToGray(num_output_channels=3, p=0.1),
+            A.GaussianBlur(blur_limit=(3, 5), p=0.1),
+            A.GaussNoise(std_range=(0.01, 0.05), per_channel=False, p=0.3),
+            A.CLAHE(clip_limit=(1.0, 4.0), tile_grid_size=(8, 8), p=0.2),
         ]
     )
 

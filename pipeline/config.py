@@ -59,6 +59,9 @@ class TrainConfig:
     eval_every: int = 3  # epochs between competition-metric evaluations on validation
     patience: int = 5  # evaluations without improvement before stopping early
     augment: bool = True
+    # How hard the augmentation changes pixel values (pipeline.augment.STRENGTHS):
+    # "default" (mild) or "strong" (wide gamma and stain colour, grey, blur).
+    augment_strength: str = "default"
     loss: str = "bce_dice"
     precision: str = "auto"  # "auto": bfloat16 where it pays off, "float32", "bfloat16"
     # Wall-clock budget of the training, in minutes (0: none): no epoch is started that
@@ -83,6 +86,11 @@ class PredictConfig:
     # Models with several output heads (unetpp): "all" averages them (accurate), "N" uses
     # head N alone (fast: the network is cut after it). Thresholds are tuned for this value.
     heads: str = "all"
+    # Images with a side longer than tile_size pixels are predicted in overlapping tiles
+    # (pipeline.tiling), so memory stays bounded; tile_margin pixels of each cut edge are
+    # dropped. 0: always the whole image.
+    tile_size: int = 1024
+    tile_margin: int = 96
 
 
 def check_heads(heads: str) -> str:
@@ -152,11 +160,14 @@ class Config:
         model, train = data["model"], data["train"]
         # Settings that cannot change the weights leave the fingerprint as it was before
         # they existed, so the models trained then keep theirs (and are not retrained):
-        # the encoder's settings outside mobilenetv2_unet, and no time budget.
+        # the encoder's settings outside mobilenetv2_unet, no time budget, and the
+        # default augmentation strength.
         if model["arch"] != "mobilenetv2_unet":
             del model["encoder_weights"], model["encoder_trainable"]
         if not train["max_minutes"]:
             del train["max_minutes"]
+        if train["augment_strength"] == "default":
+            del train["augment_strength"]
         payload = json.dumps({"model": model, "train": train}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

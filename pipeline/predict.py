@@ -1,7 +1,8 @@
 """Stage ``predict``: a folder of images in Kaggle layout to a submission CSV.
 
-Per image: normalise, predict (whole image padded to the network's multiple, or resized
-to the training size for ``resize_policy="resize"``), bring the probabilities back to the
+Per image: normalise, predict (whole image padded to the network's multiple, in
+overlapping tiles when a side is longer than ``tile_size`` (``pipeline.tiling``), or
+resized to the training size for ``resize_policy="resize"``), bring the probabilities back to the
 image's own size, turn them into instances (``pipeline.postprocess``) and stream them
 into the submission writer. Images of the same size are predicted in batches; only a
 bounded chunk of images is in memory at once.
@@ -85,6 +86,7 @@ def predict_probabilities(
     """
     from pipeline.models import input_multiple
     from pipeline.preprocess import crop_to_shape, normalise_image, pad_to_multiple
+    from pipeline.tiling import predict_in_tiles
 
     tta = config.predict.tta if tta is None else tta
     batch_size = max(1, config.predict.batch_size)
@@ -99,9 +101,35 @@ def predict_probabilities(
             x = pad_to_multiple(x, multiple)
         prepared.append(x.astype(np.float32))
     results: list[np.ndarray | None] = [None] * len(images)
+
+    def finish(i: int, prob: np.ndarray) -> None:
+        shape = images[i].shape[:2]
+        if config.train.resize_policy == "resize":
+            prob = resize(prob, shape, order=1, preserve_range=True)
+        else:
+            prob = crop_to_shape(prob, shape)
+        results[i] = np.ascontiguousarray(prob, dtype=np.float32)
+
+    tile = config.predict.tile_size // multiple * multiple
+    # A margin too wide for the tile is narrowed so that windows still advance.
+    margin = max(0, min(config.predict.tile_margin, (tile - multiple) // 2))
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, x in enumerate(prepared):
-        by_shape.setdefault(x.shape, []).append(index)
+        if tile > 0 and max(x.shape[:2]) > tile:
+            # Large images go through in overlapping windows: memory stays bounded.
+            finish(
+                index,
+                predict_in_tiles(
+                    lambda batch: _predict_batch(model, batch, tta, config.predict.heads),
+                    x,
+                    tile,
+                    margin,
+                    multiple,
+                    batch_size,
+                ),
+            )
+        else:
+            by_shape.setdefault(x.shape, []).append(index)
     for indices in by_shape.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
@@ -109,12 +137,7 @@ def predict_probabilities(
                 model, np.stack([prepared[i] for i in chunk]), tta, config.predict.heads
             )
             for i, prob in zip(chunk, probs, strict=True):
-                shape = images[i].shape[:2]
-                if config.train.resize_policy == "resize":
-                    prob = resize(prob, shape, order=1, preserve_range=True)
-                else:
-                    prob = crop_to_shape(prob, shape)
-                results[i] = np.ascontiguousarray(prob, dtype=np.float32)
+                finish(i, prob)
     return results  # type: ignore[return-value]
 
 
@@ -232,6 +255,13 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
     )
     network = parser.add_argument_group("network output (default: the model's config)")
     network.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="images with a side longer than this are predicted in overlapping tiles of "
+        "this size, bounding memory (0: always whole)",
+    )
+    network.add_argument(
         "--heads",
         type=_heads_argument,
         default=None,
@@ -261,6 +291,7 @@ def postprocess_overrides(args: argparse.Namespace) -> dict:
         "min_size": args.min_size,
         "tta": args.tta,
         "heads": args.heads,
+        "tile_size": args.tile_size,
     }
 
 

@@ -93,7 +93,9 @@ def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: i
 
     channels = target_channels(config)
     crop = config.train.crop_size
-    transform = build_augmentation(crop, "default" if config.train.augment else "none")
+    transform = build_augmentation(
+        crop, config.train.augment_strength if config.train.augment else "none"
+    )
     batch_size = config.train.batch_size
 
     class Batches(keras.utils.PyDataset):
@@ -520,6 +522,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--patience", type=int, default=None)
     how.add_argument("--seed", type=int, default=None)
     how.add_argument("--no-augment", action="store_true")
+    how.add_argument(
+        "--augment-strength",
+        choices=("default", "strong"),
+        default=None,
+        help="default: mild intensity and colour changes; strong: wide gamma and stain "
+        "colour changes, grey, blur",
+    )
     how.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None)
     how.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     how.add_argument(
@@ -555,6 +564,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("train", "patience"): args.patience,
         ("train", "seed"): args.seed,
         ("train", "precision"): args.precision,
+        ("train", "augment_strength"): args.augment_strength,
     }
     for (section, key), value in overrides.items():
         if value is not None:

@@ -48,7 +48,7 @@ def _find_window(haystack: np.ndarray, needle: np.ndarray) -> list[tuple[int, in
 # --- shapes, types, label values ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strength", ["none", "default"])
+@pytest.mark.parametrize("strength", ["none", "default", "strong"])
 @pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
 @pytest.mark.parametrize("shape", [(90, 120), (40, 50), (30, 100), (64, 64)])
 def test_output_shape_dtype_and_no_new_labels(strength: str, pad_mode: str, shape) -> None:
@@ -232,6 +232,44 @@ def test_default_strength_changes_pixel_values_sometimes() -> None:
     assert len(colours) == 8
 
 
+def test_strong_strength_keeps_grey_images_grey_and_greys_some_colour_ones() -> None:
+    """Fluorescence stays grey (within 1 grey level: CLAHE goes through Lab); about one
+    colour image in ten comes out grey (ToGray, p=0.1): 6 of these 60 seeds."""
+    transform = build_augmentation(CROP, "strong")
+    grey_image, grey_labels = _sample(90, 120, kind="fluorescence")
+    assert np.ptp(grey_image.astype(int), axis=2).max() == 0
+    for seed in range(40):
+        out = augment(transform, grey_image, grey_labels, seed)[0]
+        assert np.ptp(out.astype(int), axis=2).max() <= 1
+    colour_image, colour_labels = _sample(90, 120, kind="histology")
+    greyed = [
+        seed
+        for seed in range(60)
+        if np.ptp(
+            augment(transform, colour_image, colour_labels, seed)[0].astype(int), axis=2
+        ).max()
+        == 0
+    ]
+    assert len(greyed) == 6
+
+
+def test_strong_strength_changes_colours_more_than_default() -> None:
+    """The spread of mean hues over seeds is wider with the strong pipeline."""
+    image, labels = _sample(64, 64, seed=6)
+
+    def hue_spread(strength: str) -> float:
+        from skimage.color import rgb2hsv
+
+        transform = build_augmentation(CROP, strength)
+        hues = [
+            float(rgb2hsv(augment(transform, image, labels, seed)[0])[..., 0].mean())
+            for seed in range(30)
+        ]
+        return float(np.std(hues))
+
+    assert hue_spread("strong") > 1.5 * hue_spread("default")
+
+
 # --- random_crop ---------------------------------------------------------------------------
 
 
@@ -282,7 +320,7 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="labels must be"):
         augment(transform, image, labels[:, :-1], 0)
     with pytest.raises(ValueError, match="strength"):
-        build_augmentation(CROP, "strong")
+        build_augmentation(CROP, "extreme")
     with pytest.raises(ValueError, match="pad_mode"):
         build_augmentation(CROP, "none", "wrap")
 

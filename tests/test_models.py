@@ -304,7 +304,8 @@ def test_weights_and_resume_checkpoint_round_trip(arch, tmp_path):
 
 
 def test_new_settings_at_their_defaults_keep_old_fingerprints():
-    """Models trained before the encoder and time-budget settings keep their fingerprint."""
+    """Models trained before the encoder, time-budget and augmentation-strength settings
+    keep their fingerprint."""
     import hashlib
     import json
 
@@ -316,10 +317,17 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
         for key in ("encoder_weights", "encoder_trainable"):
             del data["model"][key]
         del data["train"]["max_minutes"]
+        if data["train"]["augment_strength"] == "default":
+            del data["train"]["augment_strength"]
         payload = json.dumps({"model": data["model"], "train": data["train"]}, sort_keys=True)
         assert config.training_fingerprint() == hashlib.sha256(payload.encode()).hexdigest()[:12]
         config.train.max_minutes = 30
         assert config.training_fingerprint() != hashlib.sha256(payload.encode()).hexdigest()[:12]
+    # The shipped models' recorded fingerprints (models/*/scores.json).
+    assert preset("seeds-baseline").training_fingerprint() == "36aa5e14d6c7"
+    strong = preset("seeds-baseline")
+    strong.train.augment_strength = "strong"
+    assert strong.training_fingerprint() != "36aa5e14d6c7"
     mobile = preset("default")
     mobile.model.arch = "mobilenetv2_unet"
     frozen = preset("default")
