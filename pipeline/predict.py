@@ -256,7 +256,7 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
     network = parser.add_argument_group("network output (default: the model's config)")
     network.add_argument(
         "--tile-size",
-        type=int,
+        type=_non_negative_int,
         default=None,
         help="images with a side longer than this are predicted in overlapping tiles of "
         "this size, bounding memory (0: always whole)",
@@ -270,6 +270,16 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
         "use head N alone, the network cut after it (fast); the saved thresholds were "
         "tuned with the config's value",
     )
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return number
 
 
 def _heads_argument(value: str) -> str:

@@ -128,3 +128,13 @@ def test_documented_example_holds():
 
     result = doctest.testmod(tiling, raise_on_error=False)
     assert result.failed == 0 and result.attempted == 1
+
+
+@pytest.mark.parametrize("value", ["-3", "x", "1.5"])
+def test_tile_size_flag_refuses_what_is_not_a_size(value, capsys):
+    from pipeline.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["predict", "--tile-size", value])
+    assert exit_info.value.code == 2
+    assert f"--tile-size: expected a whole number >= 0, got '{value}'" in capsys.readouterr().err
