@@ -26,6 +26,19 @@ from pipeline.errors import PipelineError
 log = logging.getLogger(__name__)
 
 CHUNK_IMAGES = 32  # images read and predicted together; bounds memory
+# The network's activations grow with the pixels of a batch (about 1.8 GiB a megapixel
+# for the default U-Net on the CPU): a batch holds at most this many pixels, or one image
+# or tile.
+MAX_BATCH_PIXELS = 1024 * 1024
+
+
+def _images_per_batch(batch_size: int, height: int, width: int) -> int:
+    """``batch_size``, lowered so that a batch stays within ``MAX_BATCH_PIXELS``.
+
+    >>> [_images_per_batch(4, side, side) for side in (256, 544, 1024, 2048)]
+    [4, 3, 1, 1]
+    """
+    return max(1, min(batch_size, MAX_BATCH_PIXELS // max(1, height * width)))
 
 
 def _tta_variants(batch: np.ndarray) -> list[tuple[np.ndarray, callable]]:
@@ -125,14 +138,15 @@ def predict_probabilities(
                     tile,
                     margin,
                     multiple,
-                    batch_size,
+                    _images_per_batch(batch_size, min(tile, x.shape[0]), min(tile, x.shape[1])),
                 ),
             )
         else:
             by_shape.setdefault(x.shape, []).append(index)
-    for indices in by_shape.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
+    for shape, indices in by_shape.items():
+        per_batch = _images_per_batch(batch_size, shape[0], shape[1])
+        for start in range(0, len(indices), per_batch):
+            chunk = indices[start : start + per_batch]
             probs = _predict_batch(
                 model, np.stack([prepared[i] for i in chunk]), tta, config.predict.heads
             )

@@ -138,3 +138,13 @@ def test_tile_size_flag_refuses_what_is_not_a_size(value, capsys):
         cli_main(["predict", "--tile-size", value])
     assert exit_info.value.code == 2
     assert f"--tile-size: expected a whole number >= 0, got '{value}'" in capsys.readouterr().err
+
+
+def test_batches_are_bounded_in_pixels():
+    """At most MAX_BATCH_PIXELS (a megapixel) per batch, and never fewer than one image."""
+    from pipeline.predict import MAX_BATCH_PIXELS, _images_per_batch
+
+    assert MAX_BATCH_PIXELS == 1024 * 1024
+    assert [_images_per_batch(4, side, side) for side in (256, 544, 1024, 2048)] == [4, 3, 1, 1]
+    assert _images_per_batch(2, 100, 100) == 2
+    assert _images_per_batch(8, 512, 512) == 4
