@@ -40,7 +40,28 @@ def default_grid(channels: tuple[str, ...]) -> list[dict[str, list[Any]]]:
                 "min_size": [10, 25],
             }
         )
+    else:
+        # Without a border channel the watershed's markers come from the mask's own
+        # distance-to-edge map (pipeline.postprocess), which still splits some nuclei.
+        grids.append(
+            {
+                "method": ["watershed"],
+                "threshold": [0.4, 0.5, 0.6],
+                "marker_threshold": [0.3, 0.5, 0.7],
+                "min_size": [10, 20],
+            }
+        )
     return grids
+
+
+def covers(grid: dict[str, list[Any]], setting: dict[str, Any]) -> bool:
+    """Whether ``grid`` tries ``setting`` (a key the grid leaves out takes the setting's
+    value).
+
+    >>> covers({"threshold": [0.4, 0.5]}, {"threshold": 0.5, "min_size": 10})
+    True
+    """
+    return all(value in grid.get(key, [value]) for key, value in setting.items())
 
 
 def search(
@@ -92,6 +113,9 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     truths = [s.labels for s in samples]
     base = postprocess_params(config)
     grids = default_grid(channels)
+    if not any(covers(grid, base) for grid in grids):
+        # The config's own settings are always a candidate: tuning never ends below them.
+        grids.append({key: [value] for key, value in base.items()})
     results = {}
     for tta in (False, True):
         started = time.time()
