@@ -157,19 +157,28 @@ class Config:
         skip training when a model with this fingerprint already exists.
         """
         data = self.to_dict()
-        model, train = data["model"], data["train"]
-        # Settings that cannot change the weights leave the fingerprint as it was before
-        # they existed, so the models trained then keep theirs (and are not retrained):
-        # the encoder's settings outside mobilenetv2_unet, no time budget, and the
-        # default augmentation strength.
-        if model["arch"] != "mobilenetv2_unet":
-            del model["encoder_weights"], model["encoder_trainable"]
-        if not train["max_minutes"]:
-            del train["max_minutes"]
-        if train["augment_strength"] == "default":
-            del train["augment_strength"]
-        payload = json.dumps({"model": model, "train": train}, sort_keys=True)
+        sections = {"model": data["model"], "train": data["train"]}
+        # Settings added after models were trained leave the fingerprint as it was before
+        # they existed while they hold the value that reproduces those models, so the
+        # models trained then keep theirs (and are not retrained).
+        for (section, key), unchanged in _FINGERPRINT_NEUTRAL.items():
+            if unchanged(sections[section][key], sections):
+                del sections[section][key]
+        payload = json.dumps(sections, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _not_mobilenet(_value: Any, sections: dict[str, dict[str, Any]]) -> bool:
+    return sections["model"]["arch"] != "mobilenetv2_unet"
+
+
+#: (section, key) -> whether its value leaves a training as it was before the key existed.
+_FINGERPRINT_NEUTRAL = {
+    ("model", "encoder_weights"): _not_mobilenet,  # used by mobilenetv2_unet only
+    ("model", "encoder_trainable"): _not_mobilenet,
+    ("train", "max_minutes"): lambda value, _sections: not value,  # no time budget
+    ("train", "augment_strength"): lambda value, _sections: value == "default",
+}
 
 
 def _preset_default() -> Config:

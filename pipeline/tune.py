@@ -73,10 +73,13 @@ def search(
 ) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
     """Best settings over every grid: ``(params, mean score, table)``.
 
-    Settings a grid leaves out take their value from ``base`` (the config's).
+    Settings a grid leaves out take their value from ``base`` (the config's), and
+    ``base`` itself is always a candidate, so the result never scores below it.
     """
     from pipeline.postprocess import tune_postprocess
 
+    if not any(covers(grid, base) for grid in grids):
+        grids = [*grids, {key: [value] for key, value in base.items()}]
     table: list[dict[str, Any]] = []
     for grid in grids:
         full = {key: [value] for key, value in base.items()} | grid
@@ -113,9 +116,6 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     truths = [s.labels for s in samples]
     base = postprocess_params(config)
     grids = default_grid(channels)
-    if not any(covers(grid, base) for grid in grids):
-        # The config's own settings are always a candidate: tuning never ends below them.
-        grids.append({key: [value] for key, value in base.items()})
     results = {}
     for tta in (False, True):
         started = time.time()
