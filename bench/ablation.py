@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_commands import last_json, run_command, update_readme  # noqa: E402
+from bench_commands import last_json, run_command, update_readme, write_results  # noqa: E402
 
 RUN = str(ROOT / "run.sh")
 ABLATION_MODELS = "models/ablation"
@@ -177,12 +177,9 @@ def main() -> int:
     for label, model, train_args, flags in ROWS:
         rows.append(run_row(label, model, train_args, flags, kinds))
         print(json.dumps(rows[-1]), flush=True)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
     markdown = table(rows)
-    (out / "ablation.md").write_text(markdown + "\n")
     print(markdown)
+    write_results(ROOT / "bench" / "results" / "ablation.json", rows, markdown)
     if args.update_readme:
         update_readme("ablation", markdown)
     return 0

@@ -1,4 +1,5 @@
-"""What the bench scripts share: running the project's commands and writing README tables."""
+"""What the bench scripts share: running the project's commands, writing their results and
+README tables."""
 
 from __future__ import annotations
 
@@ -30,3 +31,17 @@ def update_readme(name: str, markdown: str) -> None:
     start_mark, end_mark = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     start, end = text.index(start_mark) + len(start_mark), text.index(end_mark)
     readme.write_text(text[:start] + "\n" + markdown + "\n" + text[end:])
+
+
+def write_results(path: Path, data: object, markdown: str | None = None) -> None:
+    """Write ``data`` as indented JSON to ``path`` and, when given, ``markdown`` beside it
+    (same name, ``.md``); say where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    written = [path]
+    if markdown is not None:
+        path.with_suffix(".md").write_text(markdown + "\n")
+        written.append(path.with_suffix(".md"))
+    shown = [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in written]
+    print("wrote " + " and ".join(shown), flush=True)

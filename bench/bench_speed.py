@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_commands import write_results  # noqa: E402
+
 
 def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -174,9 +176,7 @@ def main() -> int:
     )
     kind = "gpu" if any(row["device"].startswith("GPU") for row in rows) else "cpu"
     out = args.out or ROOT / "bench" / "results" / f"speed-{kind}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(out, summary)
     return 0
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_commands import write_results  # noqa: E402
+
 
 def phase(model_dir: Path, side: int, tile_size: int) -> dict:
     """Predict the synthetic image once (after loading the model); time and peak memory."""
@@ -76,10 +78,7 @@ def main() -> int:
             f"| {how} | {row['seconds']} | {row['peak_mib'] / 1024:.1f} GiB | "
             f"{row['foreground_fraction']} |"
         )
-    out = ROOT / "bench" / "results" / "tiling-cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    write_results(ROOT / "bench" / "results" / "tiling-cpu.json", rows)
     return 0
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_commands import last_json, run_command, update_readme  # noqa: E402
+from bench_commands import last_json, run_command, update_readme, write_results  # noqa: E402
 
 RUN = str(ROOT / "run.sh")
 ARCHITECTURES = ("unet", "unetpp", "mobilenetv2_unet")
@@ -193,11 +193,9 @@ def main() -> int:
     for arch in args.arch or ARCHITECTURES:
         rows.append(run_architecture(arch, args, data))
         print(json.dumps(rows[-1]), flush=True)
-    (data["results"] / "architectures.json").write_text(json.dumps(rows, indent=2) + "\n")
     markdown = table(rows)
-    (data["results"] / "architectures.md").write_text(markdown + "\n")
     print(markdown)
-    print(f"wrote {_shown(data['results'] / 'architectures.json')} and .md")
+    write_results(data["results"] / "architectures.json", rows, markdown)
     if args.update_readme:
         update_readme("architectures", markdown)
     return 0
