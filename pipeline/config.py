@@ -62,6 +62,10 @@ class TrainConfig:
     # How hard the augmentation changes pixel values (pipeline.augment.STRENGTHS):
     # "default" (mild) or "strong" (wide gamma and stain colour, grey, blur).
     augment_strength: str = "default"
+    # Share of training samples in which about half the nuclei are dimmed against the
+    # background (pipeline.augment.dim_nuclei), so that dim nuclei beside bright ones
+    # are still found; 0: never.
+    dim_nuclei: float = 0.0
     loss: str = "bce_dice"
     precision: str = "auto"  # "auto": bfloat16 where it pays off, "float32", "bfloat16"
     # Wall-clock budget of the training, in minutes (0: none): no epoch is started that
@@ -178,6 +182,7 @@ _FINGERPRINT_NEUTRAL = {
     ("model", "encoder_trainable"): _not_mobilenet,
     ("train", "max_minutes"): lambda value, _sections: not value,  # no time budget
     ("train", "augment_strength"): lambda value, _sections: value == "default",
+    ("train", "dim_nuclei"): lambda value, _sections: not value,  # never dimmed
 }
 
 

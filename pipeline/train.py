@@ -86,7 +86,7 @@ def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: i
     """
     import keras
 
-    from pipeline.augment import augment, build_augmentation
+    from pipeline.augment import augment, build_augmentation, dim_nuclei
     from pipeline.model_store import target_channels
     from pipeline.preprocess import normalise_image
     from pipeline.targets import labels_to_targets
@@ -97,6 +97,7 @@ def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: i
         crop, config.train.augment_strength if config.train.augment else "none"
     )
     batch_size = config.train.batch_size
+    dim_share = config.train.dim_nuclei if config.train.augment else 0.0
 
     class Batches(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -118,6 +119,8 @@ def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: i
                 image, labels = augment(
                     transform, sample.image, sample.labels, int(rng.integers(2**31))
                 )
+                if dim_share and rng.random() < dim_share:
+                    image = dim_nuclei(image, labels, rng)
                 images.append(normalise_image(image, config.model.invert_light_background))
                 targets.append(labels_to_targets(labels, channels))
             batch_targets = np.stack(targets)
@@ -450,6 +453,17 @@ def train_model(
     return scores
 
 
+def _share(value: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        share = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
+    return share
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group(
         "what to train", "options left out take the preset's (or --config's) value"
@@ -529,6 +543,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default: mild intensity and colour changes; strong: wide gamma and stain "
         "colour changes, grey, blur",
     )
+    how.add_argument(
+        "--dim-nuclei",
+        type=_share,
+        default=None,
+        metavar="P",
+        help="share of training samples in which about half the nuclei are dimmed against "
+        "the background, so that dim nuclei beside bright ones are found (0: never)",
+    )
     how.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None)
     how.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     how.add_argument(
@@ -565,6 +587,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("train", "seed"): args.seed,
         ("train", "precision"): args.precision,
         ("train", "augment_strength"): args.augment_strength,
+        ("train", "dim_nuclei"): args.dim_nuclei,
     }
     for (section, key), value in overrides.items():
         if value is not None:

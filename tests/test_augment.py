@@ -14,6 +14,7 @@ from pipeline.augment import (
     RandomScaleCrop,
     augment,
     build_augmentation,
+    dim_nuclei,
     random_crop,
     save_augmentation_preview,
 )
@@ -335,3 +336,60 @@ def test_preview_is_written_as_a_png(tmp_path: Path) -> None:
     with Image.open(path) as picture:
         assert picture.format == "PNG" and picture.width >= 300 and picture.height >= 300
     assert [p.name for p in tmp_path.iterdir()] == ["preview.png"]  # no temporary left
+
+
+# --- dimmed nuclei ----------------------------------------------------------------------------
+
+
+def _two_nuclei(background: int, nucleus: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 64x64 image with two 24x24 square nuclei far apart, flat inside."""
+    image = np.full((64, 64, 3), background, np.uint8)
+    labels = np.zeros((64, 64), np.int32)
+    for label, (top, left) in enumerate([(4, 4), (36, 36)], start=1):
+        labels[top : top + 24, left : left + 24] = label
+        image[top : top + 24, left : left + 24] = nucleus
+    return image, labels
+
+
+@pytest.mark.parametrize(("background", "nucleus", "expected"), [(10, 210, 110), (200, 100, 150)])
+def test_dim_nuclei_moves_nuclei_towards_the_background(background, nucleus, expected) -> None:
+    """With every nucleus chosen and a contrast of exactly 0.5, a nucleus's inside lies
+    half way to the background, dark or light; far from nuclei nothing changes."""
+    image, labels = _two_nuclei(background, nucleus)
+    out = dim_nuclei(image, labels, np.random.default_rng(0), 1.0, (0.5, 0.5))
+    inside = np.zeros_like(labels, bool)
+    inside[10:22, 10:22] = inside[42:54, 42:54] = True  # 6 pixels (3 sigma) from the edges
+    assert np.all(out[inside] == expected)
+    assert np.all(out[30:34, :] == background) and np.all(out[:, 30:34] == background)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+
+
+def test_dim_nuclei_chooses_each_nucleus_with_the_share() -> None:
+    image, labels = _two_nuclei(10, 210)
+    untouched = dim_nuclei(image, labels, np.random.default_rng(0), 0.0, (0.5, 0.5))
+    assert np.array_equal(untouched, image)
+    # Over 200 draws of 2 nuclei with share 0.3, the dimmed share is near 0.3.
+    dimmed = [
+        dim_nuclei(image, labels, np.random.default_rng(seed), 0.3, (0.5, 0.5))[16, 16, 0] < 200
+        for seed in range(200)
+    ]
+    assert 0.2 < np.mean(dimmed) < 0.4
+    first = dim_nuclei(image, labels, np.random.default_rng(5), 0.5)
+    assert np.array_equal(first, dim_nuclei(image, labels, np.random.default_rng(5), 0.5))
+
+
+def test_dim_nuclei_leaves_images_without_nuclei_or_background_as_they_are() -> None:
+    image, labels = _two_nuclei(10, 210)
+    empty = np.zeros_like(labels)
+    assert np.array_equal(dim_nuclei(image, empty, np.random.default_rng(0), 1.0), image)
+    full = np.ones_like(labels)
+    assert np.array_equal(dim_nuclei(image, full, np.random.default_rng(0), 1.0), image)
+
+
+@pytest.mark.parametrize(
+    ("share", "contrast"), [(-0.1, (0.1, 0.6)), (1.5, (0.1, 0.6)), (0.5, (0.7, 0.2)), (0.5, (0, 2))]
+)
+def test_dim_nuclei_refuses_bad_settings(share, contrast) -> None:
+    image, labels = _two_nuclei(10, 210)
+    with pytest.raises(ValueError, match="share|contrast_range"):
+        dim_nuclei(image, labels, np.random.default_rng(0), share, contrast)

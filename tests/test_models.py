@@ -304,8 +304,8 @@ def test_weights_and_resume_checkpoint_round_trip(arch, tmp_path):
 
 
 def test_new_settings_at_their_defaults_keep_old_fingerprints():
-    """Models trained before the encoder, time-budget and augmentation-strength settings
-    keep their fingerprint."""
+    """Models trained before the encoder, time-budget, augmentation-strength and
+    dimmed-nuclei settings keep their fingerprint."""
     import hashlib
     import json
 
@@ -319,6 +319,7 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
         del data["train"]["max_minutes"]
         if data["train"]["augment_strength"] == "default":
             del data["train"]["augment_strength"]
+        del data["train"]["dim_nuclei"]
         payload = json.dumps({"model": data["model"], "train": data["train"]}, sort_keys=True)
         assert config.training_fingerprint() == hashlib.sha256(payload.encode()).hexdigest()[:12]
         config.train.max_minutes = 30
@@ -328,6 +329,10 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
     strong = preset("seeds-baseline")
     strong.train.augment_strength = "strong"
     assert strong.training_fingerprint() != "36aa5e14d6c7"
+    assert preset("default").training_fingerprint() == "a64205032922"
+    dimmed = preset("default")
+    dimmed.train.dim_nuclei = 0.5
+    assert dimmed.training_fingerprint() != "a64205032922"
     mobile = preset("default")
     mobile.model.arch = "mobilenetv2_unet"
     frozen = preset("default")

@@ -1,4 +1,4 @@
-"""The seeded, stratified train/validation split."""
+"""The training command: the seeded, stratified train/validation split and its flags."""
 
 import pytest
 
@@ -31,3 +31,20 @@ def test_same_seed_same_split_other_seed_other_split():
 def test_bad_fraction_is_refused():
     with pytest.raises(PipelineError, match="val_fraction"):
         split_ids(_kinds(), 1.5, seed=0)
+
+
+def test_dim_nuclei_flag_sets_the_share_and_refuses_what_is_not_one(capsys):
+    import argparse
+
+    from pipeline.cli import main as cli_main
+    from pipeline.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--dim-nuclei", "0.5"])).train.dim_nuclei == 0.5
+    assert config_from_args(parser.parse_args([])).train.dim_nuclei == 0.0
+    for value, why in [("1.5", "1.5 is not in [0, 1]"), ("x", "'x' is not a number")]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["train", "--dim-nuclei", value])
+        assert exit_info.value.code == 2
+        assert f"--dim-nuclei: {why}" in capsys.readouterr().err
