@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_commands import last_json, run_command, update_readme, write_results  # noqa: E402
+from bench_commands import last_json, publish, run_command  # noqa: E402
 
 RUN = str(ROOT / "run.sh")
 ABLATION_MODELS = "models/ablation"
@@ -178,10 +178,12 @@ def main() -> int:
         rows.append(run_row(label, model, train_args, flags, kinds))
         print(json.dumps(rows[-1]), flush=True)
     markdown = table(rows)
-    print(markdown)
-    write_results(ROOT / "bench" / "results" / "ablation.json", rows, markdown)
-    if args.update_readme:
-        update_readme("ablation", markdown)
+    publish(
+        ROOT / "bench" / "results" / "ablation.json",
+        rows,
+        markdown,
+        "ablation" if args.update_readme else None,
+    )
     return 0
 
 

@@ -45,3 +45,12 @@ def write_results(path: Path, data: object, markdown: str | None = None) -> None
         written.append(path.with_suffix(".md"))
     shown = [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in written]
     print("wrote " + " and ".join(shown), flush=True)
+
+
+def publish(path: Path, rows: object, markdown: str, readme_section: str | None = None) -> None:
+    """Print a result table, write it with its rows (`write_results`) and, when
+    ``readme_section`` names one, put it into the README (`update_readme`)."""
+    print(markdown)
+    write_results(path, rows, markdown)
+    if readme_section:
+        update_readme(readme_section, markdown)

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_commands import update_readme, write_results  # noqa: E402
+from bench_commands import publish  # noqa: E402
 
 
 def size_figures(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
@@ -121,10 +121,12 @@ def main() -> int:
     args = parser.parse_args()
     rows = [row for model_dir in args.model for row in measure(model_dir, args.grow)]
     markdown = table(rows, args.grow)
-    print(markdown)
-    write_results(ROOT / "bench" / "results" / "calibration.json", rows, markdown)
-    if args.update_readme:
-        update_readme("calibration", markdown)
+    publish(
+        ROOT / "bench" / "results" / "calibration.json",
+        rows,
+        markdown,
+        "calibration" if args.update_readme else None,
+    )
     return 0
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_commands import last_json, run_command, update_readme, write_results  # noqa: E402
+from bench_commands import last_json, publish, run_command  # noqa: E402
 
 RUN = str(ROOT / "run.sh")
 ARCHITECTURES = ("unet", "unetpp", "mobilenetv2_unet")
@@ -194,10 +194,12 @@ def main() -> int:
         rows.append(run_architecture(arch, args, data))
         print(json.dumps(rows[-1]), flush=True)
     markdown = table(rows)
-    print(markdown)
-    write_results(data["results"] / "architectures.json", rows, markdown)
-    if args.update_readme:
-        update_readme("architectures", markdown)
+    publish(
+        data["results"] / "architectures.json",
+        rows,
+        markdown,
+        "architectures" if args.update_readme else None,
+    )
     return 0
 
 
