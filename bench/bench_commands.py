@@ -10,6 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it, else as it is."""
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def run_command(args: list[str]) -> str:
     """Run a project command from the repository root; its stdout, or exit on failure."""
     print("$", " ".join(args), flush=True)
@@ -43,8 +49,7 @@ def write_results(path: Path, data: object, markdown: str | None = None) -> None
     if markdown is not None:
         path.with_suffix(".md").write_text(markdown + "\n")
         written.append(path.with_suffix(".md"))
-    shown = [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in written]
-    print("wrote " + " and ".join(shown), flush=True)
+    print("wrote " + " and ".join(shown(p) for p in written), flush=True)
 
 
 def publish(path: Path, rows: object, markdown: str, readme_section: str | None = None) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_commands import last_json, publish, run_command  # noqa: E402
+from bench_commands import last_json, publish, run_command, shown  # noqa: E402
 
 RUN = str(ROOT / "run.sh")
 ARCHITECTURES = ("unet", "unetpp", "mobilenetv2_unet")
@@ -71,7 +71,7 @@ def run_architecture(arch: str, args: argparse.Namespace, data: dict[str, Path])
     config = json.loads((model / "config.json").read_text())
     return {
         "arch": arch,
-        "model": _shown(model),
+        "model": shown(model),
         "parameters": scores.get("parameters"),
         "seconds_per_epoch": scores.get("seconds_per_epoch"),
         "epochs_run": scores.get("epochs_run"),
@@ -88,16 +88,11 @@ def run_architecture(arch: str, args: argparse.Namespace, data: dict[str, Path])
         "device": scores.get("device"),
         "evaluation_seconds": round(time.time() - started),
         "commands": [
-            f"./run.sh evaluate --model {_shown(model)} --json",
-            f"./run.sh predict --model {_shown(model)} --out {_shown(csv)}",
-            f"./run.sh score {_shown(csv)}",
+            f"./run.sh evaluate --model {shown(model)} --json",
+            f"./run.sh predict --model {shown(model)} --out {shown(csv)}",
+            f"./run.sh score {shown(csv)}",
         ],
     }
-
-
-def _shown(path: Path) -> str:
-    path = Path(path)
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def table(rows: list[dict]) -> str:
