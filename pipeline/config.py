@@ -18,6 +18,9 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 
+#: TrainConfig.resize_policy values.
+RESIZE_POLICIES = ("native", "resize", "nucleus")
+
 
 @dataclass
 class ModelConfig:
@@ -47,8 +50,12 @@ class TrainConfig:
     """How the network is trained."""
 
     # "native": random crops of crop_size at the images' own scale (whole images are
-    # predicted, padded); "resize": every image resized to crop_size (the seeds' way).
+    # predicted, padded); "resize": every image resized to crop_size (the seeds' way);
+    # "nucleus": like native, with every image first rescaled so that its median nucleus
+    # is nucleus_diameter pixels across (pipeline.scale; in prediction the diameter is
+    # estimated from a first pass).
     resize_policy: str = "native"
+    nucleus_diameter: float = 20.0
     crop_size: int = 128
     epochs: int = 40
     batch_size: int = 16
@@ -183,6 +190,10 @@ _FINGERPRINT_NEUTRAL = {
     ("train", "max_minutes"): lambda value, _sections: not value,  # no time budget
     ("train", "augment_strength"): lambda value, _sections: value == "default",
     ("train", "dim_nuclei"): lambda value, _sections: not value,  # never dimmed
+    # used by resize_policy "nucleus" only
+    ("train", "nucleus_diameter"): lambda _value, sections: (
+        sections["train"]["resize_policy"] != "nucleus"
+    ),
 }
 
 

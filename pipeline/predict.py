@@ -1,11 +1,12 @@
 """Stage ``predict``: a folder of images in Kaggle layout to a submission CSV.
 
 Per image: normalise, predict (whole image padded to the network's multiple, in
-overlapping tiles when a side is longer than ``tile_size`` (``pipeline.tiling``), or
-resized to the training size for ``resize_policy="resize"``), bring the probabilities back to the
-image's own size, turn them into instances (``pipeline.postprocess``) and stream them
-into the submission writer. Images of the same size are predicted in batches; only a
-bounded chunk of images is in memory at once.
+overlapping tiles when a side is longer than ``tile_size`` (``pipeline.tiling``),
+resized to the training size for ``resize_policy="resize"``, or rescaled by its estimated
+nucleus size for ``resize_policy="nucleus"`` (``pipeline.scale``)), bring the
+probabilities back to the image's own size, turn them into instances
+(``pipeline.postprocess``) and stream them into the submission writer. Images of the
+same size are predicted in batches; only a bounded chunk of images is in memory at once.
 """
 
 from __future__ import annotations
@@ -95,13 +96,62 @@ def predict_probabilities(
     """Per-pixel probabilities (H, W, C) float32 for each RGB uint8 image, at its own size.
 
     A model with several output heads gives the mean of its heads, or the one head that
-    ``config.predict.heads`` names.
+    ``config.predict.heads`` names. A model trained with ``resize_policy="nucleus"`` sees
+    each image rescaled by its estimated nucleus size (`_predict_nucleus_scaled`).
     """
+    tta = config.predict.tta if tta is None else tta
+    if config.train.resize_policy == "nucleus":
+        return _predict_nucleus_scaled(model, images, config, tta)
+    return _predict_as_trained(model, images, config, tta)
+
+
+def _predict_nucleus_scaled(
+    model, images: Sequence[np.ndarray], config: Config, tta: bool
+) -> list[np.ndarray]:
+    """Probabilities with each image rescaled so that its nuclei have the training size.
+
+    The median nucleus diameter is measured on the model's own instances: first at the
+    image's own scale, then ``REFINE_PASSES`` times at the scale the last pass suggested
+    (without TTA); the last scale is predicted (with TTA if asked, reusing the last pass
+    when it is the same) and brought back to the image's own size.
+    """
+    from pipeline.scale import (
+        REFINE_PASSES,
+        median_diameter,
+        next_factor,
+        rescale_image,
+        restore_size,
+    )
+
+    target = config.train.nucleus_diameter
+    factors = [1.0] * len(images)
+    probs: list[np.ndarray] = []
+    for _ in range(1 + REFINE_PASSES):
+        measured = factors
+        scaled = [rescale_image(image, f) for image, f in zip(images, measured, strict=True)]
+        probs = _predict_as_trained(model, scaled, config, tta=False)
+        factors = [
+            next_factor(f, median_diameter(labels_from_probabilities(prob, config)), target)
+            for f, prob in zip(measured, probs, strict=True)
+        ]
+    redo = [i for i, (f, g) in enumerate(zip(factors, measured, strict=True)) if tta or f != g]
+    if redo:
+        again = _predict_as_trained(
+            model, [rescale_image(images[i], factors[i]) for i in redo], config, tta
+        )
+        for i, prob in zip(redo, again, strict=True):
+            probs[i] = prob
+    return [restore_size(prob, image.shape[:2]) for prob, image in zip(probs, images, strict=True)]
+
+
+def _predict_as_trained(
+    model, images: Sequence[np.ndarray], config: Config, tta: bool
+) -> list[np.ndarray]:
+    """`predict_probabilities` for the ``native`` and ``resize`` policies."""
     from pipeline.models import input_multiple
     from pipeline.preprocess import crop_to_shape, normalise_image, pad_to_multiple
     from pipeline.tiling import predict_in_tiles
 
-    tta = config.predict.tta if tta is None else tta
     batch_size = max(1, config.predict.batch_size)
     size = config.train.crop_size
     multiple = input_multiple(config.model)

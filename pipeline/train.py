@@ -2,7 +2,8 @@
 
 - a seeded train/validation split, stratified by image kind, saved with the model;
 - joint image and label augmentation (``pipeline.augment``), random crops at the images'
-  own scale (or whole images resized, for the seeds' baseline);
+  own scale, at a scale normalised by nucleus size (``pipeline.scale``), or of whole
+  images resized (the seeds' baseline);
 - the best checkpoint chosen by the competition metric on the validation images,
   computed every ``eval_every`` epochs, with early stopping on it;
 - ``--resume`` continues from the last epoch's checkpoint after a kill;
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import paths
-from pipeline.config import Config, preset
+from pipeline.config import RESIZE_POLICIES, Config, preset
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def split_ids(kinds: dict[str, str], val_fraction: float, seed: int) -> dict[str
     return {"train": sorted(train), "val": sorted(val)}
 
 
-def _prepare_for_resize_policy(samples, size: int):
+def _resized_to_crop(samples, size: int):
     """The seeds' way: every image and its labels resized to ``size`` x ``size``."""
     from skimage.transform import resize
 
@@ -76,6 +77,40 @@ def _prepare_for_resize_policy(samples, size: int):
         ).astype(np.int32)
         prepared.append(dataclasses.replace(sample, image=image, labels=labels))
     return prepared
+
+
+def _rescaled_by_nucleus_size(samples, diameter: float):
+    """Every image and its labels rescaled so that its median nucleus is ``diameter``
+    pixels across (``pipeline.scale``)."""
+    from pipeline.scale import median_diameter, rescale_image, rescale_labels, scale_factor
+
+    prepared = []
+    for sample in samples:
+        factor = scale_factor(median_diameter(sample.labels), diameter)
+        prepared.append(
+            dataclasses.replace(
+                sample,
+                image=rescale_image(sample.image, factor),
+                labels=rescale_labels(sample.labels, factor),
+            )
+        )
+    return prepared
+
+
+def prepare_training_samples(samples, config: Config):
+    """The training samples as ``config.train.resize_policy`` wants them seen."""
+    policy = config.train.resize_policy
+    if policy == "native":
+        return samples
+    if policy == "resize":
+        return _resized_to_crop(samples, config.train.crop_size)
+    if policy == "nucleus":
+        if config.train.nucleus_diameter <= 0:
+            raise PipelineError(
+                f"nucleus_diameter must be > 0, got {config.train.nucleus_diameter}"
+            )
+        return _rescaled_by_nucleus_size(samples, config.train.nucleus_diameter)
+    raise PipelineError(f"resize_policy must be one of {RESIZE_POLICIES}, got {policy!r}")
 
 
 def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: int = 1):
@@ -362,8 +397,7 @@ def train_model(
     by_id = {s.image_id: s for s in samples}
     train_samples = [by_id[i] for i in split["train"]]
     val_samples = [by_id[i] for i in split["val"]]
-    if config.train.resize_policy == "resize":
-        train_samples = _prepare_for_resize_policy(train_samples, config.train.crop_size)
+    train_samples = prepare_training_samples(train_samples, config)
     log.info(
         "training on %d images, validating on %d (%s)",
         len(train_samples),
@@ -530,6 +564,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     how.add_argument("--batch-size", type=int, default=None)
     how.add_argument("--crop-size", type=int, default=None)
+    how.add_argument(
+        "--resize-policy",
+        choices=RESIZE_POLICIES,
+        default=None,
+        help="native: crops at the images' own scale; resize: whole images resized to "
+        "the crop size; nucleus: images rescaled so that nuclei are --nucleus-diameter "
+        "pixels across (estimated by a first pass in prediction)",
+    )
+    how.add_argument(
+        "--nucleus-diameter",
+        type=float,
+        default=None,
+        metavar="D",
+        help="resize-policy nucleus: the median nucleus diameter, in pixels, that every "
+        "image is rescaled to",
+    )
     how.add_argument("--steps-per-epoch", type=int, default=None)
     how.add_argument("--learning-rate", type=float, default=None)
     how.add_argument("--eval-every", type=int, default=None)
@@ -580,6 +630,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("train", "crop_size"): args.crop_size,
+        ("train", "resize_policy"): args.resize_policy,
+        ("train", "nucleus_diameter"): args.nucleus_diameter,
         ("train", "steps_per_epoch"): args.steps_per_epoch,
         ("train", "learning_rate"): args.learning_rate,
         ("train", "eval_every"): args.eval_every,

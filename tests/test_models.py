@@ -304,8 +304,8 @@ def test_weights_and_resume_checkpoint_round_trip(arch, tmp_path):
 
 
 def test_new_settings_at_their_defaults_keep_old_fingerprints():
-    """Models trained before the encoder, time-budget, augmentation-strength and
-    dimmed-nuclei settings keep their fingerprint."""
+    """Models trained before the encoder, time-budget, augmentation-strength,
+    dimmed-nuclei and nucleus-diameter settings keep their fingerprint."""
     import hashlib
     import json
 
@@ -320,6 +320,7 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
         if data["train"]["augment_strength"] == "default":
             del data["train"]["augment_strength"]
         del data["train"]["dim_nuclei"]
+        del data["train"]["nucleus_diameter"]
         payload = json.dumps({"model": data["model"], "train": data["train"]}, sort_keys=True)
         assert config.training_fingerprint() == hashlib.sha256(payload.encode()).hexdigest()[:12]
         config.train.max_minutes = 30

@@ -1,0 +1,249 @@
+"""Scale normalisation by nucleus size: measuring, factors, resizing, training and prediction."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from pipeline import scale
+from pipeline.config import Config
+from pipeline.data import Sample
+from pipeline.errors import PipelineError
+from pipeline.scale import (
+    FACTOR_LIMITS,
+    median_diameter,
+    next_factor,
+    rescale_image,
+    rescale_labels,
+    restore_size,
+    scale_factor,
+)
+
+
+def _discs(shape: tuple[int, int], radius: int, spacing: int) -> np.ndarray:
+    """Instance labels: a grid of discs of ``radius`` pixels, ``spacing`` apart."""
+    labels = np.zeros(shape, np.int32)
+    label = 0
+    for row in range(spacing // 2, shape[0] - radius, spacing):
+        for col in range(spacing // 2, shape[1] - radius, spacing):
+            label += 1
+            labels[disk((row, col), radius, shape=shape)] = label
+    return labels
+
+
+def test_documented_examples_hold():
+    result = doctest.testmod(scale, raise_on_error=False)
+    assert result.failed == 0 and result.attempted == 5
+
+
+@pytest.mark.parametrize(
+    ("areas", "expected_area"),
+    [([4], 4.0), ([4, 1], 2.5), ([9, 1, 4], 4.0), ([1, 1, 16, 16], 8.5)],
+)
+def test_median_diameter_is_that_of_a_disc_of_the_median_area(areas, expected_area):
+    labels = np.concatenate([np.full(area, i + 1) for i, area in enumerate(areas)])
+    labels = np.concatenate([labels, np.zeros(7, labels.dtype)])[None, :]
+    assert median_diameter(labels) == pytest.approx(2 * math.sqrt(expected_area / math.pi))
+
+
+def test_median_diameter_counts_only_present_labels():
+    labels = np.zeros((4, 4), np.int64)
+    labels[0, :2] = 3  # labels 1 and 2 are absent: they are not nuclei of area 0
+    labels[2:, 2:] = 9
+    assert median_diameter(labels) == pytest.approx(2 * math.sqrt(3 / math.pi))
+
+
+def test_median_diameter_of_nothing_is_none():
+    assert median_diameter(np.zeros((5, 5), np.int32)) is None
+    assert median_diameter(np.zeros((0, 0), np.int32)) is None
+
+
+def test_median_diameter_of_discs_is_close_to_their_diameter():
+    assert median_diameter(_discs((200, 200), 10, 30)) == pytest.approx(20.0, abs=0.5)
+
+
+@pytest.mark.parametrize(
+    ("diameter", "expected"),
+    [(10.0, 2.0), (40.0, 0.5), (20.0, 1.0), (1.0, FACTOR_LIMITS[1]), (500.0, FACTOR_LIMITS[0])],
+)
+def test_scale_factor(diameter, expected):
+    assert scale_factor(diameter, 20.0) == expected
+
+
+@pytest.mark.parametrize("target", [0.0, -5.0])
+def test_scale_factor_refuses_a_target_that_is_not_positive(target):
+    with pytest.raises(ValueError, match="target diameter must be > 0"):
+        scale_factor(10.0, target)
+
+
+@pytest.mark.parametrize(
+    ("factor", "diameter", "expected"),
+    [
+        (1.0, 10.0, 2.0),  # nuclei half the target: enlarge twice
+        (2.0, 22.0, 2.0),  # within 10% of the target: keep the factor
+        (2.0, 21.0, 2.0),
+        (2.0, 30.0, 4.0 / 3.0),  # measured on the rescaled image
+        (1.0, None, 1.0),  # nothing found: keep
+        (3.0, 5.0, FACTOR_LIMITS[1]),
+        (0.5, 200.0, FACTOR_LIMITS[0]),
+    ],
+)
+def test_next_factor(factor, diameter, expected):
+    assert next_factor(factor, diameter, 20.0) == pytest.approx(expected)
+
+
+def test_rescaled_labels_keep_their_values_and_nuclei_reach_the_target():
+    labels = _discs((120, 150), 5, 24)
+    image = np.where(labels[..., None] > 0, 200, 10).astype(np.uint8).repeat(3, axis=2)
+    factor = scale_factor(median_diameter(labels), 20.0)
+    assert factor == pytest.approx(20.0 / median_diameter(labels))
+    big_labels = rescale_labels(labels, factor)
+    big_image = rescale_image(image, factor)
+    assert big_labels.shape == big_image.shape[:2] == (round(120 * factor), round(150 * factor))
+    assert big_image.dtype == np.uint8 and big_image.shape[2] == 3
+    assert big_labels.dtype == labels.dtype
+    assert set(np.unique(big_labels)) == set(np.unique(labels))
+    assert median_diameter(big_labels) == pytest.approx(20.0, abs=1.0)
+
+
+def test_rescaling_by_one_returns_the_input_and_large_labels_survive():
+    labels = np.array([[0, 70_000], [1, 2]], np.int32)
+    assert rescale_labels(labels, 1.0) is labels
+    assert rescale_image(labels, 1.0) is labels
+    doubled = rescale_labels(labels, 2.0)
+    np.testing.assert_array_equal(doubled, np.kron(labels, np.ones((2, 2), np.int32)))
+
+
+def test_shrinking_a_grey_image_keeps_one_channel_axis():
+    image = np.full((40, 60, 1), 100, np.uint8)
+    small = rescale_image(image, 0.25)
+    assert small.shape == (10, 15, 1)
+    assert np.all(small == 100)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_restore_size_gives_the_original_shape_and_float32(channels):
+    prob = np.random.default_rng(0).random((30, 40, channels))
+    restored = restore_size(prob, (61, 79))
+    assert restored.shape == (61, 79, channels) and restored.dtype == np.float32
+    assert 0.0 <= restored.min() and restored.max() <= 1.0
+    same = restore_size(prob.astype(np.float32), (30, 40))
+    np.testing.assert_array_equal(same, prob.astype(np.float32))
+
+
+def test_training_samples_are_rescaled_by_their_own_nuclei():
+    from pipeline.train import prepare_training_samples
+
+    small = _discs((96, 96), 4, 16)
+    large = _discs((160, 160), 16, 48)
+    samples = [
+        Sample(f"s{i}", np.zeros((*labels.shape, 3), np.uint8), labels, "fluorescence")
+        for i, labels in enumerate((small, large))
+    ]
+    config = Config()
+    config.train.resize_policy = "nucleus"
+    config.train.nucleus_diameter = 16.0
+    prepared = prepare_training_samples(samples, config)
+    for before, after in zip(samples, prepared, strict=True):
+        factor = 16.0 / median_diameter(before.labels)
+        assert after.labels.shape == after.image.shape[:2]
+        assert after.labels.shape == (
+            round(before.labels.shape[0] * factor),
+            round(before.labels.shape[1] * factor),
+        )
+        assert median_diameter(after.labels) == pytest.approx(16.0, abs=1.0)
+    config.train.resize_policy = "native"
+    assert prepare_training_samples(samples, config) is samples
+
+
+def test_unknown_policy_and_bad_diameter_are_refused():
+    from pipeline.train import prepare_training_samples
+
+    config = Config()
+    config.train.resize_policy = "zoom"
+    with pytest.raises(PipelineError, match="resize_policy must be one of"):
+        prepare_training_samples([], config)
+    config.train.resize_policy = "nucleus"
+    config.train.nucleus_diameter = 0.0
+    with pytest.raises(PipelineError, match="nucleus_diameter must be > 0"):
+        prepare_training_samples([], config)
+
+
+def test_prediction_estimates_the_scale_then_predicts_there(monkeypatch):
+    """A stand-in network that marks bright pixels: the first pass measures discs of
+    diameter about 10 at the image's own scale, the second at twice it (target 20), which
+    needs no further change; the result comes back at the image's own size."""
+    from pipeline import predict
+
+    calls: list[tuple[tuple[int, int], bool]] = []
+
+    def bright_pixels(model, images, config, tta):
+        calls.append((images[0].shape[:2], tta))
+        return [(image[..., :1] > 100).astype(np.float32) for image in images]
+
+    monkeypatch.setattr(predict, "_predict_as_trained", bright_pixels)
+    labels = _discs((100, 130), 5, 25)
+    image = np.where(labels[..., None] > 0, 200, 10).astype(np.uint8).repeat(3, axis=2)
+    config = Config()
+    config.train.resize_policy = "nucleus"
+    config.train.nucleus_diameter = 20.0
+    config.predict.method = "components"
+    config.predict.min_size = 0
+    factor = 20.0 / median_diameter(labels)
+    scaled = (round(100 * factor), round(130 * factor))
+
+    (prob,) = predict.predict_probabilities(None, [image], config, tta=False)
+    assert calls == [((100, 130), False), (scaled, False)]  # the second pass is the result
+    assert prob.shape == (100, 130, 1) and prob.dtype == np.float32
+    np.testing.assert_array_equal(prob[..., 0] > 0.5, labels > 0)
+
+    calls.clear()
+    predict.predict_probabilities(None, [image], config, tta=True)
+    assert calls == [((100, 130), False), (scaled, False), (scaled, True)]
+
+
+def test_prediction_of_an_empty_image_stays_at_its_own_scale(monkeypatch):
+    from pipeline import predict
+
+    calls: list[tuple[int, int]] = []
+
+    def nothing(model, images, config, tta):
+        calls.extend(image.shape[:2] for image in images)
+        return [np.zeros((*image.shape[:2], 1), np.float32) for image in images]
+
+    monkeypatch.setattr(predict, "_predict_as_trained", nothing)
+    config = Config()
+    config.train.resize_policy = "nucleus"
+    (prob,) = predict.predict_probabilities(None, [np.zeros((33, 47, 3), np.uint8)], config)
+    assert calls == [(33, 47), (33, 47)]  # measured twice, nothing to rescale or redo
+    assert prob.shape == (33, 47, 1) and not prob.any()
+
+
+def test_fingerprint_ignores_the_diameter_unless_the_policy_uses_it():
+    config = Config()
+    before = config.training_fingerprint()
+    config.train.nucleus_diameter = 31.0
+    assert config.training_fingerprint() == before
+    config.train.resize_policy = "nucleus"
+    nucleus = config.training_fingerprint()
+    assert nucleus != before
+    config.train.nucleus_diameter = 20.0
+    assert config.training_fingerprint() != nucleus
+
+
+def test_train_flags_set_the_policy_and_refuse_an_unknown_one(capsys):
+    from pipeline.cli import build_parser
+    from pipeline.train import config_from_args
+
+    parser = build_parser("train")
+    args = parser.parse_args(["--resize-policy", "nucleus", "--nucleus-diameter", "24"])
+    config = config_from_args(args)
+    assert (config.train.resize_policy, config.train.nucleus_diameter) == ("nucleus", 24.0)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--resize-policy", "zoom"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'zoom'" in capsys.readouterr().err
