@@ -117,6 +117,7 @@ def _predict_nucleus_scaled(
     """
     from pipeline.scale import (
         REFINE_PASSES,
+        limit_factor,
         median_diameter,
         next_factor,
         rescale_image,
@@ -131,8 +132,11 @@ def _predict_nucleus_scaled(
         scaled = [rescale_image(image, f) for image, f in zip(images, measured, strict=True)]
         probs = _predict_as_trained(model, scaled, config, tta=False)
         factors = [
-            next_factor(f, median_diameter(labels_from_probabilities(prob, config)), target)
-            for f, prob in zip(measured, probs, strict=True)
+            limit_factor(
+                next_factor(f, median_diameter(labels_from_probabilities(prob, config)), target),
+                image.shape,
+            )
+            for f, prob, image in zip(measured, probs, images, strict=True)
         ]
     redo = [i for i, (f, g) in enumerate(zip(factors, measured, strict=True)) if tta or f != g]
     if redo:

@@ -12,8 +12,10 @@ before the network sees it:
   resized back to the image's own size, so post-processing and the submission work on it
   as for any other model.
 
-A factor stays within `FACTOR_LIMITS`, and a change of less than `FACTOR_TOLERANCE` (10%)
-keeps the previous factor, so a well-sized image is predicted once at its own scale.
+A factor stays within `FACTOR_LIMITS`, no image is enlarged past `MAX_SCALED_PIXELS`
+(`limit_factor`: time and memory stay bounded), and a change of less than
+`FACTOR_TOLERANCE` (10%) keeps the previous factor, so a well-sized image is predicted at
+its own scale.
 
 >>> round(median_diameter(np.array([[1, 1, 0], [1, 1, 0], [0, 0, 2]])), 3)
 1.784
@@ -31,8 +33,10 @@ import numpy as np
 __all__ = [
     "FACTOR_LIMITS",
     "FACTOR_TOLERANCE",
+    "MAX_SCALED_PIXELS",
     "REFINE_PASSES",
     "median_diameter",
+    "limit_factor",
     "next_factor",
     "rescale_image",
     "rescale_labels",
@@ -44,6 +48,7 @@ __all__ = [
 FACTOR_LIMITS = (0.25, 4.0)  # no image is shrunk or enlarged more than four times
 FACTOR_TOLERANCE = 0.1  # relative change of a factor below which it is kept as it was
 REFINE_PASSES = 1  # prediction passes after the first one that re-estimate the factor
+MAX_SCALED_PIXELS = 4 * 1024 * 1024  # an image is not enlarged past four megapixels
 
 
 def median_diameter(labels: np.ndarray) -> float | None:
@@ -93,6 +98,21 @@ def next_factor(factor: float, diameter: float | None, target: float) -> float:
     if abs(proposed / factor - 1.0) < FACTOR_TOLERANCE:
         return factor
     return float(proposed)
+
+
+def limit_factor(factor: float, shape: tuple[int, ...]) -> float:
+    """``factor``, lowered where it would enlarge an image of ``shape`` past
+    `MAX_SCALED_PIXELS` (an image already that large is not enlarged at all).
+
+    >>> limit_factor(4.0, (256, 256)), limit_factor(4.0, (1024, 2048))
+    (4.0, 1.4142135623730951)
+    >>> limit_factor(3.0, (4096, 4096)), limit_factor(0.5, (4096, 4096))
+    (1.0, 0.5)
+    """
+    pixels = shape[0] * shape[1]
+    if factor <= 1.0 or pixels * factor * factor <= MAX_SCALED_PIXELS:
+        return factor
+    return max(1.0, math.sqrt(MAX_SCALED_PIXELS / pixels))
 
 
 def scaled_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:

@@ -82,11 +82,19 @@ def _resized_to_crop(samples, size: int):
 def _rescaled_by_nucleus_size(samples, diameter: float):
     """Every image and its labels rescaled so that its median nucleus is ``diameter``
     pixels across (``pipeline.scale``)."""
-    from pipeline.scale import median_diameter, rescale_image, rescale_labels, scale_factor
+    from pipeline.scale import (
+        limit_factor,
+        median_diameter,
+        rescale_image,
+        rescale_labels,
+        scale_factor,
+    )
 
     prepared = []
     for sample in samples:
-        factor = scale_factor(median_diameter(sample.labels), diameter)
+        factor = limit_factor(
+            scale_factor(median_diameter(sample.labels), diameter), sample.labels.shape
+        )
         prepared.append(
             dataclasses.replace(
                 sample,

@@ -15,6 +15,8 @@ from pipeline.data import Sample
 from pipeline.errors import PipelineError
 from pipeline.scale import (
     FACTOR_LIMITS,
+    MAX_SCALED_PIXELS,
+    limit_factor,
     median_diameter,
     next_factor,
     rescale_image,
@@ -37,7 +39,7 @@ def _discs(shape: tuple[int, int], radius: int, spacing: int) -> np.ndarray:
 
 def test_documented_examples_hold():
     result = doctest.testmod(scale, raise_on_error=False)
-    assert result.failed == 0 and result.attempted == 5
+    assert result.failed == 0 and result.attempted == 7
 
 
 @pytest.mark.parametrize(
@@ -123,6 +125,20 @@ def test_shrinking_a_grey_image_keeps_one_channel_axis():
     small = rescale_image(image, 0.25)
     assert small.shape == (10, 15, 1)
     assert np.all(small == 100)
+
+
+@pytest.mark.parametrize(
+    ("factor", "shape", "expected"),
+    [
+        (4.0, (1024, 1024), 2.0),  # 4 megapixels at most
+        (1.5, (1024, 1024), 1.5),
+        (2.0, (3000, 3000), 1.0),  # already larger: kept at its own size
+        (0.25, (3000, 3000), 0.25),  # shrinking is never limited
+    ],
+)
+def test_limit_factor_bounds_the_enlarged_pixels(factor, shape, expected):
+    assert limit_factor(factor, shape) == pytest.approx(expected)
+    assert MAX_SCALED_PIXELS == 4 * 1024 * 1024
 
 
 @pytest.mark.parametrize("channels", [1, 2])
