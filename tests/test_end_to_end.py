@@ -281,3 +281,20 @@ def test_time_budget_stops_training_and_evaluates_the_last_epoch(demo, tmp_path)
     scores = json.loads((model_dir / "scores.json").read_text())
     assert scores["epochs_run"] == 1 and scores["stopped_by"] == "time budget"
     assert scores["max_minutes"] == 0.0001 and scores["validation_score"] is not None
+
+
+def test_nucleus_scale_policy_trains_predicts_and_submits(demo, tmp_path):
+    """``--resize-policy nucleus``: recorded in the model's config, and every stage after
+    training (tuning, evaluation, prediction) runs its two-pass scale estimate."""
+    model_dir = tmp_path / "nucleus"
+    train = ["train", "--preset", "demo", *TINY, "--epochs", "1"]
+    train += ["--resize-policy", "nucleus", "--nucleus-diameter", "16"]
+    assert cli_main([*train, "--images", str(demo.train_dir), "--out", str(model_dir)]) == 0
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["train"]["resize_policy"] == "nucleus"
+    assert config["train"]["nucleus_diameter"] == 16.0
+    assert json.loads((model_dir / "scores.json").read_text())["validation_score"] is not None
+    submission = tmp_path / "nucleus.csv"
+    predict = ["predict", "--model", str(model_dir), "--images", str(demo.test_dir)]
+    assert cli_main([*predict, "--out", str(submission)]) == 0
+    assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
