@@ -4,8 +4,8 @@ Nuclei in stage1 images range from about 7 to about 100 pixels across. With this
 every image is rescaled so that its typical nucleus is ``nucleus_diameter`` pixels across
 before the network sees it:
 
-- in training, from the labels: each training image (and its labels) is resized once by
-  `scale_factor` of its `median_diameter`;
+- in training, from the labels: each training image and its labels are resized once
+  together (`rescale_labelled`: `scale_factor` of their `median_diameter`);
 - in prediction, where there are no labels, the diameter is estimated from the network's
   own instances: a first pass at the image's own scale, then `REFINE_PASSES` passes at the
   scale the previous one suggests (`next_factor`); the probabilities of the last scale are
@@ -35,10 +35,11 @@ __all__ = [
     "FACTOR_TOLERANCE",
     "MAX_SCALED_PIXELS",
     "REFINE_PASSES",
-    "median_diameter",
     "limit_factor",
+    "median_diameter",
     "next_factor",
     "rescale_image",
+    "rescale_labelled",
     "rescale_labels",
     "restore_size",
     "scale_factor",
@@ -66,6 +67,11 @@ def median_diameter(labels: np.ndarray) -> float | None:
     return 2.0 * math.sqrt(float(np.median(areas)) / math.pi)
 
 
+def _within_limits(factor: float) -> float:
+    low, high = FACTOR_LIMITS
+    return float(min(max(factor, low), high))
+
+
 def scale_factor(diameter: float | None, target: float) -> float:
     """The factor that makes nuclei of ``diameter`` pixels ``target`` pixels across, within
     `FACTOR_LIMITS`; 1 when there is no nucleus to measure.
@@ -77,8 +83,7 @@ def scale_factor(diameter: float | None, target: float) -> float:
         raise ValueError(f"target diameter must be > 0, got {target}")
     if diameter is None or diameter <= 0:
         return 1.0
-    low, high = FACTOR_LIMITS
-    return float(min(max(target / diameter, low), high))
+    return _within_limits(target / diameter)
 
 
 def next_factor(factor: float, diameter: float | None, target: float) -> float:
@@ -93,8 +98,7 @@ def next_factor(factor: float, diameter: float | None, target: float) -> float:
     """
     if diameter is None or diameter <= 0:
         return factor
-    low, high = FACTOR_LIMITS
-    proposed = min(max(factor * target / diameter, low), high)
+    proposed = _within_limits(factor * target / diameter)
     if abs(proposed / factor - 1.0) < FACTOR_TOLERANCE:
         return factor
     return float(proposed)
@@ -144,6 +148,15 @@ def rescale_labels(labels: np.ndarray, factor: float) -> np.ndarray:
     as_int32 = np.ascontiguousarray(labels, dtype=np.int32)
     resized = cv2.resize(as_int32, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
     return resized.astype(labels.dtype, copy=False)
+
+
+def rescale_labelled(
+    image: np.ndarray, labels: np.ndarray, target: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A training image and its labels rescaled together so that the median nucleus of the
+    labels is ``target`` pixels across (within `FACTOR_LIMITS` and `MAX_SCALED_PIXELS`)."""
+    factor = limit_factor(scale_factor(median_diameter(labels), target), labels.shape)
+    return rescale_image(image, factor), rescale_labels(labels, factor)
 
 
 def restore_size(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

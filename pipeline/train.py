@@ -79,32 +79,6 @@ def _resized_to_crop(samples, size: int):
     return prepared
 
 
-def _rescaled_by_nucleus_size(samples, diameter: float):
-    """Every image and its labels rescaled so that its median nucleus is ``diameter``
-    pixels across (``pipeline.scale``)."""
-    from pipeline.scale import (
-        limit_factor,
-        median_diameter,
-        rescale_image,
-        rescale_labels,
-        scale_factor,
-    )
-
-    prepared = []
-    for sample in samples:
-        factor = limit_factor(
-            scale_factor(median_diameter(sample.labels), diameter), sample.labels.shape
-        )
-        prepared.append(
-            dataclasses.replace(
-                sample,
-                image=rescale_image(sample.image, factor),
-                labels=rescale_labels(sample.labels, factor),
-            )
-        )
-    return prepared
-
-
 def prepare_training_samples(samples, config: Config):
     """The training samples as ``config.train.resize_policy`` wants them seen."""
     policy = config.train.resize_policy
@@ -117,7 +91,15 @@ def prepare_training_samples(samples, config: Config):
             raise PipelineError(
                 f"nucleus_diameter must be > 0, got {config.train.nucleus_diameter}"
             )
-        return _rescaled_by_nucleus_size(samples, config.train.nucleus_diameter)
+        from pipeline.scale import rescale_labelled
+
+        prepared = []
+        for sample in samples:
+            image, labels = rescale_labelled(
+                sample.image, sample.labels, config.train.nucleus_diameter
+            )
+            prepared.append(dataclasses.replace(sample, image=image, labels=labels))
+        return prepared
     raise PipelineError(f"resize_policy must be one of {RESIZE_POLICIES}, got {policy!r}")
 
 
