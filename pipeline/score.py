@@ -40,6 +40,7 @@ __all__ = [
     "SolutionImage",
     "add_arguments",
     "format_report",
+    "labelled_pairs",
     "main",
     "read_solution",
     "score_and_record",
@@ -136,6 +137,25 @@ def score_submission(
         When either file cannot be read or decoded; the message names the file, the line
         and the problem.
     """
+    return score_images(labelled_pairs(submission_csv, solution_csv))
+
+
+def labelled_pairs(
+    submission_csv: str | os.PathLike[str],
+    solution_csv: str | os.PathLike[str] = paths.SOLUTION_CSV,
+) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+    """Decode a submission and its solution, one image at a time, as `score_submission` does.
+
+    Yields ``(image_id, (true_labels, pred_labels))`` for every scored image of the
+    solution, in its order; an image the submission leaves out gets empty predictions.
+    The files are read, and their ImageIds compared (with warnings), before the first
+    image is yielded.
+
+    Raises
+    ------
+    PipelineError
+        As `score_submission`.
+    """
     submission_csv, solution_csv = Path(submission_csv), Path(solution_csv)
     solution, ignored = read_solution(solution_csv)
     if not solution:
@@ -159,22 +179,27 @@ def score_submission(
             len(left_out),
             len(solution),
         )
+    return _decoded(solution, predicted, submission_csv, solution_csv)
 
-    def pairs() -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
-        for image_id, truth in tqdm(
-            solution.items(), desc="scoring", unit="image", disable=None, leave=False
-        ):
-            true_labels, problems = decode_image_rows(image_id, truth.rows, truth.shape)
-            if problems:
-                raise _decode_error(solution_csv, problems)
-            pred_labels, problems = decode_image_rows(
-                image_id, predicted.get(image_id, []), truth.shape
-            )
-            if problems:
-                raise _decode_error(submission_csv, problems)
-            yield image_id, (true_labels, pred_labels)
 
-    return score_images(pairs())
+def _decoded(
+    solution: dict[str, SolutionImage],
+    predicted: dict[str, list[tuple[int, str]]],
+    submission_csv: Path,
+    solution_csv: Path,
+) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+    for image_id, truth in tqdm(
+        solution.items(), desc="scoring", unit="image", disable=None, leave=False
+    ):
+        true_labels, problems = decode_image_rows(image_id, truth.rows, truth.shape)
+        if problems:
+            raise _decode_error(solution_csv, problems)
+        pred_labels, problems = decode_image_rows(
+            image_id, predicted.get(image_id, []), truth.shape
+        )
+        if problems:
+            raise _decode_error(submission_csv, problems)
+        yield image_id, (true_labels, pred_labels)
 
 
 def score_and_record(

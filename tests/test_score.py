@@ -28,7 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.leaderboard import COLUMNS, append_entry, read_leaderboard
 from pipeline.provenance import git_commit
 from pipeline.rle import encode_mask
-from pipeline.score import read_solution, score_submission
+from pipeline.score import labelled_pairs, read_solution, score_submission
 from pipeline.submission import SubmissionWriter, write_submission_metadata
 
 # ------------------------------------------------------------------ synthetic solution
@@ -110,6 +110,28 @@ def test_left_out_missed_extra_and_unknown(
     assert any("1 ImageId(s) not in the solution" in m and m.endswith(": zz") for m in warnings)
     assert any("1 of the 3 images have no row" in m for m in warnings)
     assert not any("s3" in m for m in warnings)
+
+
+def test_labelled_pairs_decode_both_files_in_solution_order(
+    tmp_path: Path, solution_csv: Path
+) -> None:
+    submission = write_lines(tmp_path / "sub.csv", ["s4,1 1", f"s1,{S1_RLES[1]}"])
+    pairs = list(labelled_pairs(submission, solution_csv))
+    assert [image_id for image_id, _ in pairs] == ["s1", "s2", "s4"]  # s3 is Ignored
+    (true_s1, pred_s1), (true_s2, pred_s2), (true_s4, pred_s4) = (pair for _, pair in pairs)
+    np.testing.assert_array_equal(true_s1, S1)
+    np.testing.assert_array_equal(pred_s1 > 0, S1 == 2)
+    np.testing.assert_array_equal(true_s2, S2)
+    assert pred_s2.shape == (16, 24) and not pred_s2.any()  # left out: nothing predicted
+    assert not true_s4.any()
+    assert pred_s4.shape == (12, 12) and pred_s4.sum() == 1 and pred_s4[0, 0] == 1
+
+
+def test_labelled_pairs_refuse_a_missing_file_before_decoding(
+    tmp_path: Path, solution_csv: Path
+) -> None:
+    with pytest.raises(PipelineError, match=r"nothing\.csv: no such file"):
+        labelled_pairs(tmp_path / "nothing.csv", solution_csv)
 
 
 @pytest.mark.parametrize(
