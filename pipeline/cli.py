@@ -109,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         stage, rest = DEFAULT_STAGE, argv
     args = build_parser(stage).parse_args(rest)
-    args.command_line = "./run.sh " + shlex.join([stage, *rest])
+    # The command as the user typed it (the main job's stage is not typed).
+    typed = rest if stage == DEFAULT_STAGE and argv == rest else [stage, *rest]
+    args.command_line = shlex.join(["./run.sh", *typed])
     setup_logging(args.verbose)
     try:
         return int(args._stage_main(args) or 0)

@@ -120,8 +120,13 @@ def run_main_job(
     models_dir: Path = paths.MODELS_DIR,
     submissions_dir: Path = paths.SUBMISSIONS_DIR,
     leaderboard_csv: Path = paths.LEADERBOARD_CSV,
+    command: str | None = None,
 ) -> dict:
-    """Run every stage; return ``{"model_dir", "submission", "score"}``."""
+    """Run every stage; return ``{"model_dir", "submission", "score"}``.
+
+    ``command`` is recorded in a newly trained model's ``scores.json`` as the command that
+    trained it; by default the ``./run.sh`` line these arguments stand for.
+    """
     from pipeline.model_store import SCORES_FILE, is_complete, read_json, write_json
     from pipeline.predict import run_prediction
     from pipeline.score import score_and_record
@@ -153,7 +158,8 @@ def run_main_job(
             model_dir,
             resume=resume,
             device=device,
-            command=f"./run.sh{' --demo' if data.demo else ''}",
+            command=command
+            or " ".join(["./run.sh"] + ["--demo"] * data.demo + ["--retrain"] * retrain),
         )
 
     submission = submissions_dir / f"{model_dir.name}.csv"
@@ -204,7 +210,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     result = run_main_job(
-        preset(args.preset), demo=args.demo, retrain=args.retrain, device=args.device
+        preset(args.preset),
+        demo=args.demo,
+        retrain=args.retrain,
+        device=args.device,
+        command=getattr(args, "command_line", None),
     )
     if result["score"] is not None:
         print(

@@ -236,6 +236,45 @@ def test_main_job_runs_every_stage_on_the_demo(tmp_path, monkeypatch):
     )
     assert (tmp_path / "models" / "demo" / "model.weights.h5").stat().st_mtime_ns == before
     assert len((tmp_path / "leaderboard.csv").read_text().splitlines()) == 3
+    # --retrain: a new folder beside the existing model, which stays as it was.
+    retrained = run_main_job(
+        config,
+        demo=True,
+        retrain=True,
+        input_dir=tmp_path / "input",
+        models_dir=tmp_path / "models",
+        submissions_dir=tmp_path / "subs",
+        leaderboard_csv=tmp_path / "leaderboard.csv",
+    )
+    retrain_dir = tmp_path / "models" / f"demo-{config.training_fingerprint()}-retrain"
+    assert retrained["model_dir"] == str(retrain_dir)
+    assert json.loads((retrain_dir / "scores.json").read_text())["command"] == (
+        "./run.sh --demo --retrain"
+    )
+    assert (tmp_path / "models" / "demo" / "model.weights.h5").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "recorded"),
+    [
+        (["--retrain"], "./run.sh --retrain"),
+        (["all", "--preset", "seeds-baseline"], "./run.sh all --preset seeds-baseline"),
+        ([], "./run.sh"),
+    ],
+)
+def test_main_job_passes_the_typed_command_on(argv, recorded, monkeypatch, capsys):
+    seen = {}
+
+    def fake_job(config, **kwargs):
+        seen.update(kwargs, preset=config.name)
+        return {"model_dir": "m", "submission": "s.csv", "score": None}
+
+    monkeypatch.setattr("pipeline.main_job.run_main_job", fake_job)
+    assert cli_main(argv) == 0
+    assert seen["command"] == recorded
+    assert seen["retrain"] == ("--retrain" in argv)
+    assert seen["preset"] == ("seeds-baseline" if "seeds-baseline" in argv else "default")
+    assert "s.csv: written and checked" in capsys.readouterr().out
 
 
 # The MobileNetV2 encoder frozen: the same code path, a third of the graph-building time.
