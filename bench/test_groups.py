@@ -53,6 +53,11 @@ def groups_of(images_dir: Path) -> dict[str, str]:
     return {sample.image_id: group_of(sample.image) for sample in iter_images(images_dir)}
 
 
+def nuclei(labels: np.ndarray) -> int:
+    """How many instances a label image holds."""
+    return len(np.unique(labels[labels > 0]))
+
+
 def measure(submission: Path, test_groups: dict[str, str], train_counts: Counter) -> list[dict]:
     """One row per test group, largest first, for one submission."""
     from pipeline.metric import score_image
@@ -67,8 +72,8 @@ def measure(submission: Path, test_groups: dict[str, str], train_counts: Counter
         scores[group].append(score_image(true, pred).score)
     rows = []
     for group, pairs in sorted(pairs_by_group.items(), key=lambda item: (-len(item[1]), item[0])):
-        n_true = sum(int(true.max()) for true, _ in pairs.values())
-        n_pred = sum(len(np.unique(pred)) - 1 for _, pred in pairs.values())
+        n_true = sum(nuclei(true) for true, _ in pairs.values())
+        n_pred = sum(nuclei(pred) for _, pred in pairs.values())
         figures = size_figures(pairs)
         rows.append(
             {

@@ -109,9 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         stage, rest = DEFAULT_STAGE, argv
     args = build_parser(stage).parse_args(rest)
-    # The command as the user typed it (the main job's stage is not typed).
-    typed = rest if stage == DEFAULT_STAGE and argv == rest else [stage, *rest]
-    args.command_line = shlex.join(["./run.sh", *typed])
+    args.command_line = shlex.join(["./run.sh", *argv])  # as the user typed it
     setup_logging(args.verbose)
     try:
         return int(args._stage_main(args) or 0)
