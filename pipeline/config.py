@@ -20,6 +20,8 @@ from pipeline.errors import PipelineError
 
 #: TrainConfig.resize_policy values.
 RESIZE_POLICIES = ("native", "resize", "nucleus")
+#: TrainConfig.split values.
+SPLITS = ("random", "conditions")
 
 
 @dataclass
@@ -62,6 +64,10 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
     learning_rate: float = 1e-3
     val_fraction: float = 0.15
+    # "random": validation images drawn from every kind (pipeline.train.split_ids);
+    # "conditions": whole acquisition conditions (size and kind) held out, so that the
+    # validation score measures generalisation to unseen ones (split_by_condition).
+    split: str = "random"
     seed: int = 42
     eval_every: int = 3  # epochs between competition-metric evaluations on validation
     patience: int = 5  # evaluations without improvement before stopping early
@@ -190,6 +196,7 @@ _FINGERPRINT_NEUTRAL = {
     ("train", "max_minutes"): lambda value, _sections: not value,  # no time budget
     ("train", "augment_strength"): lambda value, _sections: value == "default",
     ("train", "dim_nuclei"): lambda value, _sections: not value,  # never dimmed
+    ("train", "split"): lambda value, _sections: value == "random",
     # used by resize_policy "nucleus" only
     ("train", "nucleus_diameter"): lambda _value, sections: (
         sections["train"]["resize_policy"] != "nucleus"

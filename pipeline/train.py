@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import paths
-from pipeline.config import RESIZE_POLICIES, Config, preset
+from pipeline.config import RESIZE_POLICIES, SPLITS, Config, preset
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,50 @@ def split_ids(kinds: dict[str, str], val_fraction: float, seed: int) -> dict[str
         val += ids[:n_val]
         train += ids[n_val:]
     return {"train": sorted(train), "val": sorted(val)}
+
+
+def condition_of(sample) -> str:
+    """A sample's acquisition condition: its size and kind, e.g. ``"256x256 fluorescence"``."""
+    height, width = sample.image.shape[:2]
+    return f"{height}x{width} {sample.kind}"
+
+
+def split_by_condition(
+    conditions: dict[str, str], val_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """A seeded split that holds out whole acquisition conditions (size and kind).
+
+    The validation images come from conditions the training never sees, so their score
+    measures generalisation to unseen conditions, as stage 2 and a user's own images ask.
+    The largest condition always trains; the others, in a seeded order, are held out
+    while the validation share stays below ``val_fraction``, skipping one that would
+    take it past twice that.
+
+    >>> conditions = {"a": "big", "b": "big", "c": "big", "d": "x", "e": "y"}
+    >>> split = split_by_condition(conditions, 0.2, seed=0)
+    >>> len(split["val"]), all(conditions[i] != "big" for i in split["val"])
+    (1, True)
+    """
+    if not 0 < val_fraction < 1:
+        raise PipelineError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    members: dict[str, list[str]] = {}
+    for image_id, condition in sorted(conditions.items()):
+        members.setdefault(condition, []).append(image_id)
+    names = sorted(members, key=lambda name: (-len(members[name]), name))
+    target = val_fraction * len(conditions)
+    rng = np.random.default_rng(seed)
+    held_out: list[str] = []
+    held = 0
+    for index in rng.permutation(len(names) - 1) + 1:  # the largest (names[0]) trains
+        size = len(members[names[index]])
+        if held >= target:
+            break
+        if held + size <= 2 * target:
+            held_out.append(names[index])
+            held += size
+    val = sorted(i for name in held_out for i in members[name])
+    train = sorted(i for i in conditions if i not in set(val))
+    return {"train": train, "val": val, "held_out_conditions": sorted(held_out)}
 
 
 def _resized_to_crop(samples, size: int):
@@ -373,7 +417,11 @@ def train_model(
     if resume:
         split = read_json(model_dir / SPLIT_FILE)
     else:
-        split = split_ids(kinds, config.train.val_fraction, config.train.seed)
+        if config.train.split == "conditions":
+            conditions = {s.image_id: condition_of(s) for s in samples}
+            split = split_by_condition(conditions, config.train.val_fraction, config.train.seed)
+        else:
+            split = split_ids(kinds, config.train.val_fraction, config.train.seed)
         config.save(model_dir / CONFIG_FILE)
         write_json(
             model_dir / SPLIT_FILE,
@@ -385,6 +433,8 @@ def train_model(
             },
         )
     by_id = {s.image_id: s for s in samples}
+    if split.get("held_out_conditions"):
+        log.info("held-out conditions: %s", ", ".join(split["held_out_conditions"]))
     train_samples = [by_id[i] for i in split["train"]]
     val_samples = [by_id[i] for i in split["val"]]
     train_samples = prepare_training_samples(train_samples, config)
@@ -575,6 +625,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--eval-every", type=int, default=None)
     how.add_argument("--patience", type=int, default=None)
     how.add_argument("--seed", type=int, default=None)
+    how.add_argument(
+        "--split",
+        choices=SPLITS,
+        default=None,
+        help="validation split: random (stratified by kind) or conditions (whole "
+        "acquisition conditions, size and kind, held out: measures generalisation)",
+    )
     how.add_argument("--no-augment", action="store_true")
     how.add_argument(
         "--augment-strength",
@@ -627,6 +684,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("train", "eval_every"): args.eval_every,
         ("train", "patience"): args.patience,
         ("train", "seed"): args.seed,
+        ("train", "split"): args.split,
         ("train", "precision"): args.precision,
         ("train", "augment_strength"): args.augment_strength,
         ("train", "dim_nuclei"): args.dim_nuclei,

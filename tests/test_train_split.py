@@ -48,3 +48,60 @@ def test_dim_nuclei_flag_sets_the_share_and_refuses_what_is_not_one(capsys):
             cli_main(["train", "--dim-nuclei", value])
         assert exit_info.value.code == 2
         assert f"--dim-nuclei: {why}" in capsys.readouterr().err
+
+
+def _conditions():
+    conditions = {f"a{i:02d}": "256x256 fluorescence" for i in range(30)}
+    conditions |= {f"h{i}": "256x320 histology" for i in range(6)}
+    conditions |= {f"b{i}": "1024x1024 brightfield" for i in range(3)}
+    conditions |= {f"s{i}": "520x696 fluorescence" for i in range(4)}
+    return conditions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 42])
+def test_condition_split_holds_out_whole_conditions(seed):
+    from pipeline.train import split_by_condition
+
+    conditions = _conditions()
+    split = split_by_condition(conditions, 0.15, seed=seed)
+    assert sorted(split["train"] + split["val"]) == sorted(conditions)
+    held = {conditions[i] for i in split["val"]}
+    trained = {conditions[i] for i in split["train"]}
+    assert held == set(split["held_out_conditions"]) and not held & trained
+    assert "256x256 fluorescence" in trained  # the largest condition always trains
+    # 43 images, a target of 6.45: held out until reached, never past 12.9
+    assert 6.45 <= len(split["val"]) <= 12.9
+
+
+def test_condition_split_is_seeded():
+    from pipeline.train import split_by_condition
+
+    splits = {seed: split_by_condition(_conditions(), 0.15, seed) for seed in range(6)}
+    assert split_by_condition(_conditions(), 0.15, 0) == splits[0]
+    assert len({tuple(s["held_out_conditions"]) for s in splits.values()}) > 1
+
+
+def test_condition_of_names_size_and_kind():
+    import numpy as np
+
+    from pipeline.data import Sample
+    from pipeline.train import condition_of
+
+    sample = Sample("x", np.zeros((5, 7, 3), np.uint8), None, "histology")
+    assert condition_of(sample) == "5x7 histology"
+
+
+def test_split_flag_reaches_the_config_and_keeps_the_default_fingerprint():
+    import argparse
+
+    from pipeline.config import preset
+    from pipeline.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(["--split", "conditions"]))
+    assert config.train.split == "conditions"
+    assert config.training_fingerprint() != preset("default").training_fingerprint()
+    assert config_from_args(parser.parse_args([])).training_fingerprint() == (
+        preset("default").training_fingerprint()
+    )
