@@ -209,7 +209,10 @@ class RandomScaleCrop(DualTransform):
 
 
 def build_augmentation(
-    crop_size: int, strength: str = "default", pad_mode: str = "reflect"
+    crop_size: int,
+    strength: str = "default",
+    pad_mode: str = "reflect",
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
 ) -> A.Compose:
     """The augmentation pipeline of training, for `augment`.
 
@@ -226,6 +229,8 @@ def build_augmentation(
     pad_mode : str
         How an image smaller than the window is padded: ``"reflect"`` (image and labels
         mirrored) or ``"constant"`` (0 in the image and the labels).
+    scale_range : tuple of float
+        The range of the random scale factor (not used by ``"none"``).
 
     Returns
     -------
@@ -241,7 +246,7 @@ def build_augmentation(
         return A.Compose([RandomScaleCrop(crop_size, (1.0, 1.0), border_mode)])
     geometry = [
         # Cut first, so that everything after works on crop_size x crop_size pixels.
-        RandomScaleCrop(crop_size, DEFAULT_SCALE_RANGE, border_mode),
+        RandomScaleCrop(crop_size, tuple(scale_range), border_mode),
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
         A.RandomRotate90(p=1.0),

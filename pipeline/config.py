@@ -38,6 +38,10 @@ class ModelConfig:
     # Invert light-background images (brightfield, histology) before standardising, so
     # nuclei are bright on dark in every image kind.
     invert_light_background: bool = True
+    # What the network sees (pipeline.preprocess.INPUT_SPACES): "rgb", the colours as
+    # they are, or "grey", one grey level with light backgrounds inverted, the same for
+    # every kind of image whatever its stain.
+    input_space: str = "rgb"
     # What the network learns (pipeline.targets.TARGET_SETS): "foreground" alone, or with
     # a "border" channel (and a "centre" one) for splitting touching nuclei by watershed.
     targets: str = "foreground"
@@ -59,6 +63,10 @@ class TrainConfig:
     resize_policy: str = "native"
     nucleus_diameter: float = 20.0
     crop_size: int = 128
+    # Augmentation's random scale range: each crop is taken from the image scaled by a
+    # factor drawn from [scale_min, scale_max] (pipeline.augment.RandomScaleCrop).
+    scale_min: float = 0.75
+    scale_max: float = 1.5
     epochs: int = 40
     batch_size: int = 16
     steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
@@ -197,6 +205,9 @@ _FINGERPRINT_NEUTRAL = {
     ("train", "augment_strength"): lambda value, _sections: value == "default",
     ("train", "dim_nuclei"): lambda value, _sections: not value,  # never dimmed
     ("train", "split"): lambda value, _sections: value == "random",
+    ("model", "input_space"): lambda value, _sections: value == "rgb",
+    ("train", "scale_min"): lambda value, _sections: value == 0.75,
+    ("train", "scale_max"): lambda value, _sections: value == 1.5,
     # used by resize_policy "nucleus" only
     ("train", "nucleus_diameter"): lambda _value, sections: (
         sections["train"]["resize_policy"] != "nucleus"

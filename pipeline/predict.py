@@ -161,7 +161,7 @@ def _predict_as_trained(
     multiple = input_multiple(config.model)
     prepared: list[np.ndarray] = []
     for image in images:
-        x = normalise_image(image, config.model.invert_light_background)
+        x = normalise_image(image, config.model.invert_light_background, config.model.input_space)
         if config.train.resize_policy == "resize":
             x = resize(x, (size, size), order=1, preserve_range=True, anti_aliasing=True)
         else:

@@ -9,22 +9,37 @@ from __future__ import annotations
 
 import numpy as np
 
+#: ModelConfig.input_space values: the colours as they are, or one grey level.
+INPUT_SPACES = ("rgb", "grey")
 
-def normalise_image(image: np.ndarray, invert_light_background: bool = False) -> np.ndarray:
+
+def normalise_image(
+    image: np.ndarray, invert_light_background: bool = False, input_space: str = "rgb"
+) -> np.ndarray:
     """RGB uint8 (H, W, 3) to float32 with zero mean and unit spread per image.
 
     Per-image standardisation puts dim fluorescence, bright brightfield and stained
     histology images on one scale; a flat image becomes all zeros. With
     ``invert_light_background``, images with a light background (brightfield, histology)
     are inverted first, so that nuclei are brighter than their surroundings in every kind.
+    With ``input_space="grey"`` every image becomes its grey level (the mean of R, G and
+    B) in all three channels, and a light background is always inverted: every kind is
+    then seen as bright nuclei on a dark ground, whatever its stain's colour.
 
     >>> normalise_image(np.full((2, 2, 3), 7, np.uint8)).max()
     np.float32(0.0)
+    >>> grey = normalise_image(np.array([[[200, 0, 0], [0, 0, 100]]], np.uint8), False, "grey")
+    >>> grey[0, :, 0].round(3).tolist(), bool((grey[..., 0] == grey[..., 2]).all())
+    ([1.0, -1.0], True)
     """
     from pipeline.data import has_light_background
 
+    if input_space not in INPUT_SPACES:
+        raise ValueError(f"input_space must be one of {INPUT_SPACES}, got {input_space!r}")
     pixels = image.astype(np.float32) / 255.0
-    if invert_light_background and has_light_background(image):
+    if input_space == "grey":
+        pixels = np.repeat(pixels.mean(axis=2, keepdims=True), 3, axis=2)
+    if (invert_light_background or input_space == "grey") and has_light_background(image):
         pixels = 1.0 - pixels
     mean = pixels.mean()
     std = pixels.std()

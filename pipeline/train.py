@@ -32,6 +32,7 @@ import numpy as np
 from pipeline import paths
 from pipeline.config import RESIZE_POLICIES, SPLITS, Config, preset
 from pipeline.errors import PipelineError
+from pipeline.preprocess import INPUT_SPACES
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,9 @@ def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: i
     channels = target_channels(config)
     crop = config.train.crop_size
     transform = build_augmentation(
-        crop, config.train.augment_strength if config.train.augment else "none"
+        crop,
+        config.train.augment_strength if config.train.augment else "none",
+        scale_range=(config.train.scale_min, config.train.scale_max),
     )
     batch_size = config.train.batch_size
     dim_share = config.train.dim_nuclei if config.train.augment else 0.0
@@ -190,7 +193,11 @@ def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: i
                 )
                 if dim_share and rng.random() < dim_share:
                     image = dim_nuclei(image, labels, rng)
-                images.append(normalise_image(image, config.model.invert_light_background))
+                images.append(
+                    normalise_image(
+                        image, config.model.invert_light_background, config.model.input_space
+                    )
+                )
                 targets.append(labels_to_targets(labels, channels))
             batch_targets = np.stack(targets)
             if outputs > 1:
@@ -561,6 +568,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="invert light-background images before standardising",
     )
     what.add_argument(
+        "--input-space",
+        choices=INPUT_SPACES,
+        default=None,
+        help="what the network sees: rgb (the colours) or grey (one grey level, light "
+        "backgrounds inverted)",
+    )
+    what.add_argument(
         "--targets", default=None, help="what the network learns: foreground, border, border_centre"
     )
     what.add_argument(
@@ -604,6 +618,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     how.add_argument("--batch-size", type=int, default=None)
     how.add_argument("--crop-size", type=int, default=None)
+    how.add_argument(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="augmentation's random scale factor range",
+    )
     how.add_argument(
         "--resize-policy",
         choices=RESIZE_POLICIES,
@@ -668,6 +690,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("model", "base_filters"): args.base_filters,
         ("model", "depth"): args.depth,
         ("model", "targets"): args.targets,
+        ("model", "input_space"): args.input_space,
+        ("train", "scale_min"): args.scale_range[0] if args.scale_range else None,
+        ("train", "scale_max"): args.scale_range[1] if args.scale_range else None,
         ("model", "invert_light_background"): args.invert_light,
         ("model", "encoder_weights"): args.encoder_weights,
         ("model", "encoder_trainable"): (

@@ -45,3 +45,29 @@ def test_dark_background_images_are_never_inverted():
     image = np.full((8, 8, 3), 10, np.uint8)
     image[2:4, 2:4] = 200
     assert np.array_equal(normalise_image(image, True), normalise_image(image, False))
+
+
+def test_grey_input_space_is_one_grey_level_with_light_backgrounds_inverted():
+    pink = np.full((8, 8, 3), (230, 180, 220), np.uint8)
+    pink[2:4, 2:4] = (90, 40, 140)  # a purple nucleus on a pink (light) background
+    grey = normalise_image(pink, input_space="grey")
+    assert grey.shape == (8, 8, 3)
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 0], grey[..., 2])
+    assert grey[2, 2, 0] > 0 > grey[0, 0, 0]  # inverted without invert_light_background
+    # grey levels 90 (nucleus) and 210 (background): 4 of 64 pixels are nucleus
+    level = np.where(np.arange(64).reshape(8, 8) >= 0, 210.0, 0)
+    level[2:4, 2:4] = 90.0
+    expected = 1 - level / 255
+    expected = (expected - expected.mean()) / expected.std()
+    assert np.allclose(grey[..., 0], expected, atol=1e-5)
+
+
+def test_grey_input_space_keeps_a_dark_background_and_refuses_unknown_spaces():
+    import pytest
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[1, 1] = (0, 90, 0)
+    grey = normalise_image(image, input_space="grey")
+    assert grey[1, 1, 0] > 0 > grey[0, 0, 0]
+    with pytest.raises(ValueError, match="input_space"):
+        normalise_image(image, input_space="hsv")

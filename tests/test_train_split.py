@@ -105,3 +105,22 @@ def test_split_flag_reaches_the_config_and_keeps_the_default_fingerprint():
     assert config_from_args(parser.parse_args([])).training_fingerprint() == (
         preset("default").training_fingerprint()
     )
+
+
+def test_input_space_and_scale_range_flags_reach_the_config():
+    import argparse
+
+    from pipeline.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--input-space", "grey", "--scale-range", "0.5", "2"])
+    config = config_from_args(args)
+    assert config.model.input_space == "grey"
+    assert (config.train.scale_min, config.train.scale_max) == (0.5, 2.0)
+    default = config_from_args(parser.parse_args([]))
+    assert (default.model.input_space, default.train.scale_min, default.train.scale_max) == (
+        "rgb",
+        0.75,
+        1.5,
+    )
