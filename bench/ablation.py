@@ -108,7 +108,7 @@ ROWS = [
 
 
 def kinds_of_images(test_dir: Path) -> dict[str, str]:
-    from pipeline.data import image_kind, image_path, list_image_ids, read_image
+    from pipeline.data.dataset import image_kind, image_path, list_image_ids, read_image
 
     return {i: image_kind(read_image(image_path(test_dir, i))) for i in list_image_ids(test_dir)}
 

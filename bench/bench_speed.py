@@ -41,12 +41,12 @@ def phase_train(model_dir: Path, precision: str, steps: int, images_dir: Path) -
     import keras
     import numpy as np
 
-    from pipeline import device
-    from pipeline.data import list_image_ids, load_samples
-    from pipeline.losses import get_loss
-    from pipeline.model_store import load_config, target_channels
-    from pipeline.models import build_model, model_outputs
-    from pipeline.train import make_batch_source
+    from pipeline.data.dataset import list_image_ids, load_samples
+    from pipeline.learning import device
+    from pipeline.learning.losses import get_loss
+    from pipeline.learning.model_store import load_config, target_channels
+    from pipeline.learning.models import build_model, model_outputs
+    from pipeline.learning.training import make_batch_source
 
     config = load_config(model_dir)
     description = device.configure("auto", precision)
@@ -81,10 +81,10 @@ def phase_train(model_dir: Path, precision: str, steps: int, images_dir: Path) -
 
 def phase_predict(model_dir: Path, images_dir: Path, tta: bool) -> dict:
     """Images per second of the predict stage's code over a folder, post-processing included."""
-    from pipeline import device
-    from pipeline.data import list_image_ids
-    from pipeline.model_store import load_model
-    from pipeline.predict import iter_predictions
+    from pipeline.data.dataset import list_image_ids
+    from pipeline.inference.predict import iter_predictions
+    from pipeline.learning import device
+    from pipeline.learning.model_store import load_model
 
     description = device.configure("auto", "float32")
     model, config = load_model(model_dir)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_tiling.py [--model models/default] [--side 2048]
 
-A synthetic fluorescence image of ``side`` x ``side`` pixels (``pipeline.synthetic``; no
+A synthetic fluorescence image of ``side`` x ``side`` pixels (``pipeline.data.synthetic``; no
 competition data needed) is predicted by the ``predict`` stage's code, once with
 ``tile_size 0`` (the whole image at once) and once per tile size given, each in its own
 process so that its peak memory (max RSS) is its own. Prints a table and writes the
@@ -29,10 +29,10 @@ def phase(model_dir: Path, side: int, tile_size: int) -> dict:
     """Predict the synthetic image once (after loading the model); time and peak memory."""
     import numpy as np
 
-    from pipeline import device
-    from pipeline.model_store import load_model
-    from pipeline.predict import predict_probabilities
-    from pipeline.synthetic import make_sample
+    from pipeline.data.synthetic import make_sample
+    from pipeline.inference.predict import predict_probabilities
+    from pipeline.learning import device
+    from pipeline.learning.model_store import load_model
 
     device.configure("cpu", "float32")
     model, config = load_model(model_dir)

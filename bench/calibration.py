@@ -36,7 +36,7 @@ from bench_commands import publish  # noqa: E402
 
 def size_figures(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """Median foreground-area ratio, matched-pair area ratio and matched IoU."""
-    from pipeline.metric import iou_matrix
+    from pipeline.evaluation.metric import iou_matrix
 
     image_ratios, pair_ratios, ious = [], [], []
     for true, pred in pairs.values():
@@ -62,12 +62,12 @@ def size_figures(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, f
 def measure(model_dir: Path, grow: list[int]) -> list[dict]:
     from skimage.segmentation import expand_labels
 
-    from pipeline import device
-    from pipeline.data import labels_from_rle_csv, load_samples
-    from pipeline.evaluate import validation_samples
-    from pipeline.metric import score_images
-    from pipeline.model_store import load_model
-    from pipeline.predict import predict_labels
+    from pipeline.data.dataset import labels_from_rle_csv, load_samples
+    from pipeline.evaluation.metric import score_images
+    from pipeline.evaluation.validation import validation_samples
+    from pipeline.inference.predict import predict_labels
+    from pipeline.learning import device
+    from pipeline.learning.model_store import load_model
 
     device.configure("cpu", "float32")
     model, config = load_model(model_dir)

@@ -131,8 +131,8 @@ def _data(args: argparse.Namespace) -> dict[str, Path]:
             "leaderboard": ROOT / "submissions" / "leaderboard.csv",
             "results": ROOT / "bench" / "results",
         }
+    from pipeline.data.synthetic import make_demo_dataset
     from pipeline.paths import INPUT_DIR
-    from pipeline.synthetic import make_demo_dataset
 
     demo = make_demo_dataset(INPUT_DIR / "demo")
     work = Path(args.work or tempfile.mkdtemp(prefix="compare-architectures-"))

@@ -5,7 +5,7 @@
 
 stage1_test mixes image types, and most of them come in sets of one size (the 512x680
 H&E slides, the 520x348 crowded fluorescence, ...). For each group of test images of one
-size and kind (`pipeline.data.image_kind`), and each submission (default
+size and kind (`pipeline.data.dataset.image_kind`), and each submission (default
 ``submissions/default.csv``), it prints
 
 - the number of test images, and of stage1_train images of the same size and kind,
@@ -41,14 +41,14 @@ SUBMISSION = ROOT / "submissions" / "default.csv"  # what ./run.sh writes
 
 def group_of(image: np.ndarray) -> str:
     """``"HxW kind"``, e.g. ``"256x256 fluorescence"``."""
-    from pipeline.data import image_kind
+    from pipeline.data.dataset import image_kind
 
     return f"{image.shape[0]}x{image.shape[1]} {image_kind(image)}"
 
 
 def groups_of(images_dir: Path) -> dict[str, str]:
     """Each image's group, by image id."""
-    from pipeline.data import iter_images
+    from pipeline.data.dataset import iter_images
 
     return {sample.image_id: group_of(sample.image) for sample in iter_images(images_dir)}
 
@@ -60,8 +60,8 @@ def nuclei(labels: np.ndarray) -> int:
 
 def measure(submission: Path, test_groups: dict[str, str], train_counts: Counter) -> list[dict]:
     """One row per test group, largest first, for one submission."""
-    from pipeline.metric import score_image
-    from pipeline.score import labelled_pairs
+    from pipeline.evaluation.metric import score_image
+    from pipeline.evaluation.score import labelled_pairs
 
     pairs_by_group: dict[str, dict] = defaultdict(dict)
     scores: dict[str, list[float]] = defaultdict(list)

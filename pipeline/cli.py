@@ -29,19 +29,25 @@ if not sys.stderr.isatty():
 
 # stage name -> (module, one-line description), in the order the main job runs them.
 STAGES: dict[str, tuple[str, str]] = {
-    "all": ("pipeline.main_job", "the main job: data, train, predict, check, score (the default)"),
+    "all": (
+        "pipeline.stages.main_job",
+        "the main job: data, train, predict, check, score (the default)",
+    ),
     "download": (
-        "pipeline.download",
+        "pipeline.stages.download",
         "fetch the competition files into input/ (Kaggle API or --from DIR)",
     ),
-    "train": ("pipeline.train", "train a U-Net on input/stage1_train"),
-    "evaluate": ("pipeline.evaluate", "score a model on its validation split"),
-    "tune": ("pipeline.tune", "choose post-processing settings on the validation split"),
-    "predict": ("pipeline.predict", "predict a folder of images and write a submission CSV"),
-    "check-submission": ("pipeline.submission", "check a submission CSV against the test images"),
-    "score": ("pipeline.score", "score a submission with the competition metric"),
-    "leaderboard": ("pipeline.leaderboard", "print the local leaderboard, best first"),
-    "report": ("pipeline.report", "overlay pictures and an HTML page for a submission"),
+    "train": ("pipeline.stages.train", "train a U-Net on input/stage1_train"),
+    "evaluate": ("pipeline.stages.evaluate", "score a model on its validation split"),
+    "tune": ("pipeline.stages.tune", "choose post-processing settings on the validation split"),
+    "predict": ("pipeline.stages.predict", "predict a folder of images and write a submission CSV"),
+    "check-submission": (
+        "pipeline.stages.check_submission",
+        "check a submission CSV against the test images",
+    ),
+    "score": ("pipeline.stages.score", "score a submission with the competition metric"),
+    "leaderboard": ("pipeline.stages.leaderboard", "print the local leaderboard, best first"),
+    "report": ("pipeline.stages.report", "overlay pictures and an HTML page for a submission"),
 }
 DEFAULT_STAGE = "all"
 

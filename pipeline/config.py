@@ -29,7 +29,7 @@ class ModelConfig:
     """Architecture of the network."""
 
     # "unet", "unetpp" (U-Net++: nested dense skips, one output head per top-level node)
-    # or "mobilenetv2_unet" (a MobileNetV2 encoder, a U-Net decoder); see pipeline.models.
+    # or "mobilenetv2_unet" (a MobileNetV2 encoder, a U-Net decoder); see pipeline.learning.models.
     arch: str = "unet"
     base_filters: int = 16  # filters of the first level; doubled at each level down
     depth: int = 4  # number of down-sampling steps (mobilenetv2_unet: always 5)
@@ -38,11 +38,11 @@ class ModelConfig:
     # Invert light-background images (brightfield, histology) before standardising, so
     # nuclei are bright on dark in every image kind.
     invert_light_background: bool = True
-    # What the network sees (pipeline.preprocess.INPUT_SPACES): "rgb", the colours as
+    # What the network sees (pipeline.learning.preprocess.INPUT_SPACES): "rgb", the colours as
     # they are, or "grey", one grey level with light backgrounds inverted, the same for
     # every kind of image whatever its stain.
     input_space: str = "rgb"
-    # What the network learns (pipeline.targets.TARGET_SETS): "foreground" alone, or with
+    # What the network learns (pipeline.learning.targets.TARGET_SETS): "foreground" alone, or with
     # a "border" channel (and a "centre" one) for splitting touching nuclei by watershed.
     targets: str = "foreground"
     # mobilenetv2_unet only: the encoder's initial weights, "imagenet" or "none" (random),
@@ -58,13 +58,13 @@ class TrainConfig:
     # "native": random crops of crop_size at the images' own scale (whole images are
     # predicted, padded); "resize": every image resized to crop_size (the seeds' way);
     # "nucleus": like native, with every image first rescaled so that its median nucleus
-    # is nucleus_diameter pixels across (pipeline.scale; in prediction the diameter is
+    # is nucleus_diameter pixels across (pipeline.inference.scale; in prediction the diameter is
     # estimated from a first pass).
     resize_policy: str = "native"
     nucleus_diameter: float = 20.0
     crop_size: int = 128
     # Augmentation's random scale range: each crop is taken from the image scaled by a
-    # factor drawn from [scale_min, scale_max] (pipeline.augment.RandomScaleCrop).
+    # factor drawn from [scale_min, scale_max] (pipeline.learning.augment.RandomScaleCrop).
     scale_min: float = 0.75
     scale_max: float = 1.5
     epochs: int = 40
@@ -72,7 +72,7 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
     learning_rate: float = 1e-3
     val_fraction: float = 0.15
-    # "random": validation images drawn from every kind (pipeline.train.split_ids);
+    # "random": validation images drawn from every kind (pipeline.learning.training.split_ids);
     # "conditions": whole acquisition conditions (size and kind) held out, so that the
     # validation score measures generalisation to unseen ones (split_by_condition).
     split: str = "random"
@@ -80,11 +80,11 @@ class TrainConfig:
     eval_every: int = 3  # epochs between competition-metric evaluations on validation
     patience: int = 5  # evaluations without improvement before stopping early
     augment: bool = True
-    # How hard the augmentation changes pixel values (pipeline.augment.STRENGTHS):
+    # How hard the augmentation changes pixel values (pipeline.learning.augment.STRENGTHS):
     # "default" (mild) or "strong" (wide gamma and stain colour, grey, blur).
     augment_strength: str = "default"
     # Share of training samples in which about half the nuclei are dimmed against the
-    # background (pipeline.augment.dim_nuclei), so that dim nuclei beside bright ones
+    # background (pipeline.learning.augment.dim_nuclei), so that dim nuclei beside bright ones
     # are still found; 0: never.
     dim_nuclei: float = 0.0
     loss: str = "bce_dice"
@@ -112,7 +112,7 @@ class PredictConfig:
     # head N alone (fast: the network is cut after it). Thresholds are tuned for this value.
     heads: str = "all"
     # Images with a side longer than tile_size pixels are predicted in overlapping tiles
-    # (pipeline.tiling), so memory stays bounded; tile_margin pixels of each cut edge are
+    # (pipeline.inference.tiling), so memory stays bounded; tile_margin pixels of each cut edge are
     # dropped. 0: always the whole image.
     tile_size: int = 1024
     tile_margin: int = 96

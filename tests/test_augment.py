@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from skimage.draw import disk
 
-from pipeline.augment import (
+from pipeline.data.synthetic import make_sample
+from pipeline.learning.augment import (
     RandomScaleCrop,
     augment,
     build_augmentation,
@@ -18,7 +19,6 @@ from pipeline.augment import (
     random_crop,
     save_augmentation_preview,
 )
-from pipeline.synthetic import make_sample
 
 CROP = 64
 

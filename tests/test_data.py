@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from skimage.draw import disk
 
-from pipeline.data import (
+from pipeline.data.dataset import (
     KINDS,
     Sample,
     image_kind,
@@ -29,8 +29,8 @@ from pipeline.data import (
     read_image_shape,
     read_mask_labels,
 )
+from pipeline.data.rle import decode_labels, encode_labels
 from pipeline.errors import PipelineError
-from pipeline.rle import decode_labels, encode_labels
 
 
 def disc(shape: tuple[int, int], center: tuple[int, int], radius: float) -> np.ndarray:
@@ -180,7 +180,7 @@ def test_overlapping_pixels_stay_with_the_first_mask_and_are_reported(tmp_path, 
     sample = write_sample(
         tmp_path, "overlapping", dark_grey_image(), {"m1.png": first, "m2.png": second}
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.dataset"):
         labels = read_mask_labels(sample)
     assert np.count_nonzero(labels == 1) == 24
     assert np.count_nonzero(labels == 2) == 25 - 6
@@ -197,7 +197,7 @@ def test_overlapping_discs_resolve_by_name_whatever_the_write_order(tmp_path, ca
     assert shared == 17  # counted by hand: (r-10)**2 + (c-9)**2 < 25 and (r-10)**2 + (c-15)**2 < 25
     masks = {"a.png": left, "b.png": right}
     sample = write_sample(tmp_path, "img", dark_grey_image(), {n: masks[n] for n in write_order})
-    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.dataset"):
         labels = read_mask_labels(sample)
     assert np.array_equal(labels, np.where(left, 1, np.where(right, 2, 0)))
     assert "img: 17 pixel(s) belong to more than one mask" in caplog.text
@@ -244,7 +244,7 @@ def test_missing_masks_folder_is_an_error(tmp_path):
 def test_empty_mask_keeps_the_numbering_and_warns(tmp_path, caplog):
     masks = {"a.png": np.zeros(SHAPE, dtype=bool), "b.png": disc(SHAPE, (9, 9), 3)}
     sample = write_sample(tmp_path, "img", dark_grey_image(), masks)
-    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.dataset"):
         labels = read_mask_labels(sample)
     assert sorted(np.unique(labels).tolist()) == [0, 2]
     assert "a.png: empty mask" in caplog.text
@@ -291,7 +291,7 @@ def test_overlapping_rows_stay_with_the_first_and_warn(tmp_path, caplog):
     # 3x2 image, pixels 1 2 3 down the first column, 4 5 6 down the second: the second row
     # covers 3, 4 and 5, of which 3 and 4 are the first row's.
     path = write_csv(tmp_path / "over.csv", ["ImageId,EncodedPixels", "img,1 4", "img,3 3"])
-    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.dataset"):
         labels = labels_from_rle_csv(path, shapes={"img": (3, 2)})
     assert labels["img"].tolist() == [[1, 1], [1, 2], [1, 0]]
     assert len(caplog.records) == 1
@@ -459,7 +459,7 @@ def _overlap_counts(messages: list[str]) -> dict[str, int]:
 def real_train_samples(real_train_dir) -> tuple[list[Sample], list[str]]:
     """All of stage1_train loaded once (images, mask labels, kinds), with the warnings."""
     handler = _Records()
-    logger = logging.getLogger("pipeline.data")
+    logger = logging.getLogger("pipeline.data.dataset")
     logger.addHandler(handler)
     try:
         samples = load_samples(real_train_dir)
@@ -496,7 +496,7 @@ def test_rle_round_trip_on_every_train_image(real_train_samples):
 def test_train_labels_csv_matches_the_masks(real_train_samples, real_train_labels_csv, caplog):
     samples, _ = real_train_samples
     shapes = {sample.image_id: sample.shape for sample in samples}
-    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.dataset"):
         from_csv = labels_from_rle_csv(real_train_labels_csv, shapes)
     assert sorted(from_csv) == sorted(shapes)
     # The CSV lists each image's nuclei in the sorted order of the mask file names, so the

@@ -22,7 +22,7 @@ import requests
 from PIL import Image
 
 from pipeline import cli
-from pipeline.download import (
+from pipeline.data.download import (
     BUNDLE_NAME,
     COMPETITION,
     MARKER_NAME,
@@ -213,7 +213,7 @@ def test_second_run_skips_what_is_unpacked(files_dir, tmp_path, caplog):
     import_local(files_dir, input_dir)
     inode = (input_dir / "stage1_train").stat().st_ino
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pipeline.download"):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.download"):
         import_local(files_dir, input_dir)
     skipped = [record.getMessage() for record in caplog.records if "skipped" in record.getMessage()]
     assert len(skipped) == 5 and len(caplog.records) == 5
@@ -225,7 +225,7 @@ def test_incomplete_or_changed_folders_are_unpacked_again(files_dir, tmp_path, c
     import_local(files_dir, input_dir)
     lost = input_dir / "stage1_train" / "img_a" / "masks" / "m1.png"
     lost.unlink()
-    with caplog.at_level(logging.INFO, logger="pipeline.download"):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.download"):
         unpack_archive(files_dir / "stage1_train.zip", input_dir)
     assert lost.read_bytes() == png_bytes(255)
     assert "unpacked" in caplog.text and "skipped" not in caplog.text
@@ -511,6 +511,6 @@ def test_import_the_real_stage1_files(shared_data_dir, tmp_path, caplog):
     assert sum(1 for _ in (input_dir / "stage1_train").glob("*/masks/*.png")) == 26302
     # A second run finds everything in place.
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pipeline.download"):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.download"):
         assert import_local(shared_data_dir, input_dir) == written
     assert [record.getMessage().endswith("skipped") for record in caplog.records] == [True] * 5

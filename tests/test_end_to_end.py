@@ -9,7 +9,7 @@ import json
 import pytest
 
 from pipeline.cli import main as cli_main
-from pipeline.synthetic import make_demo_dataset
+from pipeline.data.synthetic import make_demo_dataset
 
 pytest.importorskip("keras")
 
@@ -205,13 +205,13 @@ def test_training_refuses_to_overwrite_a_model(trained, demo):
 
 def test_main_job_runs_every_stage_on_the_demo(tmp_path, monkeypatch):
     from pipeline.config import preset
-    from pipeline.main_job import run_main_job
+    from pipeline.stages.main_job import run_main_job
 
     config = preset("demo")
     config.model.base_filters, config.model.depth = 4, 2
     config.train.crop_size, config.train.steps_per_epoch, config.train.epochs = 64, 2, 1
     monkeypatch.setattr(
-        "pipeline.main_job.DEMO_SET", {"n_train": 10, "n_test": 3, "size_range": (64, 96)}
+        "pipeline.stages.main_job.DEMO_SET", {"n_train": 10, "n_test": 3, "size_range": (64, 96)}
     )
     result = run_main_job(
         config,
@@ -269,7 +269,7 @@ def test_main_job_passes_the_typed_command_on(argv, recorded, monkeypatch, capsy
         seen.update(kwargs, preset=config.name)
         return {"model_dir": "m", "submission": "s.csv", "score": None}
 
-    monkeypatch.setattr("pipeline.main_job.run_main_job", fake_job)
+    monkeypatch.setattr("pipeline.stages.main_job.run_main_job", fake_job)
     assert cli_main(argv) == 0
     assert seen["command"] == recorded
     assert seen["retrain"] == ("--retrain" in argv)

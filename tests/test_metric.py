@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline import metric
-from pipeline.metric import (
+from pipeline.evaluation import metric
+from pipeline.evaluation.metric import (
     THRESHOLDS,
     iou_matrix,
     relabel_sequential,

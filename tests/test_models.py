@@ -12,7 +12,7 @@ keras = pytest.importorskip("keras")
 
 
 def test_unet_keeps_the_input_size_and_outputs_probabilities():
-    from pipeline.models import build_model, input_multiple
+    from pipeline.learning.models import build_model, input_multiple
 
     config = ModelConfig(base_filters=4, depth=2)
     model = build_model(config, out_channels=2)
@@ -24,7 +24,7 @@ def test_unet_keeps_the_input_size_and_outputs_probabilities():
 
 
 def test_unet_width_and_depth_come_from_the_config():
-    from pipeline.models import build_model
+    from pipeline.learning.models import build_model
 
     small = build_model(ModelConfig(base_filters=4, depth=2)).count_params()
     wide = build_model(ModelConfig(base_filters=8, depth=2)).count_params()
@@ -34,14 +34,14 @@ def test_unet_width_and_depth_come_from_the_config():
 
 def test_unknown_architecture_is_refused():
     from pipeline.errors import PipelineError
-    from pipeline.models import build_model
+    from pipeline.learning.models import build_model
 
     with pytest.raises(PipelineError, match="unknown architecture"):
         build_model(ModelConfig(arch="resnet"))
 
 
 def test_dice_loss_exact_values():
-    from pipeline.losses import soft_dice_loss
+    from pipeline.learning.losses import soft_dice_loss
 
     y_true = np.zeros((1, 2, 2, 1), "float32")
     y_true[0, 0, 0, 0] = 1
@@ -52,7 +52,7 @@ def test_dice_loss_exact_values():
 
 
 def test_bce_dice_is_bce_plus_dice():
-    from pipeline.losses import bce_dice_loss, soft_dice_loss
+    from pipeline.learning.losses import bce_dice_loss, soft_dice_loss
 
     y_true = np.array([[[[1.0]], [[0.0]]]], "float32")  # (1, 2, 1, 1)
     y_pred = np.array([[[[0.8]], [[0.3]]]], "float32")
@@ -64,7 +64,13 @@ def test_bce_dice_is_bce_plus_dice():
 def test_model_and_loss_code_is_backend_agnostic():
     """Model, loss and metric code must run on JAX or PyTorch too: no tf.* there."""
     root = Path(__file__).resolve().parents[1] / "pipeline"
-    for name in ("models.py", "losses.py", "metric.py", "targets.py", "postprocess.py"):
+    for name in (
+        "learning/models.py",
+        "learning/losses.py",
+        "evaluation/metric.py",
+        "learning/targets.py",
+        "inference/postprocess.py",
+    ):
         source = (root / name).read_text()
         assert not re.search(r"\bimport tensorflow\b|\btf\.", source), name
 
@@ -86,7 +92,7 @@ def _outputs_as_list(y):
 
 @pytest.mark.parametrize("arch", sorted(TINY_ARCHS))
 def test_every_architecture_keeps_non_square_input_sizes(arch):
-    from pipeline.models import ARCHITECTURES, build_model, input_multiple, model_outputs
+    from pipeline.learning.models import ARCHITECTURES, build_model, input_multiple, model_outputs
 
     assert arch in ARCHITECTURES
     config = TINY_ARCHS[arch]
@@ -101,7 +107,7 @@ def test_every_architecture_keeps_non_square_input_sizes(arch):
 
 
 def test_input_multiples():
-    from pipeline.models import input_multiple
+    from pipeline.learning.models import input_multiple
 
     assert input_multiple(ModelConfig(arch="unet", depth=3)) == 8
     assert input_multiple(ModelConfig(arch="unetpp", depth=4)) == 16
@@ -109,7 +115,7 @@ def test_input_multiples():
 
 
 def test_unetpp_has_one_head_per_top_level_node():
-    from pipeline.models import build_model
+    from pipeline.learning.models import build_model
 
     model = build_model(ModelConfig(arch="unetpp", base_filters=4, depth=3))
     assert model.output_names == ["probabilities_1", "probabilities_2", "probabilities_3"]
@@ -122,8 +128,8 @@ def test_unetpp_has_one_head_per_top_level_node():
 
 def test_unetpp_prediction_averages_the_heads_or_uses_one():
     from pipeline.errors import PipelineError
-    from pipeline.models import build_model, select_heads
-    from pipeline.predict import _predict_batch, _run_model
+    from pipeline.inference.predict import _predict_batch, _run_model
+    from pipeline.learning.models import build_model, select_heads
 
     model = build_model(ModelConfig(arch="unetpp", base_filters=4, depth=2, batch_norm=False))
     x = np.random.default_rng(1).normal(size=(2, 8, 12, 3)).astype("float32")
@@ -145,8 +151,8 @@ def test_unetpp_prediction_averages_the_heads_or_uses_one():
 def test_heads_setting_is_checked():
     from pipeline.config import PredictConfig, check_heads
     from pipeline.errors import PipelineError
-    from pipeline.models import build_model
-    from pipeline.predict import _run_model
+    from pipeline.inference.predict import _run_model
+    from pipeline.learning.models import build_model
 
     assert PredictConfig().heads == "all"
     assert check_heads("ALL") == "all" and check_heads(3) == "3"
@@ -162,8 +168,8 @@ def test_heads_setting_is_checked():
 
 def test_predict_probabilities_uses_the_configured_heads():
     from pipeline.config import Config
-    from pipeline.models import build_model
-    from pipeline.predict import predict_probabilities
+    from pipeline.inference.predict import predict_probabilities
+    from pipeline.learning.models import build_model
 
     config = Config(model=ModelConfig(arch="unetpp", base_filters=4, depth=2))
     model = build_model(config.model)
@@ -176,7 +182,7 @@ def test_predict_probabilities_uses_the_configured_heads():
 
 
 def test_mobilenetv2_skips_come_from_strides_2_to_32():
-    from pipeline.models import MOBILENETV2_OUTPUT, MOBILENETV2_SKIPS, build_model
+    from pipeline.learning.models import MOBILENETV2_OUTPUT, MOBILENETV2_SKIPS, build_model
 
     model = build_model(TINY_ARCHS["mobilenetv2_unet"])
     encoder = model.get_layer("encoder")
@@ -189,7 +195,7 @@ def test_mobilenetv2_skips_come_from_strides_2_to_32():
 
 
 def test_frozen_encoder_leaves_only_the_decoder_trainable():
-    from pipeline.models import build_model
+    from pipeline.learning.models import build_model
 
     config = TINY_ARCHS["mobilenetv2_unet"]
     frozen = build_model(config)
@@ -201,7 +207,7 @@ def test_frozen_encoder_leaves_only_the_decoder_trainable():
 
 
 def test_per_image_range_maps_each_image_to_minus_one_one():
-    from pipeline.models import PerImageRange
+    from pipeline.learning.models import PerImageRange
 
     x = np.stack([np.full((2, 2, 3), 5.0), np.arange(12.0).reshape(2, 2, 3)]).astype("float32")
     y = np.asarray(PerImageRange()(x))
@@ -212,7 +218,7 @@ def test_per_image_range_maps_each_image_to_minus_one_one():
 
 def test_missing_imagenet_weights_is_a_clear_error(monkeypatch, tmp_path):
     from pipeline.errors import PipelineError
-    from pipeline.models import build_model
+    from pipeline.learning.models import build_model
 
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure on https://storage.googleapis.com/...: None")
@@ -238,7 +244,7 @@ def test_imagenet_weights_are_loaded_from_keras_cache(monkeypatch, tmp_path):
     import h5py
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-    from pipeline.models import build_model
+    from pipeline.learning.models import build_model
 
     keras.utils.set_random_seed(3)
     source = keras.applications.MobileNetV2(
@@ -269,8 +275,8 @@ def test_weights_and_resume_checkpoint_round_trip(arch, tmp_path):
 
     (The U-Net's go through the command line in tests/test_end_to_end.py.)
     """
-    from pipeline.losses import bce_dice_loss, get_loss, soft_dice_loss
-    from pipeline.models import build_model, custom_objects, input_multiple, model_outputs
+    from pipeline.learning.losses import bce_dice_loss, get_loss, soft_dice_loss
+    from pipeline.learning.models import build_model, custom_objects, input_multiple, model_outputs
 
     config = TINY_ARCHS[arch]
     model = build_model(config)
@@ -345,7 +351,7 @@ def test_random_init_mobilenetv2_learns_batch_norm_statistics_at_a_usable_pace()
     """From random weights, Keras' 0.999 momentum left inference-mode output as noise."""
     from keras import layers
 
-    from pipeline.models import RANDOM_INIT_BN_MOMENTUM, build_model
+    from pipeline.learning.models import RANDOM_INIT_BN_MOMENTUM, build_model
 
     def momenta(model):
         encoder = model.get_layer("encoder")

@@ -5,8 +5,9 @@ import pytest
 from scipy import ndimage
 from skimage.draw import disk
 
-from pipeline.metric import iou_matrix, score_image
-from pipeline.postprocess import (
+from pipeline.data.synthetic import make_sample
+from pipeline.evaluation.metric import iou_matrix, score_image
+from pipeline.inference.postprocess import (
     DEFAULT_PARAMS,
     PARAM_NAMES,
     fill_instance_holes,
@@ -15,8 +16,7 @@ from pipeline.postprocess import (
     remove_small_instances,
     tune_postprocess,
 )
-from pipeline.synthetic import make_sample
-from pipeline.targets import TARGET_SETS, labels_to_targets
+from pipeline.learning.targets import TARGET_SETS, labels_to_targets
 
 
 def test_two_separate_blobs_become_two_instances():

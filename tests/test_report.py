@@ -26,9 +26,11 @@ import pytest
 from PIL import Image
 from skimage.draw import disk
 
-from pipeline import cli, report
+from pipeline import cli
+from pipeline.data.rle import encode_labels
 from pipeline.errors import PipelineError
-from pipeline.report import (
+from pipeline.evaluation import report
+from pipeline.evaluation.report import (
     PREDICTION_COLOURS,
     TRUE_OUTLINE_COLOUR,
     ImageResult,
@@ -38,8 +40,7 @@ from pipeline.report import (
     overlay_rgb,
     select_galleries,
 )
-from pipeline.rle import encode_labels
-from pipeline.score import score_submission
+from pipeline.evaluation.score import score_submission
 
 SHAPE = (40, 48)
 PERFECT, MISSING, SHIFTED = "fluo_perfect", "bright_missing", "h&<shifted>"

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline import rle
-from pipeline.rle import (
+from pipeline.data import rle
+from pipeline.data.rle import (
     RLEError,
     decode_flat_indices,
     decode_labels,

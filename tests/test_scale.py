@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from pipeline import scale
 from pipeline.config import Config
-from pipeline.data import Sample
+from pipeline.data.dataset import Sample
 from pipeline.errors import PipelineError
-from pipeline.scale import (
+from pipeline.inference import scale
+from pipeline.inference.scale import (
     FACTOR_LIMITS,
     MAX_SCALED_PIXELS,
     limit_factor,
@@ -152,7 +152,7 @@ def test_restore_size_gives_the_original_shape_and_float32(channels):
 
 
 def test_training_samples_are_rescaled_by_their_own_nuclei():
-    from pipeline.train import prepare_training_samples
+    from pipeline.learning.training import prepare_training_samples
 
     small = _discs((96, 96), 4, 16)
     large = _discs((160, 160), 16, 48)
@@ -177,7 +177,7 @@ def test_training_samples_are_rescaled_by_their_own_nuclei():
 
 
 def test_unknown_policy_and_bad_diameter_are_refused():
-    from pipeline.train import prepare_training_samples
+    from pipeline.learning.training import prepare_training_samples
 
     config = Config()
     config.train.resize_policy = "zoom"
@@ -193,7 +193,7 @@ def test_prediction_estimates_the_scale_then_predicts_there(monkeypatch):
     """A stand-in network that marks bright pixels: the first pass measures discs of
     diameter about 10 at the image's own scale, the second at twice it (target 20), which
     needs no further change; the result comes back at the image's own size."""
-    from pipeline import predict
+    from pipeline.inference import predict
 
     calls: list[tuple[tuple[int, int], bool]] = []
 
@@ -223,7 +223,7 @@ def test_prediction_estimates_the_scale_then_predicts_there(monkeypatch):
 
 
 def test_prediction_of_an_empty_image_stays_at_its_own_scale(monkeypatch):
-    from pipeline import predict
+    from pipeline.inference import predict
 
     calls: list[tuple[int, int]] = []
 
@@ -253,7 +253,7 @@ def test_fingerprint_ignores_the_diameter_unless_the_policy_uses_it():
 
 def test_train_flags_set_the_policy_and_refuse_an_unknown_one(capsys):
     from pipeline.cli import build_parser
-    from pipeline.train import config_from_args
+    from pipeline.stages.train import config_from_args
 
     parser = build_parser("train")
     args = parser.parse_args(["--resize-policy", "nucleus", "--nucleus-diameter", "24"])

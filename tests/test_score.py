@@ -23,13 +23,14 @@ from scipy import ndimage
 from skimage.draw import disk
 from skimage.morphology import erosion
 
-from pipeline import cli, leaderboard, provenance
+from pipeline import cli, provenance
+from pipeline.data.rle import encode_mask
+from pipeline.data.submission import SubmissionWriter, write_submission_metadata
 from pipeline.errors import PipelineError
-from pipeline.leaderboard import COLUMNS, append_entry, read_leaderboard
+from pipeline.evaluation import leaderboard
+from pipeline.evaluation.leaderboard import COLUMNS, append_entry, read_leaderboard
+from pipeline.evaluation.score import labelled_pairs, read_solution, score_submission
 from pipeline.provenance import git_commit
-from pipeline.rle import encode_mask
-from pipeline.score import labelled_pairs, read_solution, score_submission
-from pipeline.submission import SubmissionWriter, write_submission_metadata
 
 # ------------------------------------------------------------------ synthetic solution
 
@@ -224,8 +225,8 @@ def test_score_stage_prints_the_report_json_and_adds_to_the_leaderboard(
 def test_score_and_record_returns_the_score_and_adds_one_row(
     tmp_path: Path, solution_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pipeline.evaluation.score import score_and_record
     from pipeline.paths import REPO_ROOT
-    from pipeline.score import score_and_record
 
     monkeypatch.setattr(leaderboard, "git_commit", lambda: "beef456")
     submission = write_lines(tmp_path / "sub.csv", [f"s1,{S1_RLES[0]}", f"s1,{S1_RLES[1]}"])

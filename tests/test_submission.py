@@ -11,9 +11,8 @@ from PIL import Image
 from skimage.draw import disk
 
 from pipeline import cli
-from pipeline.errors import PipelineError
-from pipeline.rle import decode_labels
-from pipeline.submission import (
+from pipeline.data.rle import decode_labels
+from pipeline.data.submission import (
     Problem,
     SubmissionWriter,
     check_submission,
@@ -24,6 +23,7 @@ from pipeline.submission import (
     write_submission,
     write_submission_metadata,
 )
+from pipeline.errors import PipelineError
 
 # Tiny images in Kaggle layout: id -> (height, width).
 SHAPES = {"img_a": (6, 5), "img_b": (4, 4), "img_c": (8, 3)}

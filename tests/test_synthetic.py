@@ -12,10 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data import list_image_ids, read_image
-from pipeline.errors import PipelineError
-from pipeline.rle import decode_labels
-from pipeline.synthetic import (
+from pipeline.data.dataset import list_image_ids, read_image
+from pipeline.data.rle import decode_labels
+from pipeline.data.synthetic import (
     KINDS,
     MARKER_NAME,
     DemoPaths,
@@ -25,6 +24,7 @@ from pipeline.synthetic import (
     make_demo_dataset,
     make_sample,
 )
+from pipeline.errors import PipelineError
 
 # A tiny set: small images, a few of each split; written in well under a second.
 TINY = {"n_train": 4, "n_test": 3, "seed": 5, "size_range": (64, 96)}
@@ -214,7 +214,7 @@ def test_marker_skips_a_complete_set_and_regenerates_otherwise(
     paths = make_demo_dataset(root, **TINY)
     train_inode = paths.train_dir.stat().st_ino
     csv_mtime = paths.solution_csv.stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="pipeline.synthetic"):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.synthetic"):
         again = make_demo_dataset(root, **TINY)
     assert again == paths
     assert "up to date" in caplog.text

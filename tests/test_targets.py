@@ -6,7 +6,7 @@ from scipy import ndimage
 from skimage.draw import disk
 
 from pipeline.errors import PipelineError
-from pipeline.targets import (
+from pipeline.learning.targets import (
     KNOWN_CHANNELS,
     TARGET_CHANNELS,
     TARGET_SETS,

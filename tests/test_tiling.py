@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from pipeline.tiling import Span, predict_in_tiles, tile_spans
+from pipeline.inference.tiling import Span, predict_in_tiles, tile_spans
 
 
 def test_spans_exact_values():
@@ -100,8 +100,8 @@ def test_network_prediction_in_tiles_matches_the_whole_image():
     """A small U-Net (reach well under 48 pixels): tiling changes nothing but rounding."""
     pytest.importorskip("keras")
     from pipeline.config import Config, ModelConfig
-    from pipeline.models import build_model
-    from pipeline.predict import predict_probabilities
+    from pipeline.inference.predict import predict_probabilities
+    from pipeline.learning.models import build_model
 
     config = Config(model=ModelConfig(base_filters=4, depth=2))
     model = build_model(config.model, out_channels=2)
@@ -124,7 +124,7 @@ def test_network_prediction_in_tiles_matches_the_whole_image():
 def test_documented_example_holds():
     import doctest
 
-    from pipeline import tiling
+    from pipeline.inference import tiling
 
     result = doctest.testmod(tiling, raise_on_error=False)
     assert result.failed == 0 and result.attempted == 1
@@ -142,7 +142,7 @@ def test_tile_size_flag_refuses_what_is_not_a_size(value, capsys):
 
 def test_batches_are_bounded_in_pixels():
     """At most MAX_BATCH_PIXELS (a megapixel) per batch, and never fewer than one image."""
-    from pipeline.predict import MAX_BATCH_PIXELS, _images_per_batch
+    from pipeline.inference.predict import MAX_BATCH_PIXELS, _images_per_batch
 
     assert MAX_BATCH_PIXELS == 1024 * 1024
     assert [_images_per_batch(4, side, side) for side in (256, 544, 1024, 2048)] == [4, 3, 1, 1]

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.train import split_ids
+from pipeline.learning.training import split_ids
 
 
 def _kinds():
@@ -37,7 +37,7 @@ def test_dim_nuclei_flag_sets_the_share_and_refuses_what_is_not_one(capsys):
     import argparse
 
     from pipeline.cli import main as cli_main
-    from pipeline.train import add_arguments, config_from_args
+    from pipeline.stages.train import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -60,7 +60,7 @@ def _conditions():
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 42])
 def test_condition_split_holds_out_whole_conditions(seed):
-    from pipeline.train import split_by_condition
+    from pipeline.learning.training import split_by_condition
 
     conditions = _conditions()
     split = split_by_condition(conditions, 0.15, seed=seed)
@@ -74,7 +74,7 @@ def test_condition_split_holds_out_whole_conditions(seed):
 
 
 def test_condition_split_is_seeded():
-    from pipeline.train import split_by_condition
+    from pipeline.learning.training import split_by_condition
 
     splits = {seed: split_by_condition(_conditions(), 0.15, seed) for seed in range(6)}
     assert split_by_condition(_conditions(), 0.15, 0) == splits[0]
@@ -84,8 +84,8 @@ def test_condition_split_is_seeded():
 def test_condition_of_names_size_and_kind():
     import numpy as np
 
-    from pipeline.data import Sample
-    from pipeline.train import condition_of
+    from pipeline.data.dataset import Sample
+    from pipeline.learning.training import condition_of
 
     sample = Sample("x", np.zeros((5, 7, 3), np.uint8), None, "histology")
     assert condition_of(sample) == "5x7 histology"
@@ -95,7 +95,7 @@ def test_split_flag_reaches_the_config_and_keeps_the_default_fingerprint():
     import argparse
 
     from pipeline.config import preset
-    from pipeline.train import add_arguments, config_from_args
+    from pipeline.stages.train import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -110,7 +110,7 @@ def test_split_flag_reaches_the_config_and_keeps_the_default_fingerprint():
 def test_input_space_and_scale_range_flags_reach_the_config():
     import argparse
 
-    from pipeline.train import add_arguments, config_from_args
+    from pipeline.stages.train import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import doctest
 
-from pipeline import tune
-from pipeline.tune import covers, default_grid
+from pipeline.evaluation import tuning as tune
+from pipeline.evaluation.tuning import covers, default_grid
 
 
 def test_every_channel_set_gets_components_and_a_watershed():
@@ -33,8 +33,8 @@ def test_covers():
 def test_the_default_settings_of_each_preset_are_in_its_grid_or_added():
     """The presets' untuned settings are tried by the default grids themselves."""
     from pipeline.config import preset
-    from pipeline.model_store import target_channels
-    from pipeline.predict import postprocess_params
+    from pipeline.inference.predict import postprocess_params
+    from pipeline.learning.model_store import target_channels
 
     for name in ("default", "seeds-baseline", "demo"):
         config = preset(name)

@@ -30,7 +30,6 @@ Example
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -47,7 +46,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from pipeline.data import image_path
+from pipeline.data.dataset import image_path
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_dir, atomic_path
 from pipeline.paths import INPUT_DIR, SHARED_DATA_DIR
@@ -756,45 +755,3 @@ def describe_input(input_dir: str | Path = INPUT_DIR) -> list[str]:
 
 
 # --------------------------------------------------------------------------- stage
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``./run.sh download``."""
-    source = parser.add_argument_group("where the files come from (default: the Kaggle API)")
-    source.add_argument(
-        "--from",
-        dest="source",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="take the competition files from a local folder (such as ../shared/dsb2018) or "
-        f"from {BUNDLE_NAME} instead of downloading them",
-    )
-    output = parser.add_argument_group("where they go")
-    output.add_argument(
-        "--input",
-        dest="input_dir",
-        type=Path,
-        default=INPUT_DIR,
-        metavar="DIR",
-        help="folder that receives the unpacked files",
-    )
-    output.add_argument(
-        "--force",
-        action="store_true",
-        help="download and unpack again, even what is already up to date",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Fetch or import the competition files, unpack them, and summarise ``input/``."""
-    input_dir = Path(args.input_dir)
-    if args.source is not None:
-        log.info("taking the competition files from %s into %s", args.source, input_dir)
-        import_local(args.source, input_dir, force=args.force)
-    else:
-        download_from_kaggle(input_dir, force=args.force)
-    log.info("%s now holds:", input_dir)
-    for line in describe_input(input_dir):
-        log.info("  %s", line)
-    return 0

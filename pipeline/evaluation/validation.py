@@ -12,8 +12,6 @@ then gives the leaderboard number.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,8 +35,8 @@ def kind_means(per_image: Mapping[str, float], samples: Sequence) -> dict[str, f
 
 def score_samples(model, samples: Sequence, config) -> dict[str, Any]:
     """Competition score of ``model`` on labelled samples: overall, per kind and per image."""
-    from pipeline.metric import score_images
-    from pipeline.predict import predict_labels
+    from pipeline.evaluation.metric import score_images
+    from pipeline.inference.predict import predict_labels
 
     predicted: dict[str, np.ndarray] = {}
     for start in range(0, len(samples), 16):
@@ -56,8 +54,8 @@ def score_samples(model, samples: Sequence, config) -> dict[str, Any]:
 
 def validation_samples(model_dir: Path, images_dir: Path | None = None) -> list:
     """The labelled validation images of a model, as its ``split.json`` records them."""
-    from pipeline.data import load_samples
-    from pipeline.model_store import SPLIT_FILE, read_json, training_images_dir
+    from pipeline.data.dataset import load_samples
+    from pipeline.learning.model_store import SPLIT_FILE, read_json, training_images_dir
 
     split = read_json(Path(model_dir) / SPLIT_FILE)
     if not split.get("val"):
@@ -78,11 +76,11 @@ def evaluate_model(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Score ``model_dir`` on its validation split; see the module docstring for the keys."""
-    from pipeline import device as device_module
+    from pipeline.learning import device as device_module
 
     device_module.select_device(device)
-    from pipeline.model_store import load_model
-    from pipeline.predict import postprocess_params
+    from pipeline.inference.predict import postprocess_params
+    from pipeline.learning.model_store import load_model
 
     device_module.configure(device, "float32")
     model, config = load_model(Path(model_dir), tuned=tuned)
@@ -102,38 +100,3 @@ def evaluate_model(
         },
         "per_image": result["per_image"],
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.predict import add_postprocess_arguments
-
-    parser.add_argument("--model", type=Path, required=True, help="model folder")
-    parser.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="its training images (default: the folder it was trained on)",
-    )
-    parser.add_argument(
-        "--untuned",
-        action="store_true",
-        help="ignore the model's thresholds.json (use its config's defaults)",
-    )
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    add_postprocess_arguments(parser)
-
-
-def main(args: argparse.Namespace) -> int:
-    from pipeline.predict import postprocess_overrides
-
-    result = evaluate_model(
-        args.model, postprocess_overrides(args), not args.untuned, args.images, args.device
-    )
-    print(f"validation score {result['score']:.6f} ({result['images']} images)")
-    for kind, score in result["per_kind"].items():
-        print(f"  {kind:<13}{score:.6f}")
-    print(f"settings: {result['settings']}")
-    if args.json:
-        print(json.dumps(result))
-    return 0

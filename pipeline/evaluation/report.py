@@ -4,7 +4,7 @@
 (beside the CSV, a folder named after it):
 
 - ``per_image_scores.csv``: one row per image, worst first: ``ImageId``, ``kind``
-  (`pipeline.data.image_kind`), ``score`` (the competition metric), ``n_true``, ``n_pred``
+  (`pipeline.data.dataset.image_kind`), ``score`` (the competition metric), ``n_true``, ``n_pred``
   and ``tp_iou50``, ``fp_iou50``, ``fn_iou50``, the matches at the lowest threshold
   (IoU > 0.5);
 - ``overlays/<ImageId>.png`` for the N best and the N worst images: the image, and beside it
@@ -16,9 +16,9 @@ The images are those of ``--images`` (Kaggle layout). Scores need the ground tru
 (``--solution``, ``ImageId,EncodedPixels,Height,Width[,Usage]``): when it is absent or does
 not cover every image, the report shows the predictions only (no score, no true outline; the
 overlays are those of the first N images by id). Images whose solution rows are all
-``Ignored`` are left out, as `pipeline.score` leaves them out. Decoding and scoring are those
-of `pipeline.score`: an image without submission rows is an empty prediction, and a
-submission that cannot be decoded is refused.
+``Ignored`` are left out, as `pipeline.evaluation.score` leaves them out. Decoding and
+scoring are those of `pipeline.evaluation.score`: an image without submission rows is an
+empty prediction, and a submission that cannot be decoded is refused.
 
 The folder is built in a temporary folder and then replaces ``--out`` in one step, so an
 interrupted run leaves the previous report (or none), never half of one.
@@ -32,7 +32,6 @@ Example
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html
 import logging
@@ -53,18 +52,19 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 from tqdm import tqdm
 
-from pipeline import data, paths
-from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_dir, atomic_path, atomic_write_text
-from pipeline.metric import score_image
-from pipeline.score import SolutionImage, read_solution
-from pipeline.submission import (
+from pipeline import paths
+from pipeline.data import dataset
+from pipeline.data.submission import (
     Problem,
     decode_image_rows,
     group_rows,
     read_submission,
     read_submission_metadata,
 )
+from pipeline.errors import PipelineError
+from pipeline.evaluation.metric import score_image
+from pipeline.evaluation.score import SolutionImage, read_solution
+from pipeline.fileio import atomic_dir, atomic_path, atomic_write_text
 
 __all__ = [
     "PREDICTION_COLOURS",
@@ -72,11 +72,9 @@ __all__ = [
     "TRUE_OUTLINE_COLOUR",
     "ImageResult",
     "Report",
-    "add_arguments",
     "build_report",
     "default_out_dir",
     "evaluate_images",
-    "main",
     "overlay_file_name",
     "overlay_rgb",
     "render_index_html",
@@ -126,7 +124,7 @@ class ImageResult:
     image_id : str
         The Kaggle ImageId.
     kind : str
-        One of `pipeline.data.KINDS`.
+        One of `pipeline.data.dataset.KINDS`.
     n_pred : int
         Number of predicted nuclei.
     score : float or None
@@ -199,7 +197,7 @@ class _Inputs:
                 raise PipelineError(
                     f"{self.solution_csv}: line {truth.rows[0][0]}: {image_id} is "
                     f"{truth.shape[0]}x{truth.shape[1]} but its image "
-                    f"{data.image_path(self.images_dir, image_id)} is {shape[0]}x{shape[1]}"
+                    f"{dataset.image_path(self.images_dir, image_id)} is {shape[0]}x{shape[1]}"
                 )
             true_labels, problems = decode_image_rows(image_id, truth.rows, shape)
             if problems:
@@ -219,7 +217,7 @@ def _decode_error(path: Path, problems: list[Problem]) -> PipelineError:
 
 def _read_inputs(submission_csv: Path, images_dir: Path, solution_csv: Path | None) -> _Inputs:
     """Read the submission and the solution, and decide which images the report shows."""
-    image_ids = data.list_image_ids(images_dir)
+    image_ids = dataset.list_image_ids(images_dir)
     predicted = group_rows(read_submission(submission_csv))
     truth: dict[str, SolutionImage] | None = None
     if solution_csv is not None:
@@ -277,8 +275,8 @@ def _read_inputs(submission_csv: Path, images_dir: Path, solution_csv: Path | No
 def _evaluate(inputs: _Inputs) -> list[ImageResult]:
     results = []
     for image_id in tqdm(inputs.image_ids, desc="scoring", unit="image", disable=None, leave=False):
-        image = data.read_image(data.image_path(inputs.images_dir, image_id))
-        kind = data.image_kind(image)
+        image = dataset.read_image(dataset.image_path(inputs.images_dir, image_id))
+        kind = dataset.image_kind(image)
         pred_labels, true_labels = inputs.labels(image_id, image.shape[:2])
         if true_labels is None:
             results.append(ImageResult(image_id, kind, n_pred=int(pred_labels.max(initial=0))))
@@ -541,7 +539,7 @@ def _overlay_title(result: ImageResult) -> str:
 def _write_overlays(inputs: _Inputs, shown: Sequence[ImageResult], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for result in tqdm(shown, desc="overlays", unit="image", disable=None, leave=False):
-        image = data.read_image(data.image_path(inputs.images_dir, result.image_id))
+        image = dataset.read_image(dataset.image_path(inputs.images_dir, result.image_id))
         pred_labels, true_labels = inputs.labels(result.image_id, image.shape[:2])
         write_overlay_png(
             folder / overlay_file_name(result.image_id),
@@ -651,7 +649,7 @@ def render_index_html(
 
     lines += ["<h2>By image kind</h2>", "<table>", "<tr><th>kind</th><th>images</th>"]
     lines[-1] += "<th>mean score</th></tr>" if overall is not None else "</tr>"
-    kinds = list(data.KINDS) + sorted({r.kind for r in results} - set(data.KINDS))
+    kinds = list(dataset.KINDS) + sorted({r.kind for r in results} - set(dataset.KINDS))
     for kind in kinds:
         of_kind = [r for r in results if r.kind == kind]
         row = f'<tr><td class="kind">{html.escape(kind)}</td><td>{len(of_kind)}</td>'
@@ -797,53 +795,3 @@ def build_report(
         atomic_write_text(tmp / SCORES_CSV, scores_table(results).to_csv(index=False))
         atomic_write_text(tmp / INDEX_HTML, page)
     return Report(out, out / INDEX_HTML, results, overall, worst, best)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("submission", type=Path, help="the submission CSV to report on")
-    inputs = parser.add_argument_group("inputs")
-    inputs.add_argument(
-        "--images",
-        type=Path,
-        default=paths.TEST_DIR,
-        metavar="DIR",
-        help="the images it is for, in Kaggle layout (<id>/images/<id>.png)",
-    )
-    inputs.add_argument(
-        "--solution",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="the ground truth (ImageId,EncodedPixels,Height,Width,Usage); None: "
-        f"{paths.SOLUTION_CSV} if it exists, else predictions only",
-    )
-    output = parser.add_argument_group("output")
-    output.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="the report folder; None: beside the CSV, a folder named after it",
-    )
-    output.add_argument(
-        "--n",
-        type=int,
-        default=8,
-        metavar="N",
-        help="overlay pictures of the N worst and the N best images",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Write the report of a submission; log where its page is."""
-    solution = args.solution
-    if solution is None:
-        if paths.SOLUTION_CSV.is_file():
-            solution = paths.SOLUTION_CSV
-        else:
-            log.info("no solution at %s: the report shows predictions only", paths.SOLUTION_CSV)
-    report = build_report(args.submission, args.images, solution, args.out, args.n)
-    if report.score is not None:
-        log.info("score %.6f over %d images", report.score, len(report.results))
-    log.info("report: %s", report.index_html)
-    return 0

@@ -37,9 +37,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pipeline.data.rle import encode_labels
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_dir, atomic_write_text
-from pipeline.rle import encode_labels
 
 __all__ = [
     "KINDS",
@@ -434,7 +434,7 @@ def _solution_text(images: list[tuple[str, np.ndarray]]) -> str:
 
 def _marker_content(n_train: int, n_test: int, seed: int, size_range: tuple[int, int]) -> dict:
     return {
-        "generator": "pipeline.synthetic",
+        "generator": "pipeline.data.synthetic",
         "generator_version": GENERATOR_VERSION,
         "n_train": n_train,
         "n_test": n_test,

@@ -3,7 +3,7 @@
 Format
 ------
 A CSV file with the header ``ImageId,EncodedPixels`` and one row per nucleus, its pixels
-run-length encoded (see `pipeline.rle`)::
+run-length encoded (see `pipeline.data.rle`)::
 
     ImageId,EncodedPixels
     0a7d30b2...,1 2 5 2 9 1
@@ -39,7 +39,6 @@ img2,
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -54,22 +53,20 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import data, paths
+from pipeline.data import dataset
+from pipeline.data.rle import RLEError, decode_flat_indices, encode_labels, parse_rle
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, atomic_write_text
-from pipeline.rle import RLEError, decode_flat_indices, encode_labels, parse_rle
 
 __all__ = [
     "HEADER",
     "CheckSummary",
     "Problem",
     "SubmissionWriter",
-    "add_arguments",
     "check_submission",
     "check_submission_summary",
     "decode_image_rows",
     "group_rows",
-    "main",
     "metadata_path",
     "read_submission",
     "read_submission_metadata",
@@ -425,7 +422,7 @@ def check_submission_summary(
 ) -> CheckSummary:
     """`check_submission`, with the counts of rows, images and nuclei."""
     csv_path, images_dir = Path(csv_path), Path(images_dir)
-    image_ids = data.list_image_ids(images_dir)
+    image_ids = dataset.list_image_ids(images_dir)
     header, rows, problems = _read_table(csv_path, HEADER)
     if header is None:
         return CheckSummary(problems, 0, 0, 0)
@@ -460,7 +457,7 @@ def check_submission_summary(
                 except RLEError as error:
                     problems.append(Problem(line, image_id, str(error)))
             continue
-        shape = data.read_image_shape(data.image_path(images_dir, image_id))
+        shape = dataset.read_image_shape(dataset.image_path(images_dir, image_id))
         problems += decode_image_rows(image_id, image_rows, shape)[1]
     problems += [
         Problem(
@@ -511,29 +508,3 @@ def check_submission(
 
 
 # ----------------------------------------------------------------------------- stage
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("submission", type=Path, help="the submission CSV to check")
-    parser.add_argument(
-        "--images",
-        type=Path,
-        default=paths.TEST_DIR,
-        metavar="DIR",
-        help="the images it is for, in Kaggle layout (<id>/images/<id>.png)",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Print every problem of the submission and a summary; 0 when valid, 1 otherwise."""
-    summary = check_submission_summary(args.submission, args.images)
-    for problem in summary.problems:
-        print(problem)
-    if summary.problems:
-        print(f"{args.submission}: INVALID, {len(summary.problems)} problem(s)")
-        return 1
-    print(
-        f"{args.submission}: valid, {summary.n_rows} rows, {summary.n_images} images, "
-        f"{summary.n_nuclei} nuclei"
-    )
-    return 0

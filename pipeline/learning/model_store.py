@@ -101,7 +101,7 @@ def training_images_dir(model_dir: Path) -> Path:
 
 def target_channels(config: Config) -> tuple[str, ...]:
     """The output channels of the model that ``config`` describes."""
-    from pipeline.targets import TARGET_SETS
+    from pipeline.learning.targets import TARGET_SETS
 
     try:
         return TARGET_SETS[config.model.targets]
@@ -117,7 +117,7 @@ def load_model(model_dir: Path, tuned: bool = True):
     Returns ``(model, config)``, the config's ``predict`` settings from thresholds.json
     when ``tuned``. Raises ``PipelineError`` naming what is missing.
     """
-    from pipeline.models import build_model
+    from pipeline.learning.models import build_model
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

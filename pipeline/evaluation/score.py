@@ -3,7 +3,7 @@
 ``./run.sh score SUBMISSION.csv`` compares the submission with the released ground truth
 (``input/stage1_solution.csv``: ``ImageId,EncodedPixels,Height,Width,Usage``) and prints
 the score, the TP/FP/FN totals at each IoU threshold and the worst images; the score is
-added to the local leaderboard (see `pipeline.leaderboard`).
+added to the local leaderboard (see `pipeline.evaluation.leaderboard`).
 
 Every image of the solution is scored, except rows whose ``Usage`` is ``Ignored``. An
 image that the submission leaves out scores as if nothing was predicted in it (0, for an
@@ -14,8 +14,6 @@ is refused: ``./run.sh check-submission`` lists all of its problems.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -25,23 +23,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import leaderboard, paths
-from pipeline.errors import PipelineError
-from pipeline.metric import THRESHOLDS, SetScore, score_images
-from pipeline.submission import (
+from pipeline import paths
+from pipeline.data.submission import (
     Problem,
     decode_image_rows,
     group_rows,
     read_submission,
     read_submission_metadata,
 )
+from pipeline.errors import PipelineError
+from pipeline.evaluation import leaderboard
+from pipeline.evaluation.metric import THRESHOLDS, SetScore, score_images
 
 __all__ = [
     "SolutionImage",
-    "add_arguments",
     "format_report",
     "labelled_pairs",
-    "main",
     "read_solution",
     "score_and_record",
     "score_submission",
@@ -252,46 +249,3 @@ def format_report(result: SetScore, worst: int = 10) -> str:
         lines += ["", f"worst {len(ranked)} images:"]
         lines += [f"  {score:.6f}  {image_id}" for image_id, score in ranked]
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("submission", type=Path, help="the submission CSV to score")
-    parser.add_argument(
-        "--solution",
-        type=Path,
-        default=paths.SOLUTION_CSV,
-        metavar="FILE",
-        help="the ground truth: ImageId,EncodedPixels,Height,Width,Usage",
-    )
-    parser.add_argument(
-        "--worst", type=int, default=10, metavar="N", help="list the N lowest-scoring images"
-    )
-    output = parser.add_argument_group("output")
-    output.add_argument(
-        "--json",
-        action="store_true",
-        help='end with one JSON line: {"score": ..., "per_image": {ImageId: score}}',
-    )
-    output.add_argument(
-        "--leaderboard",
-        type=Path,
-        default=paths.LEADERBOARD_CSV,
-        metavar="FILE",
-        help="the leaderboard that the score is added to",
-    )
-    output.add_argument(
-        "--no-leaderboard", action="store_true", help="do not add the score to the leaderboard"
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Score the submission, print the report, add it to the leaderboard."""
-    if args.worst < 0:
-        raise PipelineError(f"--worst must be 0 or more, got {args.worst}")
-    result = _score_and_record(
-        args.submission, args.solution, None if args.no_leaderboard else args.leaderboard
-    )
-    print(format_report(result, worst=args.worst))
-    if args.json:
-        print(json.dumps({"score": result.score, "per_image": result.per_image}))
-    return 0

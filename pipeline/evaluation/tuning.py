@@ -10,7 +10,6 @@ it (for example with another grid). The stage-1 test set is never looked at here
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ def default_grid(channels: tuple[str, ...]) -> list[dict[str, list[Any]]]:
         )
     else:
         # Without a border channel the watershed's markers come from the mask's own
-        # distance-to-edge map (pipeline.postprocess), which still splits some nuclei.
+        # distance-to-edge map (pipeline.inference.postprocess), which still splits some nuclei.
         grids.append(
             {
                 "method": ["watershed"],
@@ -76,7 +75,7 @@ def search(
     Settings a grid leaves out take their value from ``base`` (the config's), and
     ``base`` itself is always a candidate, so the result never scores below it.
     """
-    from pipeline.postprocess import tune_postprocess
+    from pipeline.inference.postprocess import tune_postprocess
 
     if not any(covers(grid, base) for grid in grids):
         grids = [*grids, {key: [value] for key, value in base.items()}]
@@ -92,12 +91,14 @@ def search(
 
 def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "auto") -> dict:
     """Tune ``model_dir``'s post-processing on its validation split; write thresholds.json."""
-    from pipeline import device as device_module
+    from pipeline.learning import device as device_module
 
     device_module.select_device(device)
-    from pipeline.evaluate import kind_means, validation_samples
-    from pipeline.metric import score_images
-    from pipeline.model_store import (
+    from pipeline.evaluation.metric import score_images
+    from pipeline.evaluation.validation import kind_means, validation_samples
+    from pipeline.inference.postprocess import instances_from_channels
+    from pipeline.inference.predict import postprocess_params, predict_probabilities
+    from pipeline.learning.model_store import (
         SCORES_FILE,
         THRESHOLDS_FILE,
         load_model,
@@ -105,8 +106,6 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
         target_channels,
         write_json,
     )
-    from pipeline.postprocess import instances_from_channels
-    from pipeline.predict import postprocess_params, predict_probabilities
 
     model_dir = Path(model_dir)
     device_module.configure(device, "float32")
@@ -172,20 +171,3 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
         "on" if use_tta else "off",
     )
     return tuned
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="model folder")
-    parser.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="its training images (default: the folder it was trained on)",
-    )
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-
-
-def main(args: argparse.Namespace) -> int:
-    tuned = tune_model(args.model, args.images, args.device)
-    print(f"validation score {tuned['validation_score']:.4f} with {tuned['params']}")
-    return 0

@@ -251,7 +251,7 @@ def _decode_resolving_overlaps(
     shape: tuple[int, int],
 ) -> np.ndarray:
     """Decode one image's encodings row by row; the first encoding keeps a shared pixel."""
-    from pipeline.rle import RLEError, decode_flat_indices
+    from pipeline.data.rle import RLEError, decode_flat_indices
 
     flat = np.zeros(shape[0] * shape[1], dtype=np.int32)
     overlapping = 0
@@ -314,7 +314,7 @@ def labels_from_rle_csv(
     >>> len(labels)                                                  # doctest: +SKIP
     65
     """
-    from pipeline.rle import RLEError, decode_labels
+    from pipeline.data.rle import RLEError, decode_labels
 
     csv_path = Path(csv_path)
     rows: dict[str, list[tuple[int, str]]] = {}

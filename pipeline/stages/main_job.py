@@ -40,7 +40,7 @@ class JobData:
 
 def competition_data_present(input_dir: Path = paths.INPUT_DIR) -> bool:
     """Whether ``input/`` holds unpacked stage-1 training and test images."""
-    from pipeline.data import list_image_ids
+    from pipeline.data.dataset import list_image_ids
 
     try:
         return bool(list_image_ids(input_dir / "stage1_train")) and bool(
@@ -52,7 +52,7 @@ def competition_data_present(input_dir: Path = paths.INPUT_DIR) -> bool:
 
 def find_data(demo: bool, input_dir: Path = paths.INPUT_DIR) -> JobData:
     """Step 1: competition data from ``input/`` or Kaggle, else the synthetic demo set."""
-    from pipeline import download
+    from pipeline.data import download
 
     if not demo and not competition_data_present(input_dir):
         if download.kaggle_credentials_available():
@@ -68,7 +68,7 @@ def find_data(demo: bool, input_dir: Path = paths.INPUT_DIR) -> JobData:
             )
             demo = True
     if demo:
-        from pipeline.synthetic import make_demo_dataset
+        from pipeline.data.synthetic import make_demo_dataset
 
         made = make_demo_dataset(input_dir / "demo", **DEMO_SET)
         return JobData(made.train_dir, made.test_dir, made.solution_csv, demo=True)
@@ -93,7 +93,7 @@ def _shown(path: Path) -> str:
 
 def choose_model_dir(config: Config, models_dir: Path = paths.MODELS_DIR) -> Path:
     """``models/<name>`` if it is free or holds this config's model, else a fingerprinted one."""
-    from pipeline.model_store import SCORES_FILE, read_json
+    from pipeline.learning.model_store import SCORES_FILE, read_json
 
     candidate = models_dir / config.name
     if not candidate.exists():
@@ -102,7 +102,7 @@ def choose_model_dir(config: Config, models_dir: Path = paths.MODELS_DIR) -> Pat
     if recorded == config.training_fingerprint():
         return candidate
     if not (candidate / SCORES_FILE).exists():
-        from pipeline.model_store import CONFIG_FILE
+        from pipeline.learning.model_store import CONFIG_FILE
 
         if (candidate / CONFIG_FILE).is_file() and Config.load(
             candidate / CONFIG_FILE
@@ -127,11 +127,11 @@ def run_main_job(
     ``command`` is recorded in a newly trained model's ``scores.json`` as the command that
     trained it; by default the ``./run.sh`` line these arguments stand for.
     """
-    from pipeline.model_store import SCORES_FILE, is_complete, read_json, write_json
-    from pipeline.predict import run_prediction
-    from pipeline.score import score_and_record
-    from pipeline.submission import check_submission
-    from pipeline.train import train_model
+    from pipeline.data.submission import check_submission
+    from pipeline.evaluation.score import score_and_record
+    from pipeline.inference.predict import run_prediction
+    from pipeline.learning.model_store import SCORES_FILE, is_complete, read_json, write_json
+    from pipeline.learning.training import train_model
 
     data = find_data(demo, input_dir)
     if data.demo and config.name == "default":

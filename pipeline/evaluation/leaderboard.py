@@ -2,7 +2,7 @@
 
 Columns: ``time`` (UTC, ISO 8601), ``file`` (the submission), ``score``, and where it came
 from: ``model``, ``config`` and ``commit``, taken from the submission's sidecar metadata
-(see `pipeline.submission.read_submission_metadata`); ``commit`` falls back to the current
+(see `pipeline.data.submission.read_submission_metadata`); ``commit`` falls back to the current
 commit of the repository.
 
 Each ``./run.sh score`` appends a row (the file is rewritten atomically, so an interrupted
@@ -11,7 +11,6 @@ run never leaves it half-written); ``./run.sh leaderboard`` prints it best first
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -29,10 +28,8 @@ from pipeline.provenance import git_commit
 
 __all__ = [
     "COLUMNS",
-    "add_arguments",
     "append_entry",
     "format_leaderboard",
-    "main",
     "read_leaderboard",
 ]
 
@@ -169,27 +166,3 @@ def format_leaderboard(table: pd.DataFrame) -> str:
         ).rstrip()
 
     return "\n".join([line(columns), *(line(r) for r in rows)])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--leaderboard",
-        type=Path,
-        default=paths.LEADERBOARD_CSV,
-        metavar="FILE",
-        help="the leaderboard CSV",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Print the leaderboard, best first."""
-    table = read_leaderboard(args.leaderboard)
-    if table.empty:
-        state = "is empty" if Path(args.leaderboard).exists() else "does not exist yet"
-        print(
-            f"{args.leaderboard} {state}: no submission scored "
-            "(./run.sh score SUBMISSION.csv adds one)"
-        )
-        return 0
-    print(format_leaderboard(table))
-    return 0

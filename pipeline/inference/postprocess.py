@@ -1,6 +1,6 @@
 """Network probabilities to nucleus instances (independent of Keras).
 
-The counterpart of ``pipeline.targets.labels_to_targets``. Tested without a model.
+The counterpart of ``pipeline.learning.targets.labels_to_targets``. Tested without a model.
 
 Two methods (``method=``):
 
@@ -15,7 +15,7 @@ Two methods (``method=``):
        ``centre_prob > marker_threshold`` when a centre map is given, else of
        ``foreground_prob - border_weight * border_prob > marker_threshold`` when a border
        map is given, else of the mask's own centre map (each component's distance to its
-       edge divided by its largest, as `pipeline.targets` computes it from labels; this
+       edge divided by its largest, as `pipeline.learning.targets` computes it from labels; this
        splits only nuclei of similar size with a narrow waist between them);
        markers smaller than ``min_marker_size`` pixels are dropped;
     3. ``skimage.segmentation.watershed`` of the elevation ``-centre`` (or
@@ -34,7 +34,7 @@ Example
 Two touching 5 x 5 squares with their perfect targets: the components merge them, the
 watershed on foreground minus border splits them again.
 
->>> from pipeline.targets import TARGET_SETS, labels_to_targets
+>>> from pipeline.learning.targets import TARGET_SETS, labels_to_targets
 >>> labels = np.zeros((7, 12), np.int32)
 >>> labels[1:6, 1:6] = 1
 >>> labels[1:6, 6:11] = 2
@@ -172,7 +172,7 @@ class _Maps:
 
     def mask_centre(self, threshold: float) -> np.ndarray:
         if threshold not in self._mask_centres:
-            from pipeline.targets import labels_to_targets
+            from pipeline.learning.targets import labels_to_targets
 
             components = self.components(threshold)
             self._mask_centres[threshold] = labels_to_targets(components, ("centre",))[..., 0]
@@ -261,7 +261,7 @@ def probabilities_to_labels(
         Fill background enclosed by one instance with that instance.
     border_prob, centre_prob : np.ndarray, optional
         Border and centre probabilities (the ``border`` and ``centre`` channels of
-        `pipeline.targets`), same shape; used by the watershed only.
+        `pipeline.learning.targets`), same shape; used by the watershed only.
     method : {"components", "watershed"}
         See the module docstring.
     marker_threshold : float
@@ -349,7 +349,7 @@ def instances_from_channels(
         ``(H, W, C)`` probabilities, one channel per name in ``channels``.
     channels : sequence of str
         The channel names, ``"foreground"`` first (a value of
-        ``pipeline.targets.TARGET_SETS``); ``"border"`` and ``"centre"`` are passed to
+        ``pipeline.learning.targets.TARGET_SETS``); ``"border"`` and ``"centre"`` are passed to
         `probabilities_to_labels` as ``border_prob`` and ``centre_prob``.
     params : mapping, optional
         Any of `PARAM_NAMES`; the others take `DEFAULT_PARAMS`, except ``method``, which
@@ -408,7 +408,7 @@ def tune_postprocess(
 
     Each setting of the grid turns every probability map into instances
     (`instances_from_channels`) and is scored by the mean of
-    ``pipeline.metric.score_image`` over the images. Work is shared: per image, the mask
+    ``pipeline.evaluation.metric.score_image`` over the images. Work is shared: per image, the mask
     and its components are made once per threshold, the watershed once per distinct
     (threshold, marker parameters), hole filling once per watershed, and settings that
     differ only in parameters their method ignores are scored once.
@@ -446,7 +446,7 @@ def tune_postprocess(
     >>> best["threshold"], score, [row["score"] for row in table]
     (0.7, 1.0, [0.6, 1.0])
     """
-    from pipeline.metric import score_image
+    from pipeline.evaluation.metric import score_image
 
     if len(prob_maps) != len(true_labels):
         raise ValueError(f"{len(prob_maps)} probability maps but {len(true_labels)} label images")

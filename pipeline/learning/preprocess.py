@@ -32,7 +32,7 @@ def normalise_image(
     >>> grey[0, :, 0].round(3).tolist(), bool((grey[..., 0] == grey[..., 2]).all())
     ([1.0, -1.0], True)
     """
-    from pipeline.data import has_light_background
+    from pipeline.data.dataset import has_light_background
 
     if input_space not in INPUT_SPACES:
         raise ValueError(f"input_space must be one of {INPUT_SPACES}, got {input_space!r}")

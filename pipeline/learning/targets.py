@@ -1,6 +1,6 @@
 """Instance labels to training targets: the per-pixel channels the network learns.
 
-``labels_to_targets`` (here) and ``pipeline.postprocess.probabilities_to_labels`` are a
+``labels_to_targets`` (here) and ``pipeline.inference.postprocess.probabilities_to_labels`` are a
 matched pair: one turns instances into the network's targets, the other turns the
 network's output back into instances.
 

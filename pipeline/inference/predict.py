@@ -1,17 +1,16 @@
 """Stage ``predict``: a folder of images in Kaggle layout to a submission CSV.
 
 Per image: normalise, predict (whole image padded to the network's multiple, in
-overlapping tiles when a side is longer than ``tile_size`` (``pipeline.tiling``),
+overlapping tiles when a side is longer than ``tile_size`` (``pipeline.inference.tiling``),
 resized to the training size for ``resize_policy="resize"``, or rescaled by its estimated
-nucleus size for ``resize_policy="nucleus"`` (``pipeline.scale``)), bring the
+nucleus size for ``resize_policy="nucleus"`` (``pipeline.inference.scale``)), bring the
 probabilities back to the image's own size, turn them into instances
-(``pipeline.postprocess``) and stream them into the submission writer. Images of the
+(``pipeline.inference.postprocess``) and stream them into the submission writer. Images of the
 same size are predicted in batches; only a bounded chunk of images is in memory at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,9 +19,7 @@ import numpy as np
 from skimage.transform import resize
 from tqdm import tqdm
 
-from pipeline import paths
 from pipeline.config import Config
-from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +64,7 @@ def _run_model(model, batch: np.ndarray, heads: str = "all") -> np.ndarray:
     # function would be re-traced for each new size.
     import keras
 
-    from pipeline.models import select_heads
+    from pipeline.learning.models import select_heads
 
     outputs = select_heads(model, heads)(batch, training=False)
     if not isinstance(outputs, (list, tuple)):
@@ -115,7 +112,7 @@ def _predict_nucleus_scaled(
     (without TTA); the last scale is predicted (with TTA if asked, reusing the last pass
     when it is the same) and brought back to the image's own size.
     """
-    from pipeline.scale import (
+    from pipeline.inference.scale import (
         REFINE_PASSES,
         limit_factor,
         median_diameter,
@@ -152,9 +149,9 @@ def _predict_as_trained(
     model, images: Sequence[np.ndarray], config: Config, tta: bool
 ) -> list[np.ndarray]:
     """`predict_probabilities` for the ``native`` and ``resize`` policies."""
-    from pipeline.models import input_multiple
-    from pipeline.preprocess import crop_to_shape, normalise_image, pad_to_multiple
-    from pipeline.tiling import predict_in_tiles
+    from pipeline.inference.tiling import predict_in_tiles
+    from pipeline.learning.models import input_multiple
+    from pipeline.learning.preprocess import crop_to_shape, normalise_image, pad_to_multiple
 
     batch_size = max(1, config.predict.batch_size)
     size = config.train.crop_size
@@ -211,15 +208,15 @@ def _predict_as_trained(
 
 def postprocess_params(config: Config) -> dict:
     """The post-processing settings of ``config`` as ``instances_from_channels`` takes them."""
-    from pipeline.model_store import TUNABLE
+    from pipeline.learning.model_store import TUNABLE
 
     return {key: getattr(config.predict, key) for key in TUNABLE if key != "tta"}
 
 
 def labels_from_probabilities(prob: np.ndarray, config: Config) -> np.ndarray:
     """Instances from the network's output channels, with the config's thresholds."""
-    from pipeline.model_store import target_channels
-    from pipeline.postprocess import instances_from_channels
+    from pipeline.inference.postprocess import instances_from_channels
+    from pipeline.learning.model_store import target_channels
 
     return instances_from_channels(prob, target_channels(config), postprocess_params(config))
 
@@ -236,7 +233,7 @@ def iter_predictions(
     model, images_dir: Path, ids: Sequence[str], config: Config, progress: bool = True
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(image_id, labels)`` for each id, a bounded chunk of images at a time."""
-    from pipeline.data import image_path, read_image
+    from pipeline.data.dataset import image_path, read_image
 
     bar = tqdm(total=len(ids), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(ids), CHUNK_IMAGES):
@@ -262,13 +259,13 @@ def run_prediction(
     min_size, fill_holes, tta, heads, batch_size). Writes the submission atomically, with a
     sidecar ``.json`` naming the model, config and commit; returns the CSV path.
     """
-    from pipeline import device as device_module
+    from pipeline.learning import device as device_module
 
     device_module.select_device(device)
-    from pipeline.data import list_image_ids
-    from pipeline.model_store import load_model
+    from pipeline.data.dataset import list_image_ids
+    from pipeline.data.submission import SubmissionWriter, write_submission_metadata
+    from pipeline.learning.model_store import load_model
     from pipeline.provenance import git_commit
-    from pipeline.submission import SubmissionWriter, write_submission_metadata
 
     ids = list_image_ids(images_dir)
     device_module.configure(device, "float32")
@@ -293,146 +290,3 @@ def run_prediction(
     )
     log.info("wrote %s", out_csv)
     return out_csv
-
-
-def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that override a model's saved post-processing settings."""
-    post = parser.add_argument_group("post-processing (default: the values saved with the model)")
-    post.add_argument(
-        "--method",
-        choices=("components", "watershed"),
-        default=None,
-        help="how instances are split",
-    )
-    post.add_argument("--threshold", type=float, default=None, help="foreground threshold")
-    post.add_argument(
-        "--marker-threshold", type=float, default=None, help="watershed seed threshold"
-    )
-    post.add_argument(
-        "--border-weight",
-        type=float,
-        default=None,
-        help="weight of the border channel in the watershed seeds",
-    )
-    post.add_argument("--min-size", type=int, default=None, help="smallest nucleus, in pixels")
-    post.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average the 8 flips and rotations",
-    )
-    network = parser.add_argument_group("network output (default: the model's config)")
-    network.add_argument(
-        "--tile-size",
-        type=_non_negative_int,
-        default=None,
-        help="images with a side longer than this are predicted in overlapping tiles of "
-        "this size, bounding memory (0: always whole)",
-    )
-    network.add_argument(
-        "--heads",
-        type=_heads_argument,
-        default=None,
-        metavar="all|N",
-        help="models with several output heads (unetpp): average them all (accurate), or "
-        "use head N alone, the network cut after it (fast); the saved thresholds were "
-        "tuned with the config's value",
-    )
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
-    return number
-
-
-def _heads_argument(value: str) -> str:
-    from pipeline.config import check_heads
-
-    try:
-        return check_heads(value)
-    except PipelineError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def postprocess_overrides(args: argparse.Namespace) -> dict:
-    """The post-processing flags a user gave (None for the ones left to the model)."""
-    return {
-        "method": args.method,
-        "threshold": args.threshold,
-        "marker_threshold": args.marker_threshold,
-        "border_weight": args.border_weight,
-        "min_size": args.min_size,
-        "tta": args.tta,
-        "heads": args.heads,
-        "tile_size": args.tile_size,
-    }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    io = parser.add_argument_group("input and output")
-    io.add_argument("--model", type=Path, default=paths.DEFAULT_MODEL_DIR, help="model folder")
-    io.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder of images in Kaggle layout (default: input/stage1_test)",
-    )
-    io.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="submission CSV (default: submissions/<model name>.csv)",
-    )
-    io.add_argument(
-        "--demo",
-        action="store_true",
-        help="use the synthetic demo set (input/demo) and its model (models/demo)",
-    )
-    add_postprocess_arguments(parser)
-    run = parser.add_argument_group("run")
-    run.add_argument("--batch-size", type=int, default=None, help="images per batch")
-    run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    run.add_argument("--no-check", action="store_true", help="skip checking the written CSV")
-    run.add_argument(
-        "--untuned",
-        action="store_true",
-        help="ignore the model's thresholds.json (use its config's defaults)",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    images_dir = args.images
-    model_dir = args.model
-    if args.demo:
-        from pipeline.synthetic import make_demo_dataset
-
-        demo = make_demo_dataset(paths.INPUT_DIR / "demo")
-        images_dir = images_dir or demo.test_dir
-        if model_dir == paths.DEFAULT_MODEL_DIR:
-            model_dir = paths.MODELS_DIR / "demo"
-    images_dir = images_dir or paths.TEST_DIR
-    if not Path(images_dir).is_dir():
-        raise PipelineError(
-            f"{images_dir}: no such folder of images "
-            "(./run.sh download fetches the competition data, --demo uses the synthetic set)"
-        )
-    out_csv = args.out or paths.SUBMISSIONS_DIR / f"{Path(model_dir).name}.csv"
-    overrides = {**postprocess_overrides(args), "batch_size": args.batch_size}
-    run_prediction(
-        Path(model_dir), Path(images_dir), Path(out_csv), overrides, args.device, not args.untuned
-    )
-    if not args.no_check:
-        from pipeline.submission import check_submission
-
-        problems = check_submission(out_csv, images_dir)
-        for problem in problems:
-            log.error("%s", problem)
-        if problems:
-            raise PipelineError(f"{out_csv}: the written submission has {len(problems)} problems")
-        log.info("%s: valid submission", out_csv)
-    return 0

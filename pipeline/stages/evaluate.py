@@ -1,0 +1,51 @@
+"""Stage ``evaluate``: a model's competition score on its own validation split.
+
+Its options and ``main``; the work is done by
+``pipeline.evaluation.validation``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from pipeline.evaluation.validation import evaluate_model
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.stages.predict import add_postprocess_arguments
+
+    parser.add_argument("--model", type=Path, required=True, help="model folder")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="its training images (default: the folder it was trained on)",
+    )
+    parser.add_argument(
+        "--untuned",
+        action="store_true",
+        help="ignore the model's thresholds.json (use its config's defaults)",
+    )
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    add_postprocess_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.stages.predict import postprocess_overrides
+
+    result = evaluate_model(
+        args.model, postprocess_overrides(args), not args.untuned, args.images, args.device
+    )
+    print(f"validation score {result['score']:.6f} ({result['images']} images)")
+    for kind, score in result["per_kind"].items():
+        print(f"  {kind:<13}{score:.6f}")
+    print(f"settings: {result['settings']}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
