@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from pipeline.evaluation.report import (
     default_out_dir,
     overlay_file_name,
     overlay_rgb,
+    render_index_html,
     select_galleries,
 )
 from pipeline.evaluation.score import score_submission
@@ -392,6 +394,47 @@ def test_select_galleries(scores: list, n: int, worst: list[str], best: list[str
     ]
     selected = select_galleries(results, n)
     assert [[r.image_id for r in gallery] for gallery in selected] == [worst, best]
+
+
+class PageParser(HTMLParser):
+    """The tags, the alt texts and the text of a page, unescaped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+        self.alts: list[str] = []
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        self.alts += [value or "" for name, value in attrs if name == "alt"]
+
+    def handle_data(self, data: str) -> None:
+        self.text += data
+
+
+def test_the_page_escapes_ids_names_and_details() -> None:
+    hostile = "<script>alert(\"x\")</script>' onload='1&"
+    results = [
+        ImageResult(hostile, "histology", 2, 0.5, 2, 1, 1, 1),
+        ImageResult("b", "<em>kind</em>", 1, 1.0, 1, 1, 0, 0),
+    ]
+    page = render_index_html(
+        "<b>name</b>", results, results[:1], results[1:], [("<i>model</i>", 'a"b')]
+    )
+    parsed = PageParser()
+    parsed.feed(page)
+    assert parsed.tags == {
+        *("html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "strong"),
+        *("table", "tr", "th", "td", "div", "figure", "figcaption", "a", "img"),
+    }
+    assert parsed.alts == [hostile, "b"]  # the quotes do not end the attribute
+    for text in (hostile, "<b>name</b>", "<em>kind</em>", "<i>model</i>", 'a"b'):
+        assert text in parsed.text
+    hostile_png, b_png = (f"overlays/{overlay_file_name(i)}" for i in (hostile, "b"))
+    # Each figure links its overlay twice (a, img); the table links the ids shown.
+    links = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert links == [hostile_png, hostile_png, b_png, b_png, hostile_png, b_png]
 
 
 @pytest.mark.parametrize(

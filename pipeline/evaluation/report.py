@@ -32,8 +32,8 @@ Example
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import html
 import logging
 import math
 import os
@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -467,6 +468,59 @@ def _short_id(image_id: str, keep: int = 12) -> str:
     return image_id if len(image_id) <= keep + 4 else image_id[:keep] + "\u2026"
 
 
+def _nucleus_count(labels: np.ndarray) -> int:
+    """The number of distinct non-zero labels."""
+    return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+
+
+def _overlay_legend(pred_labels: np.ndarray, true_labels: np.ndarray | None) -> str:
+    """The line under an overlay figure: what the fill and the outlines are, and how many."""
+    legend = f"coloured fill: {_nucleus_count(pred_labels)} predicted nuclei"
+    if true_labels is not None:
+        legend += f"    yellow outline: {_nucleus_count(true_labels)} true nuclei"
+    return legend
+
+
+def _overlay_figure(
+    image: np.ndarray, pred_labels: np.ndarray, true_labels: np.ndarray | None, title: str
+) -> Figure:
+    """The image and `overlay_rgb` of it side by side, a title above and a legend below."""
+    height, width = image.shape[:2]
+    scale = PANEL_PIXELS / max(height, width)
+    thickness = max(1, math.ceil(1.5 / scale))  # at least about 1.5 pixels once shown
+    panel_w, panel_h = width * scale / _DPI, height * scale / _DPI
+    margin, top, bottom = 0.1, 0.45, 0.35  # inches
+    fig_w, fig_h = 2 * panel_w + 3 * margin, panel_h + top + bottom
+    figure = Figure(figsize=(fig_w, fig_h), dpi=_DPI)
+    pictures = (image, overlay_rgb(image, pred_labels, true_labels, thickness))
+    for index, picture in enumerate(pictures):
+        axes = figure.add_axes(
+            (
+                (margin + index * (panel_w + margin)) / fig_w,
+                bottom / fig_h,
+                panel_w / fig_w,
+                panel_h / fig_h,
+            )
+        )
+        axes.imshow(picture, interpolation="antialiased")
+        axes.set_axis_off()
+    figure.suptitle(title, y=1 - 0.08 / fig_h, va="top", fontsize=10)
+    legend = _overlay_legend(pred_labels, true_labels)
+    figure.text(0.5, 0.08 / fig_h, legend, ha="center", va="bottom", fontsize=8)
+    return figure
+
+
+def _save_png(figure: Figure, path: str | os.PathLike[str]) -> None:
+    """Render a figure and save it, atomically, as a PNG of 256 colours."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    rendered = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    # 256 colours (no dithering) keep the file small: about 1 byte a pixel at most.
+    indexed = rendered.quantize(colors=256, dither=Image.Dither.NONE)
+    with atomic_path(path) as tmp:
+        indexed.save(tmp, format="PNG", optimize=True)
+
+
 def write_overlay_png(
     path: str | os.PathLike[str],
     image: np.ndarray,
@@ -495,39 +549,7 @@ def write_overlay_png(
     Path
         ``path``.
     """
-    height, width = image.shape[:2]
-    scale = PANEL_PIXELS / max(height, width)
-    thickness = max(1, math.ceil(1.5 / scale))  # at least about 1.5 pixels once shown
-    panel_w, panel_h = width * scale / _DPI, height * scale / _DPI
-    margin, top, bottom = 0.1, 0.45, 0.35  # inches
-    fig_w, fig_h = 2 * panel_w + 3 * margin, panel_h + top + bottom
-    figure = Figure(figsize=(fig_w, fig_h), dpi=_DPI)
-    canvas = FigureCanvasAgg(figure)
-    n_pred = int(np.count_nonzero(np.bincount(pred_labels.ravel())[1:]))
-    legend = f"coloured fill: {n_pred} predicted nuclei"
-    if true_labels is not None:
-        n_true = int(np.count_nonzero(np.bincount(true_labels.ravel())[1:]))
-        legend += f"    yellow outline: {n_true} true nuclei"
-    pictures = (image, overlay_rgb(image, pred_labels, true_labels, thickness))
-    for index, picture in enumerate(pictures):
-        axes = figure.add_axes(
-            (
-                (margin + index * (panel_w + margin)) / fig_w,
-                bottom / fig_h,
-                panel_w / fig_w,
-                panel_h / fig_h,
-            )
-        )
-        axes.imshow(picture, interpolation="antialiased")
-        axes.set_axis_off()
-    figure.suptitle(title, y=1 - 0.08 / fig_h, va="top", fontsize=10)
-    figure.text(0.5, 0.08 / fig_h, legend, ha="center", va="bottom", fontsize=8)
-    canvas.draw()
-    rendered = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
-    # 256 colours (no dithering) keep the file small: about 1 byte a pixel at most.
-    indexed = rendered.quantize(colors=256, dither=Image.Dither.NONE)
-    with atomic_path(path) as tmp:
-        indexed.save(tmp, format="PNG", optimize=True)
+    _save_png(_overlay_figure(image, pred_labels, true_labels, title), path)
     return Path(path)
 
 
@@ -552,44 +574,113 @@ def _write_overlays(inputs: _Inputs, shown: Sequence[ImageResult], folder: Path)
 
 # ------------------------------------------------------------------------------- page
 
-_STYLE = """
-body { font-family: sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
-th { background: #eee; }
-td.id { text-align: left; font-family: monospace; }
-td.kind { text-align: left; }
-.gallery { display: flex; flex-wrap: wrap; gap: 1em; }
-figure { margin: 0; }
-figure img { max-width: 44em; border: 1px solid #ccc; }
-figcaption { font-size: 0.85em; font-family: monospace; }
-.note { color: #666; }
-"""
+#: The page's template, in ``templates/`` beside this module.
+PAGE_TEMPLATE = "report.html"
+#: Headers of the page's per-image table, by column of `scores_table`.
+_IMAGE_HEADERS = {
+    "ImageId": "ImageId",
+    "kind": "kind",
+    "score": "score",
+    "n_true": "true",
+    "n_pred": "predicted",
+    "tp_iou50": "TP",
+    "fp_iou50": "FP",
+    "fn_iou50": "FN",
+}
 
 
-def _number(value: float | int | None, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+@functools.cache
+def _page_templates() -> jinja2.Environment:
+    """The templates of the page: autoescaped, block tags leave no blank line."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline.evaluation", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
-def _href(file_name: str) -> str:
-    return html.escape(f"{OVERLAYS_DIR}/{urllib.parse.quote(file_name)}")
+def _fixed(value: float | None, digits: int = 4) -> str:
+    """A score as the page shows it: ``digits`` decimals, empty when there is none."""
+    return "" if value is None else f"{value:.{digits}f}"
 
 
-def _gallery(title: str, shown: Sequence[ImageResult]) -> list[str]:
-    lines = [f"<h2>{html.escape(title)}</h2>", '<div class="gallery">']
-    for result in shown:
-        href = _href(overlay_file_name(result.image_id))
-        score = "" if result.score is None else f" &middot; score {result.score:.4f}"
-        lines += [
-            "<figure>",
-            f'<a href="{href}"><img src="{href}" alt="{html.escape(result.image_id)}"></a>',
-            f"<figcaption>{html.escape(result.image_id)} &middot; "
-            f"{html.escape(result.kind)}{score}</figcaption>",
-            "</figure>",
-        ]
-    return [*lines, "</div>"]
+def _as_text(table: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as the page shows it: floats by `_fixed`, missing values empty."""
+
+    def column_text(values: pd.Series) -> pd.Series:
+        if pd.api.types.is_float_dtype(values):
+            values = values.map(_fixed, na_action="ignore")
+        return values.astype("string").fillna("")
+
+    return table.apply(column_text)
+
+
+def _overlay_href(image_id: str) -> str:
+    """The page's relative link to the overlay of an image."""
+    return f"{OVERLAYS_DIR}/{urllib.parse.quote(overlay_file_name(image_id))}"
+
+
+def _kind_table(results: Sequence[ImageResult], scored: bool) -> dict:
+    """Images (and, when ``scored``, mean score) per kind: the known kinds first, even empty."""
+    table = scores_table(results)
+    kinds = list(dataset.KINDS) + sorted(set(table["kind"]) - set(dataset.KINDS))
+    by_kind = table.groupby("kind")
+    summary = pd.DataFrame({"images": by_kind.size(), "mean score": by_kind["score"].mean()})
+    summary = summary.reindex(pd.Index(kinds, name="kind"))
+    summary["images"] = summary["images"].fillna(0).astype("Int64")
+    if not scored:
+        summary = summary.drop(columns="mean score")
+    text = _as_text(summary.reset_index())
+    rows = [{"kind": row[0], "numbers": list(row[1:])} for row in text.itertuples(index=False)]
+    return {"headers": list(text.columns), "rows": rows}
+
+
+def _image_table(results: Sequence[ImageResult], linked: set[str]) -> dict:
+    """Every image in the order given; the ids in ``linked`` link to their overlay."""
+    text = _as_text(scores_table(results))
+    numbers = text.drop(columns=["ImageId", "kind"])
+    rows = [
+        {
+            "image_id": image_id,
+            "href": _overlay_href(image_id) if image_id in linked else None,
+            "kind": kind,
+            "numbers": list(cells),
+        }
+        for image_id, kind, cells in zip(
+            text["ImageId"], text["kind"], numbers.itertuples(index=False), strict=True
+        )
+    ]
+    return {"headers": [_IMAGE_HEADERS[column] for column in text.columns], "rows": rows}
+
+
+def _galleries(
+    worst: Sequence[ImageResult], best: Sequence[ImageResult], scored: bool
+) -> list[dict]:
+    """The titled galleries of the page, each a list of figures."""
+    if not scored:
+        shown = [(f"The first {len(worst)} images", worst)]
+    elif best:
+        shown = [(f"Worst {len(worst)} images", worst), (f"Best {len(best)} images", best)]
+    else:
+        shown = [("All images, worst first", worst)]
+    return [
+        {
+            "title": title,
+            "figures": [
+                {
+                    "image_id": r.image_id,
+                    "kind": r.kind,
+                    "score": _fixed(r.score),
+                    "href": _overlay_href(r.image_id),
+                }
+                for r in gallery
+            ],
+        }
+        for title, gallery in shown
+    ]
 
 
 def render_index_html(
@@ -599,7 +690,7 @@ def render_index_html(
     best: Sequence[ImageResult],
     details: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The report's page: a self-contained HTML document.
+    """The report's page: a self-contained HTML document (template ``templates/report.html``).
 
     Parameters
     ----------
@@ -618,82 +709,28 @@ def render_index_html(
     str
         The HTML; every id and text is escaped, the only links are relative ones to the
         overlays.
+
+    Examples
+    --------
+    >>> page = render_index_html("a<b", [ImageResult("x&y", "histology", 2, 0.5)], [], [])
+    >>> "<h1>a&lt;b</h1>" in page, '<td class="id">x&amp;y</td>' in page
+    (True, True)
     """
-    scored = [r for r in results if r.score is not None]
-    overall = float(np.mean([r.score for r in scored])) if scored else None
-    lines = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        f"<title>{html.escape(name)}: report</title>",
-        f"<style>{_STYLE}</style>",
-        "</head>",
-        "<body>",
-        f"<h1>{html.escape(name)}</h1>",
-    ]
-    if overall is None:
-        lines.append('<p class="note">No ground truth for these images: predictions only.</p>')
-    else:
-        lines.append(
-            f"<p>Overall score <strong>{overall:.4f}</strong> "
-            f"(mean over {len(scored)} images of the competition metric)</p>"
+    scored = [r.score for r in results if r.score is not None]
+    overall = float(np.mean(scored)) if scored else None
+    return (
+        _page_templates()
+        .get_template(PAGE_TEMPLATE)
+        .render(
+            name=name,
+            overall=None if overall is None else _fixed(overall),
+            n_scored=len(scored),
+            details=list(details),
+            kinds=_kind_table(results, overall is not None),
+            galleries=_galleries(worst, best, overall is not None),
+            images=_image_table(results, {r.image_id for r in [*worst, *best]}),
         )
-    if details:
-        lines.append("<table>")
-        lines += [
-            f'<tr><th>{html.escape(key)}</th><td class="kind">{html.escape(value)}</td></tr>'
-            for key, value in details
-        ]
-        lines.append("</table>")
-
-    lines += ["<h2>By image kind</h2>", "<table>", "<tr><th>kind</th><th>images</th>"]
-    lines[-1] += "<th>mean score</th></tr>" if overall is not None else "</tr>"
-    kinds = list(dataset.KINDS) + sorted({r.kind for r in results} - set(dataset.KINDS))
-    for kind in kinds:
-        of_kind = [r for r in results if r.kind == kind]
-        row = f'<tr><td class="kind">{html.escape(kind)}</td><td>{len(of_kind)}</td>'
-        if overall is not None:
-            mean = float(np.mean([r.score for r in of_kind])) if of_kind else None
-            row += f"<td>{_number(mean)}</td>"
-        lines.append(row + "</tr>")
-    lines.append("</table>")
-
-    if overall is None:
-        lines += _gallery(f"The first {len(worst)} images", worst)
-    elif best:
-        lines += _gallery(f"Worst {len(worst)} images", worst)
-        lines += _gallery(f"Best {len(best)} images", best)
-    else:
-        lines += _gallery("All images, worst first", worst)
-    lines.append(
-        '<p class="note">Coloured fill: predicted nuclei. Yellow outline: true nuclei.</p>'
     )
-
-    shown = {r.image_id for r in [*worst, *best]}
-    headers = ["ImageId", "kind", "score", "true", "predicted", "TP", "FP", "FN"]
-    lines += [
-        "<h2>Every image" + (", worst first" if overall is not None else "") + "</h2>",
-        "<table>",
-        "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>",
-    ]
-    for r in results:
-        label = html.escape(r.image_id)
-        if r.image_id in shown:
-            label = f'<a href="{_href(overlay_file_name(r.image_id))}">{label}</a>'
-        cells = [_number(v) for v in (r.score, r.n_true, r.n_pred, r.tp, r.fp, r.fn)]
-        lines.append(
-            f'<tr><td class="id">{label}</td><td class="kind">{html.escape(r.kind)}</td>'
-            + "".join(f"<td>{cell}</td>" for cell in cells)
-            + "</tr>"
-        )
-    lines += [
-        "</table>",
-        '<p class="note">TP, FP, FN: matches at IoU &gt; 0.5, the lowest threshold.</p>',
-        "</body>",
-        "</html>",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------ stage
