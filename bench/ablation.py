@@ -22,7 +22,7 @@ without inversion or a border channel, with the distance-map watershed, untuned,
 and with TTA.
 
 Writes ``bench/results/ablation.json`` and ``bench/results/ablation.md`` (the table), and
-with ``--update-readme`` puts the table into README.md between its ablation markers.
+with ``--update-readme`` puts the table into docs/experiments.md between its ablation markers.
 Training the missing models takes about twenty minutes each on the 2-core CPU.
 """
 

@@ -1,5 +1,5 @@
 """What the bench scripts share: running the project's commands, writing their results and
-README tables."""
+tables of docs/experiments.md."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def last_json(output: str) -> dict:
 
 
 def update_readme(name: str, markdown: str) -> None:
-    """Put ``markdown`` into README.md between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
-    readme = ROOT / "README.md"
+    """Put ``markdown`` into docs/experiments.md between ``<!-- name:start -->`` and
+    ``<!-- name:end -->``."""
+    readme = ROOT / "docs" / "experiments.md"
     text = readme.read_text()
     start_mark, end_mark = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     start, end = text.index(start_mark) + len(start_mark), text.index(end_mark)
@@ -54,7 +55,7 @@ def write_results(path: Path, data: object, markdown: str | None = None) -> None
 
 def publish(path: Path, rows: object, markdown: str, readme_section: str | None = None) -> None:
     """Print a result table, write it with its rows (`write_results`) and, when
-    ``readme_section`` names one, put it into the README (`update_readme`)."""
+    ``readme_section`` names one, put it into docs/experiments.md (`update_readme`)."""
     print(markdown)
     write_results(path, rows, markdown)
     if readme_section:

@@ -16,7 +16,7 @@ split of stage1_train and on stage1_test, and per set
 It reads ``stage1_test`` and ``stage1_solution.csv`` from ``input/`` and only measures:
 nothing here feeds back into a model or its thresholds (growth is not a pipeline
 setting). Prints a table and writes ``bench/results/calibration.{json,md}`` (and the
-README's table with ``--update-readme``).
+table in docs/experiments.md with ``--update-readme``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ number of parameters, the CPU seconds per epoch and the epochs the budget allowe
 the model's ``scores.json``), the validation score and the stage1_test score.
 
 Writes ``bench/results/architectures.json`` and ``bench/results/architectures.md`` (the
-table), and with ``--update-readme`` puts the table into README.md between its
+table), and with ``--update-readme`` puts the table into docs/experiments.md between its
 architecture markers. ``--demo`` runs the same commands on the synthetic demo set, with
 models, submissions, leaderboard and results in a scratch folder (``--work``), so nothing
 of the real comparison is touched. The real run takes the budget times the number of

@@ -17,7 +17,7 @@ then, for ``--target``: the mean score every image outside the best-scored large
 (the 256x256 fluorescence) would need for the whole set to reach it. It only reads
 submissions and ``input/`` (``stage1_test``, ``stage1_train``, ``stage1_solution.csv``);
 nothing here feeds back into a model. Writes ``bench/results/test-groups.{json,md}`` (and
-the README's table with ``--update-readme``).
+the table in docs/experiments.md with ``--update-readme``).
 """
 
 from __future__ import annotations

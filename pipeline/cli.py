@@ -13,13 +13,16 @@ TensorFlow is loaded only by the stages that need it. A ``PipelineError`` is pri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from pipeline.config import SECTIONS
 from pipeline.errors import PipelineError
 
 if not sys.stderr.isatty():
@@ -88,6 +91,105 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     module.add_arguments(parser)
     parser.set_defaults(_stage_main=module.main)
     return parser
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"in [{low:g}, {high:g}]"
+    return f">= {low:g}" if low is not None else f"<= {high:g}"
+
+
+def _in_range(value: float, low: float | None, high: float | None) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def value_parser(item: dataclasses.Field) -> Callable[[str], Any]:
+    """The argparse ``type`` of a config field's flag: its type, range and own parser.
+
+    >>> from pipeline.config import TrainConfig
+    >>> epochs = {f.name: f for f in dataclasses.fields(TrainConfig)}["epochs"]
+    >>> value_parser(epochs)("12")
+    12
+    """
+    meta = item.metadata
+    low, high = meta["low"], meta["high"]
+
+    def parse(text: str) -> Any:
+        if meta["parse"] is not None:
+            try:
+                return meta["parse"](text)
+            except PipelineError as error:
+                raise argparse.ArgumentTypeError(str(error)) from None
+        if item.type == "int":
+            try:
+                value = int(text)
+            except ValueError:
+                value = None
+            if value is None or not _in_range(value, low, high):
+                bounds = _range_text(low, high) if (low, high) != (None, None) else ""
+                message = f"expected a whole number {bounds}".rstrip()
+                raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
+            return value
+        if item.type == "float":
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            if (low, high) != (None, None) and not _in_range(value, low, high):
+                raise argparse.ArgumentTypeError(f"{text} is not {_range_text(low, high)}")
+            return value
+        return text
+
+    return parse
+
+
+def flag_of(item: dataclasses.Field) -> str:
+    """The command-line flag of a config field, e.g. ``--min-size``."""
+    return "--" + (item.metadata["flag"] or item.name.replace("_", "-"))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, section: str, title: str) -> None:
+    """One flag for each field of a config section, generated from its declaration.
+
+    A flag left out is None in the parsed arguments (`config_overrides` skips it), so the
+    model's, the preset's or the file's value stays. Fields that declare a ``group`` go
+    into that group of the help, the others into ``title``.
+    """
+    groups: dict[str, Any] = {}
+    for item in dataclasses.fields(SECTIONS[section]):
+        meta = item.metadata
+        name = meta["group"] or title
+        if name not in groups:
+            groups[name] = parser.add_argument_group(name, "left out: " + _SOURCE[section])
+        help_text = meta["help"].replace("%", "%%")  # argparse formats help with %
+        options: dict[str, Any] = {"dest": item.name, "default": None, "help": help_text}
+        if item.type == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = value_parser(item)
+            if meta["choices"]:
+                options["choices"] = meta["choices"]
+            if meta["metavar"]:
+                options["metavar"] = meta["metavar"]
+        groups[name].add_argument(flag_of(item), **options)
+
+
+_SOURCE = {
+    "model": "the preset's (or --config's) value",
+    "train": "the preset's (or --config's) value",
+    "predict": "the value saved with the model",
+}
+
+
+def config_overrides(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    """The values a user gave by flag for a config section's fields (None: not given)."""
+    overrides = {}
+    for item in dataclasses.fields(SECTIONS[section]):
+        value = getattr(args, item.name, None)
+        if value is not None and item.metadata["negate"]:
+            value = not value
+        overrides[item.name] = value
+    return overrides
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -12,110 +12,75 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
 
-#: TrainConfig.resize_policy values.
+#: The allowed values of the settings that take a name; the modules that implement them
+#: check against these tuples.
+ARCHITECTURES = ("unet", "unetpp", "mobilenetv2_unet")
+ENCODER_WEIGHTS = ("imagenet", "none")
+INPUT_SPACES = ("rgb", "grey")
 RESIZE_POLICIES = ("native", "resize", "nucleus")
-#: TrainConfig.split values.
 SPLITS = ("random", "conditions")
+AUGMENT_STRENGTHS = ("default", "strong")
+LOSSES = ("bce_dice", "bce", "dice")
+PRECISIONS = ("auto", "float32", "bfloat16")
+METHODS = ("components", "watershed")
 
 
-@dataclass
-class ModelConfig:
-    """Architecture of the network."""
+def setting(
+    default: Any,
+    help: str,  # noqa: A002 - argparse's name for it
+    *,
+    choices: tuple[str, ...] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    flag: str | None = None,
+    negate: bool = False,
+    parse: Callable[[str], Any] | None = None,
+    group: str | None = None,
+    metavar: str | None = None,
+    tunable: bool = False,
+    postprocess: bool = False,
+) -> Any:
+    """A config field with everything declared about it, in one place.
 
-    # "unet", "unetpp" (U-Net++: nested dense skips, one output head per top-level node)
-    # or "mobilenetv2_unet" (a MobileNetV2 encoder, a U-Net decoder); see pipeline.learning.models.
-    arch: str = "unet"
-    base_filters: int = 16  # filters of the first level; doubled at each level down
-    depth: int = 4  # number of down-sampling steps (mobilenetv2_unet: always 5)
-    dropout: float = 0.1
-    batch_norm: bool = True
-    # Invert light-background images (brightfield, histology) before standardising, so
-    # nuclei are bright on dark in every image kind.
-    invert_light_background: bool = True
-    # What the network sees (pipeline.learning.preprocess.INPUT_SPACES): "rgb", the colours as
-    # they are, or "grey", one grey level with light backgrounds inverted, the same for
-    # every kind of image whatever its stain.
-    input_space: str = "rgb"
-    # What the network learns (pipeline.learning.targets.TARGET_SETS): "foreground" alone, or with
-    # a "border" channel (and a "centre" one) for splitting touching nuclei by watershed.
-    targets: str = "foreground"
-    # mobilenetv2_unet only: the encoder's initial weights, "imagenet" or "none" (random),
-    # and whether training updates them (False: a frozen encoder, only the decoder learns).
-    encoder_weights: str = "imagenet"
-    encoder_trainable: bool = True
-
-
-@dataclass
-class TrainConfig:
-    """How the network is trained."""
-
-    # "native": random crops of crop_size at the images' own scale (whole images are
-    # predicted, padded); "resize": every image resized to crop_size (the seeds' way);
-    # "nucleus": like native, with every image first rescaled so that its median nucleus
-    # is nucleus_diameter pixels across (pipeline.inference.scale; in prediction the diameter is
-    # estimated from a first pass).
-    resize_policy: str = "native"
-    nucleus_diameter: float = 20.0
-    crop_size: int = 128
-    # Augmentation's random scale range: each crop is taken from the image scaled by a
-    # factor drawn from [scale_min, scale_max] (pipeline.learning.augment.RandomScaleCrop).
-    scale_min: float = 0.75
-    scale_max: float = 1.5
-    epochs: int = 40
-    batch_size: int = 16
-    steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
-    learning_rate: float = 1e-3
-    val_fraction: float = 0.15
-    # "random": validation images drawn from every kind (pipeline.learning.training.split_ids);
-    # "conditions": whole acquisition conditions (size and kind) held out, so that the
-    # validation score measures generalisation to unseen ones (split_by_condition).
-    split: str = "random"
-    seed: int = 42
-    eval_every: int = 3  # epochs between competition-metric evaluations on validation
-    patience: int = 5  # evaluations without improvement before stopping early
-    augment: bool = True
-    # How hard the augmentation changes pixel values (pipeline.learning.augment.STRENGTHS):
-    # "default" (mild) or "strong" (wide gamma and stain colour, grey, blur).
-    augment_strength: str = "default"
-    # Share of training samples in which about half the nuclei are dimmed against the
-    # background (pipeline.learning.augment.dim_nuclei), so that dim nuclei beside bright ones
-    # are still found; 0: never.
-    dim_nuclei: float = 0.0
-    loss: str = "bce_dice"
-    precision: str = "auto"  # "auto": bfloat16 where it pays off, "float32", "bfloat16"
-    # Wall-clock budget of the training, in minutes (0: none): no epoch is started that
-    # would end past it (by the mean epoch time so far), and the last one is evaluated.
-    max_minutes: float = 0.0
-
-
-@dataclass
-class PredictConfig:
-    """How probabilities become nucleus instances."""
-
-    # Defaults until ./run.sh tune (run at the end of training) saves tuned values in the
-    # model's thresholds.json; command-line flags override both.
-    method: str = "components"  # "components" or "watershed" (needs a border channel)
-    threshold: float = 0.5  # foreground probability above which a pixel is nucleus
-    marker_threshold: float = 0.5  # watershed seeds: foreground - border_weight * border
-    border_weight: float = 1.0
-    min_size: int = 10  # instances smaller than this (pixels) are dropped
-    fill_holes: bool = True
-    batch_size: int = 4
-    tta: bool = False
-    # Models with several output heads (unetpp): "all" averages them (accurate), "N" uses
-    # head N alone (fast: the network is cut after it). Thresholds are tuned for this value.
-    heads: str = "all"
-    # Images with a side longer than tile_size pixels are predicted in overlapping tiles
-    # (pipeline.inference.tiling), so memory stays bounded; tile_margin pixels of each cut edge are
-    # dropped. 0: always the whole image.
-    tile_size: int = 1024
-    tile_margin: int = 96
+    Parameters
+    ----------
+    default, help
+        The value a new config takes, and what the setting means (the flag's help).
+    choices, low, high
+        The allowed values: one of ``choices``, or a number in ``[low, high]``.
+    flag, negate
+        The command-line flag, when not ``--`` and the field's name with dashes; with
+        ``negate`` the flag says the opposite of the field (``--freeze-encoder`` sets
+        ``encoder_trainable`` to False).
+    parse
+        Turns the flag's text into the value (raising ``PipelineError`` when it cannot).
+    group, metavar
+        The help's group for the flag, and the name of its value.
+    tunable, postprocess
+        Saved in a model's ``thresholds.json`` by ``tune``; passed to the post-processing
+        (``pipeline.inference.postprocess``) as a parameter.
+    """
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "low": low,
+        "high": high,
+        "flag": flag,
+        "negate": negate,
+        "parse": parse,
+        "group": group,
+        "metavar": metavar,
+        "tunable": tunable or postprocess,
+        "postprocess": postprocess,
+    }
+    return field(default=default, metadata=metadata)
 
 
 def check_heads(heads: str) -> str:
@@ -128,6 +93,236 @@ def check_heads(heads: str) -> str:
     if heads == "all" or (heads.isdigit() and int(heads) >= 1):
         return heads
     raise PipelineError(f"heads must be 'all' or a head number from 1, got {heads!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the network, and what it sees and learns."""
+
+    arch: str = setting(
+        "unet",
+        "architecture: unet, unetpp (U-Net++: nested dense skips, one output head per "
+        "top-level node) or mobilenetv2_unet (a MobileNetV2 encoder, a U-Net decoder)",
+        choices=ARCHITECTURES,
+    )
+    base_filters: int = setting(16, "filters of the first level; doubled at each level down", low=1)
+    depth: int = setting(4, "down-sampling steps (mobilenetv2_unet: always 5)", low=1)
+    dropout: float = setting(0.1, "dropout rate at the bottom of the U", low=0, high=0.9)
+    batch_norm: bool = setting(True, "batch normalisation after each convolution")
+    invert_light_background: bool = setting(
+        True,
+        "invert light-background images (brightfield, histology) before standardising, so "
+        "that nuclei are bright on dark in every kind",
+        flag="invert-light",
+    )
+    input_space: str = setting(
+        "rgb",
+        "what the network sees: rgb (the colours as they are) or grey (one grey level, "
+        "light backgrounds inverted, the same for every kind whatever its stain)",
+        choices=INPUT_SPACES,
+    )
+    targets: str = setting(
+        "foreground",
+        "what the network learns (pipeline.learning.targets.TARGET_SETS): foreground, or "
+        "with a border (border) and a centre (border_centre) channel for the watershed",
+    )
+    encoder_weights: str = setting(
+        "imagenet",
+        "mobilenetv2_unet: the encoder's initial weights (imagenet: downloaded once into "
+        "~/.keras/models/; none: random)",
+        choices=ENCODER_WEIGHTS,
+    )
+    encoder_trainable: bool = setting(
+        True,
+        "mobilenetv2_unet: keep the encoder's weights fixed (only the decoder learns)",
+        flag="freeze-encoder",
+        negate=True,
+    )
+
+
+@dataclass
+class TrainConfig:
+    """How the network is trained."""
+
+    resize_policy: str = setting(
+        "native",
+        "native: random crops at the images' own scale (whole images are predicted, "
+        "padded); resize: every image resized to the crop size (the seeds' way); nucleus: "
+        "like native, images first rescaled so that their median nucleus is "
+        "--nucleus-diameter pixels across (estimated by a first pass in prediction)",
+        choices=RESIZE_POLICIES,
+    )
+    nucleus_diameter: float = setting(
+        20.0,
+        "resize-policy nucleus: the median nucleus diameter, in pixels, that every image "
+        "is rescaled to",
+        low=1,
+        metavar="D",
+    )
+    crop_size: int = setting(128, "side of the training crops, in pixels", low=16)
+    scale_min: float = setting(
+        0.75, "augmentation's random scale: the smallest factor", low=0.05, high=20
+    )
+    scale_max: float = setting(
+        1.5, "augmentation's random scale: the largest factor", low=0.05, high=20
+    )
+    epochs: int = setting(40, "training epochs", low=1)
+    batch_size: int = setting(16, "images per training batch", low=1)
+    steps_per_epoch: int = setting(
+        0, "batches per epoch (0: one pass over the training images)", low=0
+    )
+    learning_rate: float = setting(
+        1e-3, "initial learning rate (cosine decay to 5% of it)", low=1e-7, high=1
+    )
+    val_fraction: float = setting(
+        0.15, "share of stage1_train held out for validation", low=0.01, high=0.9
+    )
+    split: str = setting(
+        "random",
+        "validation split: random (stratified by kind) or conditions (whole acquisition "
+        "conditions, size and kind, held out: measures generalisation to unseen ones)",
+        choices=SPLITS,
+    )
+    seed: int = setting(42, "seed of the split, the augmentation and the weights")
+    eval_every: int = setting(
+        3, "epochs between competition-metric evaluations on validation", low=1
+    )
+    patience: int = setting(5, "evaluations without improvement before stopping early", low=1)
+    augment: bool = setting(True, "augment the training samples")
+    augment_strength: str = setting(
+        "default",
+        "default: mild intensity and colour changes; strong: wide gamma and stain colour "
+        "changes, grey, blur",
+        choices=AUGMENT_STRENGTHS,
+    )
+    dim_nuclei: float = setting(
+        0.0,
+        "share of training samples in which about half the nuclei are dimmed against the "
+        "background, so that dim nuclei beside bright ones are found (0: never)",
+        low=0,
+        high=1,
+        metavar="P",
+    )
+    loss: str = setting("bce_dice", "training loss", choices=LOSSES)
+    precision: str = setting(
+        "auto", "auto: bfloat16 where it pays off; float32; bfloat16", choices=PRECISIONS
+    )
+    max_minutes: float = setting(
+        0.0,
+        "wall-clock budget in minutes: no epoch is started that would end past it (0: none)",
+        low=0,
+    )
+
+
+@dataclass
+class PredictConfig:
+    """How probabilities become nucleus instances.
+
+    The ``tunable`` settings take the config's values until ``./run.sh tune`` (run at the
+    end of training) saves tuned ones in the model's ``thresholds.json``; flags override
+    both.
+    """
+
+    method: str = setting(
+        "components",
+        "how instances are split: components, or watershed (markers from the border "
+        "channel, or from the mask's distance map)",
+        choices=METHODS,
+        group="post-processing",
+        postprocess=True,
+    )
+    threshold: float = setting(
+        0.5,
+        "foreground threshold: a pixel is nucleus above it",
+        low=0,
+        high=1,
+        group="post-processing",
+        postprocess=True,
+    )
+    marker_threshold: float = setting(
+        0.5,
+        "watershed seed threshold (on foreground - border_weight * border)",
+        low=-10,
+        high=1,
+        group="post-processing",
+        postprocess=True,
+    )
+    border_weight: float = setting(
+        1.0,
+        "weight of the border channel in the watershed seeds",
+        low=0,
+        high=10,
+        group="post-processing",
+        postprocess=True,
+    )
+    min_size: int = setting(
+        10, "smallest nucleus, in pixels", low=0, group="post-processing", postprocess=True
+    )
+    fill_holes: bool = setting(
+        True,
+        "fill background enclosed by one nucleus with it",
+        group="post-processing",
+        postprocess=True,
+    )
+    min_marker_size: int = setting(
+        3,
+        "watershed seeds with fewer pixels are dropped",
+        low=0,
+        group="post-processing",
+        postprocess=True,
+    )
+    tta: bool = setting(
+        False, "average the 8 flips and rotations", group="post-processing", tunable=True
+    )
+    batch_size: int = setting(4, "images per batch", low=1, group="run")
+    heads: str = setting(
+        "all",
+        "models with several output heads (unetpp): average them all (accurate), or use "
+        "head N alone, the network cut after it (fast); the saved thresholds were tuned "
+        "with the config's value",
+        parse=check_heads,
+        group="network output",
+        metavar="all|N",
+    )
+    tile_size: int = setting(
+        1024,
+        "images with a side longer than this are predicted in overlapping tiles of this "
+        "size, bounding memory (0: always whole)",
+        low=0,
+        group="network output",
+    )
+    tile_margin: int = setting(
+        96, "pixels of each cut tile edge that are dropped", low=0, group="network output"
+    )
+
+
+#: Config section name -> its dataclass.
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "predict": PredictConfig,
+}
+
+
+def section_fields(section: str, **metadata: Any) -> tuple[dataclasses.Field, ...]:
+    """The fields of a section, those whose metadata has the given values.
+
+    >>> [f.name for f in section_fields("predict", tunable=True)][:2]
+    ['method', 'threshold']
+    """
+    return tuple(
+        item
+        for item in dataclasses.fields(SECTIONS[section])
+        if all(item.metadata.get(key) == value for key, value in metadata.items())
+    )
+
+
+#: The prediction settings a model's thresholds.json may hold, and the post-processing
+#: parameters with their defaults: both read from PredictConfig's declarations.
+TUNABLE = tuple(item.name for item in section_fields("predict", tunable=True))
+POSTPROCESS_DEFAULTS: dict[str, Any] = {
+    item.name: item.default for item in section_fields("predict", postprocess=True)
+}
 
 
 @dataclass
@@ -145,7 +340,7 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
         """Build a config from a dict, refusing unknown keys (a typo must not pass silently)."""
-        sections = {"model": ModelConfig, "train": TrainConfig, "predict": PredictConfig}
+        sections = SECTIONS
         unknown = set(data) - {"name", *sections}
         if unknown:
             raise PipelineError(f"{source}: unknown config keys {sorted(unknown)}")

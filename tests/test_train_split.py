@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.learning.training import split_ids
+from pipeline.learning.splits import split_ids
 
 
 def _kinds():
@@ -60,7 +60,7 @@ def _conditions():
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 42])
 def test_condition_split_holds_out_whole_conditions(seed):
-    from pipeline.learning.training import split_by_condition
+    from pipeline.learning.splits import split_by_condition
 
     conditions = _conditions()
     split = split_by_condition(conditions, 0.15, seed=seed)
@@ -74,7 +74,7 @@ def test_condition_split_holds_out_whole_conditions(seed):
 
 
 def test_condition_split_is_seeded():
-    from pipeline.learning.training import split_by_condition
+    from pipeline.learning.splits import split_by_condition
 
     splits = {seed: split_by_condition(_conditions(), 0.15, seed) for seed in range(6)}
     assert split_by_condition(_conditions(), 0.15, 0) == splits[0]
@@ -85,7 +85,7 @@ def test_condition_of_names_size_and_kind():
     import numpy as np
 
     from pipeline.data.dataset import Sample
-    from pipeline.learning.training import condition_of
+    from pipeline.learning.splits import condition_of
 
     sample = Sample("x", np.zeros((5, 7, 3), np.uint8), None, "histology")
     assert condition_of(sample) == "5x7 histology"
@@ -107,14 +107,14 @@ def test_split_flag_reaches_the_config_and_keeps_the_default_fingerprint():
     )
 
 
-def test_input_space_and_scale_range_flags_reach_the_config():
+def test_input_space_and_scale_flags_reach_the_config():
     import argparse
 
     from pipeline.stages.train import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--input-space", "grey", "--scale-range", "0.5", "2"])
+    args = parser.parse_args(["--input-space", "grey", "--scale-min", "0.5", "--scale-max", "2"])
     config = config_from_args(args)
     assert config.model.input_space == "grey"
     assert (config.train.scale_min, config.train.scale_max) == (0.5, 2.0)

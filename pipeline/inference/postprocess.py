@@ -59,6 +59,8 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import watershed
 from tqdm import tqdm
 
+from pipeline.config import METHODS, POSTPROCESS_DEFAULTS
+
 __all__ = [
     "DEFAULT_PARAMS",
     "METHODS",
@@ -72,18 +74,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHODS = ("components", "watershed")
-#: Defaults of the post-processing parameters (``method`` is chosen from the channels
-#: by `instances_from_channels` when not given).
-DEFAULT_PARAMS: dict[str, Any] = {
-    "threshold": 0.5,
-    "min_size": 10,
-    "fill_holes": True,
-    "method": "components",
-    "marker_threshold": 0.5,
-    "border_weight": 1.0,
-    "min_marker_size": 3,
-}
+#: Defaults of the post-processing parameters, as `pipeline.config.PredictConfig` declares
+#: them (``method`` is chosen from the channels by `instances_from_channels` when not
+#: given).
+DEFAULT_PARAMS: dict[str, Any] = dict(POSTPROCESS_DEFAULTS)
 #: The parameter names `instances_from_channels` and `tune_postprocess` accept.
 PARAM_NAMES = tuple(DEFAULT_PARAMS)
 
@@ -237,15 +231,9 @@ def _check_map(name: str, prob: np.ndarray | None, shape: tuple[int, ...]) -> No
 
 def probabilities_to_labels(
     foreground_prob: np.ndarray,
-    threshold: float = 0.5,
-    min_size: int = 10,
-    fill_holes: bool = True,
     border_prob: np.ndarray | None = None,
     centre_prob: np.ndarray | None = None,
-    method: str = "components",
-    marker_threshold: float = 0.5,
-    border_weight: float = 1.0,
-    min_marker_size: int = 3,
+    **params: Any,
 ) -> np.ndarray:
     """Instance labels (int32, 0 = background) from probability maps.
 
@@ -253,25 +241,18 @@ def probabilities_to_labels(
     ----------
     foreground_prob : np.ndarray
         2-D foreground probability.
-    threshold : float
-        A pixel is foreground when its probability is strictly above this.
-    min_size : int
-        Instances with fewer pixels are dropped (after hole filling).
-    fill_holes : bool
-        Fill background enclosed by one instance with that instance.
     border_prob, centre_prob : np.ndarray, optional
         Border and centre probabilities (the ``border`` and ``centre`` channels of
         `pipeline.learning.targets`), same shape; used by the watershed only.
-    method : {"components", "watershed"}
-        See the module docstring.
-    marker_threshold : float
-        Watershed markers are where the marker score is strictly above this.
-    border_weight : float
-        Weight of the border map in the marker score ``foreground - weight * border``.
-    min_marker_size : int
-        Markers with fewer pixels are dropped. The default 3 gave the best watershed from
-        perfect foreground and border targets on 30 stage1_train images (1: 0.992,
-        3: 0.995, 5: 0.992, 8: 0.988); tune it on real predictions.
+    **params
+        Any of `PARAM_NAMES` (declared, with their defaults and meaning, in
+        `pipeline.config.PredictConfig`): ``threshold`` (a pixel is foreground strictly
+        above it), ``min_size`` (smaller instances are dropped, after hole filling),
+        ``fill_holes``, ``method`` (see the module docstring), ``marker_threshold`` and
+        ``border_weight`` (watershed markers are where ``foreground - weight * border``
+        is strictly above the threshold) and ``min_marker_size`` (smaller markers are
+        dropped; 3 gave the best watershed from perfect foreground and border targets
+        on 30 stage1_train images: 1: 0.992, 3: 0.995, 5: 0.992, 8: 0.988).
 
     Returns
     -------
@@ -287,21 +268,11 @@ def probabilities_to_labels(
     foreground_prob = np.asarray(foreground_prob)
     if foreground_prob.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {foreground_prob.shape}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    resolved = _resolve_params((), params)
     _check_map("border_prob", border_prob, foreground_prob.shape)
     _check_map("centre_prob", centre_prob, foreground_prob.shape)
     maps = _Maps(foreground_prob, border_prob, centre_prob)
-    params = {
-        "threshold": threshold,
-        "min_size": min_size,
-        "fill_holes": fill_holes,
-        "method": method,
-        "marker_threshold": marker_threshold,
-        "border_weight": border_weight,
-        "min_marker_size": min_marker_size,
-    }
-    return maps.finish(params)
+    return maps.finish(resolved)
 
 
 def _resolve_params(channels: Sequence[str], params: Mapping[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ import numpy as np
 from albumentations.core.transforms_interface import DualTransform
 from albumentations.core.type_definitions import Targets
 
+from pipeline.config import AUGMENT_STRENGTHS
 from pipeline.fileio import atomic_path
 
 __all__ = [
@@ -65,7 +66,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STRENGTHS = ("none", "default", "strong")
+STRENGTHS = ("none", *AUGMENT_STRENGTHS)
 PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
 DEFAULT_SCALE_RANGE = (0.75, 1.5)
 DIM_CONTRAST_RANGE = (0.1, 0.6)  # kept contrast of a dimmed nucleus (`dim_nuclei`)

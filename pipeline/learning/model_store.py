@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
+from pipeline.config import TUNABLE, Config
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_write_text
 
@@ -32,16 +32,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 SPLIT_FILE = "split.json"
 THRESHOLDS_FILE = "thresholds.json"
-# The prediction settings thresholds.json may hold.
-TUNABLE = (
-    "method",
-    "threshold",
-    "marker_threshold",
-    "border_weight",
-    "min_size",
-    "fill_holes",
-    "tta",
-)
 SCORES_FILE = "scores.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"

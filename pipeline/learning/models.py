@@ -30,13 +30,11 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from pipeline.config import ModelConfig, check_heads
+from pipeline.config import ARCHITECTURES, ENCODER_WEIGHTS, ModelConfig, check_heads
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("unet", "unetpp", "mobilenetv2_unet")
-ENCODER_WEIGHTS = ("imagenet", "none")
 
 # MobileNetV2 layers whose outputs feed the decoder, by stride (Keras 3 layer names).
 MOBILENETV2_SKIPS = {

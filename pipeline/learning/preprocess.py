@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: ModelConfig.input_space values: the colours as they are, or one grey level.
-INPUT_SPACES = ("rgb", "grey")
+from pipeline.config import INPUT_SPACES
 
 
 def normalise_image(

@@ -1,19 +1,20 @@
-"""Stage ``train``: a network from ``stage1_train`` (or the demo set) to a model folder.
+"""Training: a network from labelled images (``stage1_train`` or the demo set) to a
+model folder (``pipeline.learning.model_store``), in named steps (`train_model`).
 
-- a seeded train/validation split, stratified by image kind, saved with the model;
-- joint image and label augmentation (``pipeline.learning.augment``), random crops at the images'
-  own scale, at a scale normalised by nucleus size (``pipeline.inference.scale``), or of whole
-  images resized (the seeds' baseline);
+- a seeded train/validation split (``pipeline.learning.splits``), saved with the model;
+- joint image and label augmentation (``pipeline.learning.augment``), random crops at the
+  images' own scale, at a scale normalised by nucleus size (``pipeline.inference.scale``),
+  or of whole images resized (the seeds' baseline);
 - the best checkpoint chosen by the competition metric on the validation images,
-  computed every ``eval_every`` epochs, with early stopping on it;
-- ``--resume`` continues from the last epoch's checkpoint after a kill;
-- ``--max-minutes`` gives the training a wall-clock budget (architectures compared on
+  computed every ``eval_every`` epochs, with early stopping on it
+  (``pipeline.learning.callbacks``);
+- ``resume`` continues from the last epoch's checkpoint after a kill;
+- ``max_minutes`` gives the training a wall-clock budget (architectures compared on
   equal time: ``bench/compare_architectures.py``).
 
-Any architecture of ``pipeline.learning.models`` trains here; a model with several output heads
-(U-Net++'s deep supervision) learns the same targets at every head (the loss is their sum).
-
-The folder layout is described in ``pipeline.learning.model_store``.
+Any architecture of ``pipeline.learning.models`` trains here; a model with several output
+heads (U-Net++'s deep supervision) learns the same targets at every head (the loss is
+their sum).
 """
 
 from __future__ import annotations
@@ -32,77 +33,6 @@ from pipeline.config import RESIZE_POLICIES, Config
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
-
-
-def split_ids(kinds: dict[str, str], val_fraction: float, seed: int) -> dict[str, list[str]]:
-    """A seeded train/validation split of image ids, stratified by image kind.
-
-    Every kind with at least two images puts at least one in validation.
-
-    >>> split = split_ids({"a": "x", "b": "x", "c": "y", "d": "y"}, 0.5, seed=0)
-    >>> sorted(map(len, split.values()))
-    [2, 2]
-    """
-    if not 0 < val_fraction < 1:
-        raise PipelineError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    train: list[str] = []
-    val: list[str] = []
-    for kind in sorted(set(kinds.values())):
-        ids = sorted(image_id for image_id, k in kinds.items() if k == kind)
-        ids = [ids[i] for i in rng.permutation(len(ids))]
-        n_val = int(round(len(ids) * val_fraction))
-        if len(ids) >= 2:
-            n_val = min(max(n_val, 1), len(ids) - 1)
-        else:
-            n_val = 0
-        val += ids[:n_val]
-        train += ids[n_val:]
-    return {"train": sorted(train), "val": sorted(val)}
-
-
-def condition_of(sample) -> str:
-    """A sample's acquisition condition: its size and kind, e.g. ``"256x256 fluorescence"``."""
-    height, width = sample.image.shape[:2]
-    return f"{height}x{width} {sample.kind}"
-
-
-def split_by_condition(
-    conditions: dict[str, str], val_fraction: float, seed: int
-) -> dict[str, list[str]]:
-    """A seeded split that holds out whole acquisition conditions (size and kind).
-
-    The validation images come from conditions the training never sees, so their score
-    measures generalisation to unseen conditions, as stage 2 and a user's own images ask.
-    The largest condition always trains; the others, in a seeded order, are held out
-    while the validation share stays below ``val_fraction``, skipping one that would
-    take it past twice that.
-
-    >>> conditions = {"a": "big", "b": "big", "c": "big", "d": "x", "e": "y"}
-    >>> split = split_by_condition(conditions, 0.2, seed=0)
-    >>> len(split["val"]), all(conditions[i] != "big" for i in split["val"])
-    (1, True)
-    """
-    if not 0 < val_fraction < 1:
-        raise PipelineError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    members: dict[str, list[str]] = {}
-    for image_id, condition in sorted(conditions.items()):
-        members.setdefault(condition, []).append(image_id)
-    names = sorted(members, key=lambda name: (-len(members[name]), name))
-    target = val_fraction * len(conditions)
-    rng = np.random.default_rng(seed)
-    held_out: list[str] = []
-    held = 0
-    for index in rng.permutation(len(names) - 1) + 1:  # the largest (names[0]) trains
-        size = len(members[names[index]])
-        if held >= target:
-            break
-        if held + size <= 2 * target:
-            held_out.append(names[index])
-            held += size
-    val = sorted(i for name in held_out for i in members[name])
-    train = sorted(i for i in conditions if i not in set(val))
-    return {"train": train, "val": val, "held_out_conditions": sorted(held_out)}
 
 
 def _resized_to_crop(samples, size: int):
@@ -204,115 +134,6 @@ def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: i
     return Batches()
 
 
-def out_of_time(seconds: float, epochs_done: int, max_minutes: float) -> bool:
-    """Whether another epoch, as long as the mean one so far, would end past the budget.
-
-    >>> out_of_time(50.0, 2, 1.0), out_of_time(40.0, 2, 1.0), out_of_time(99.0, 1, 0)
-    (True, False, False)
-    """
-    if max_minutes <= 0 or epochs_done <= 0:
-        return False
-    return seconds + seconds / epochs_done > max_minutes * 60
-
-
-def _make_callbacks(model_dir: Path, val_samples, config: Config, state: dict[str, Any]):
-    import keras
-
-    from pipeline.evaluation.validation import score_samples
-    from pipeline.fileio import atomic_path
-    from pipeline.learning.model_store import CHECKPOINT_DIR, WEIGHTS_FILE, write_json
-
-    class TrainingClock(keras.callbacks.Callback):
-        """Keeps ``state["seconds"]``, the training time of all epochs, up to date."""
-
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            self.started = time.time()
-            self.seconds_before = state.get("seconds", 0.0)
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            state["seconds"] = self.seconds_before + time.time() - self.started
-
-    class CompetitionMetricCheckpoint(keras.callbacks.Callback):
-        """Every ``eval_every`` epochs (and the last one): score validation, keep the best
-        weights, stop early."""
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = logs if logs is not None else {}
-            done = epoch + 1
-            row = {"epoch": done, **{k: float(v) for k, v in logs.items()}}
-            evaluate_now = (
-                done % config.train.eval_every == 0
-                or done == config.train.epochs
-                or state.get("stopped_by") == "time budget"
-            )
-            if evaluate_now and val_samples:
-                started = time.time()
-                result = score_samples(self.model, val_samples, config)
-                row["val_score"] = result["score"]
-                logs["val_score"] = result["score"]
-                improved = result["score"] > state["best_score"]
-                log.info(
-                    "epoch %d: validation score %.4f%s (%.0f s)",
-                    done,
-                    result["score"],
-                    " (best so far)" if improved else "",
-                    time.time() - started,
-                )
-                if improved:
-                    state.update(
-                        best_score=result["score"],
-                        best_epoch=done,
-                        best_eval=result,
-                        evals_without_improvement=0,
-                    )
-                    with atomic_path(model_dir / WEIGHTS_FILE) as tmp:
-                        self.model.save_weights(str(tmp.with_suffix(".weights.h5")))
-                        tmp.with_suffix(".weights.h5").replace(tmp)
-                else:
-                    state["evals_without_improvement"] += 1
-                    if state["evals_without_improvement"] >= config.train.patience:
-                        log.info(
-                            "stopping early: no improvement in %d evaluations",
-                            config.train.patience,
-                        )
-                        state["stopped_by"] = "early stopping"
-                        self.model.stop_training = True
-            state["history"].append(row)
-            state["epoch"] = done
-            # The full state (weights and optimiser) for --resume, then the bookkeeping.
-            checkpoint = model_dir / CHECKPOINT_DIR
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            with atomic_path(checkpoint / "last.keras") as tmp:
-                keras_tmp = tmp.with_suffix(".keras")
-                self.model.save(keras_tmp)
-                keras_tmp.replace(tmp)
-            write_json(checkpoint / "state.json", state)
-
-    class WallClockBudget(keras.callbacks.Callback):
-        """Stop before an epoch that would end past ``max_minutes`` of training.
-
-        Runs before the checkpoint callback, which then evaluates this last epoch.
-        """
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            # state["seconds"]: all epochs so far, this one included (TrainingClock).
-            if out_of_time(state["seconds"], epoch + 1, config.train.max_minutes):
-                log.info(
-                    "stopping: %.1f of the %g minutes of the time budget spent, "
-                    "not enough for another epoch",
-                    state["seconds"] / 60,
-                    config.train.max_minutes,
-                )
-                state["stopped_by"] = "time budget"
-                self.model.stop_training = True
-
-    # In this order: the clock, the budget, then the checkpoint that evaluates a last epoch.
-    callbacks: list[Any] = [TrainingClock(), WallClockBudget(), CompetitionMetricCheckpoint()]
-    if keras.config.backend() == "tensorflow":
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs")))
-    return callbacks
-
-
 def _write_history(model_dir: Path, history: list[dict[str, Any]]) -> None:
     from pipeline.fileio import atomic_path
     from pipeline.learning.model_store import CURVES_FILE, HISTORY_FILE
@@ -351,45 +172,24 @@ def _write_history(model_dir: Path, history: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def train_model(
-    config: Config,
-    images_dir: Path,
-    model_dir: Path,
-    resume: bool = False,
-    device: str = "auto",
-    command: str | None = None,
-    tune: bool = True,
-) -> dict[str, Any]:
-    """Train ``config`` on the labelled images of ``images_dir`` into ``model_dir``.
+def _build_or_resume(config: Config, model_dir: Path, resume: bool, device: str):
+    """The model to train and its config: a new one, or the checkpoint of a killed run.
 
-    Returns the contents of the model's ``scores.json``.
+    Refuses a non-empty folder without ``resume``, and a ``resume`` with nothing to
+    resume. Returns ``(model, config, device description)``.
     """
     from pipeline.learning import device as device_module
 
     device_module.select_device(device)
     import keras
 
-    from pipeline.data.dataset import load_samples
-    from pipeline.learning.losses import get_loss
-    from pipeline.learning.model_store import (
-        CHECKPOINT_DIR,
-        CONFIG_FILE,
-        SCORES_FILE,
-        SPLIT_FILE,
-        WEIGHTS_FILE,
-        compact_weights,
-        portable_path,
-        read_json,
-        target_channels,
-        write_json,
-    )
-    from pipeline.learning.models import build_model, custom_objects, model_outputs
-    from pipeline.provenance import git_commit
+    from pipeline.learning.callbacks import LAST_MODEL_FILE
+    from pipeline.learning.model_store import CHECKPOINT_DIR, CONFIG_FILE, target_channels
+    from pipeline.learning.models import build_model
 
-    model_dir = Path(model_dir)
-    checkpoint = model_dir / CHECKPOINT_DIR
+    last = model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE
     if resume:
-        if not (checkpoint / "last.keras").is_file():
+        if not last.is_file():
             raise PipelineError(f"{model_dir}: nothing to resume (no {CHECKPOINT_DIR}/last.keras)")
         config = Config.load(model_dir / CONFIG_FILE)
     elif model_dir.exists() and any(model_dir.iterdir()):
@@ -401,128 +201,170 @@ def train_model(
     keras.utils.set_random_seed(config.train.seed)
     if resume:
         from pipeline.learning.losses import bce_dice_loss, soft_dice_loss
+        from pipeline.learning.models import custom_objects
 
-        model = keras.saving.load_model(
-            checkpoint / "last.keras",
-            custom_objects={
-                "bce_dice_loss": bce_dice_loss,
-                "soft_dice_loss": soft_dice_loss,
-                **custom_objects(),
-            },
-        )
+        losses = {"bce_dice_loss": bce_dice_loss, "soft_dice_loss": soft_dice_loss}
+        model = keras.saving.load_model(last, custom_objects={**losses, **custom_objects()})
     else:
         # Before anything is written: a model that cannot be built (pretrained weights
         # that cannot be downloaded) leaves no half-made folder behind.
         model = build_model(config.model, out_channels=len(target_channels(config)))
-    model_dir.mkdir(parents=True, exist_ok=True)
+    return model, config, device_description
 
+
+def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bool):
+    """The training and validation samples; a new run saves its config and split first."""
+    from pipeline.data.dataset import load_samples
+    from pipeline.learning.model_store import (
+        CONFIG_FILE,
+        SPLIT_FILE,
+        portable_path,
+        read_json,
+        write_json,
+    )
+    from pipeline.learning.splits import make_split
+
+    model_dir.mkdir(parents=True, exist_ok=True)
     samples = load_samples(images_dir, with_labels=True)
-    kinds = {s.image_id: s.kind for s in samples}
     if resume:
         split = read_json(model_dir / SPLIT_FILE)
     else:
-        if config.train.split == "conditions":
-            conditions = {s.image_id: condition_of(s) for s in samples}
-            split = split_by_condition(conditions, config.train.val_fraction, config.train.seed)
-        else:
-            split = split_ids(kinds, config.train.val_fraction, config.train.seed)
+        train = config.train
+        split = make_split(samples, train.val_fraction, train.seed, train.split)
         config.save(model_dir / CONFIG_FILE)
-        write_json(
-            model_dir / SPLIT_FILE,
-            {
-                "seed": config.train.seed,
-                "images_dir": portable_path(images_dir),
-                **split,
-                "kinds": kinds,
-            },
-        )
-    by_id = {s.image_id: s for s in samples}
+        kinds = {s.image_id: s.kind for s in samples}
+        record = {"seed": train.seed, "images_dir": portable_path(images_dir), **split}
+        write_json(model_dir / SPLIT_FILE, {**record, "kinds": kinds})
     if split.get("held_out_conditions"):
         log.info("held-out conditions: %s", ", ".join(split["held_out_conditions"]))
-    train_samples = [by_id[i] for i in split["train"]]
-    val_samples = [by_id[i] for i in split["val"]]
-    train_samples = prepare_training_samples(train_samples, config)
+    by_id = {s.image_id: s for s in samples}
+    train_samples = prepare_training_samples([by_id[i] for i in split["train"]], config)
+    return train_samples, [by_id[i] for i in split["val"]]
+
+
+def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, resume: bool):
+    """Train until the epochs, the patience or the time budget run out; the state."""
+    import keras
+
+    from pipeline.learning.callbacks import (
+        STATE_FILE,
+        TrainingState,
+        out_of_time,
+        training_callbacks,
+    )
+    from pipeline.learning.losses import get_loss
+    from pipeline.learning.model_store import CHECKPOINT_DIR
+    from pipeline.learning.models import model_outputs
+
+    train = config.train
+    steps = train.steps_per_epoch or max(1, len(train_samples) // train.batch_size)
+    batches = make_batch_source(
+        train_samples, config, steps, train.seed, outputs=model_outputs(model)
+    )
+    state = TrainingState()
+    if resume:
+        state = TrainingState.load(model_dir / CHECKPOINT_DIR / STATE_FILE)
+        batches.epoch = state.epoch
+        log.info(
+            "resuming after epoch %d (best validation score %.4f at epoch %d)",
+            state.epoch,
+            state.best_score,
+            state.best_epoch,
+        )
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            train.learning_rate, decay_steps=steps * train.epochs, alpha=0.05
+        )
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(train.loss))
+    started, seconds_before = time.time(), state.seconds
+    if (
+        state.epoch < train.epochs
+        and state.evals_without_improvement < train.patience
+        and not out_of_time(state.seconds, state.epoch, train.max_minutes)
+    ):
+        state.stopped_by = None  # a resumed run goes on (its budget or patience grew)
+        model.fit(
+            batches,
+            epochs=train.epochs,
+            initial_epoch=state.epoch,
+            callbacks=training_callbacks(state, model_dir, val_samples, config),
+            verbose=1 if sys.stderr.isatty() else 2,
+        )
+    state.seconds = seconds_before + (time.time() - started)
+    return state
+
+
+def _write_results(model, config: Config, model_dir: Path, state, n_val: int, run: dict):
+    """The finished model folder: compact weights, curves and ``scores.json`` (last)."""
+    from pipeline.learning.model_store import (
+        SCORES_FILE,
+        WEIGHTS_FILE,
+        compact_weights,
+        target_channels,
+        write_json,
+    )
+    from pipeline.provenance import git_commit
+
+    if not (model_dir / WEIGHTS_FILE).is_file():
+        # No evaluation happened (no validation images): keep the last weights.
+        model.save_weights(str(model_dir / WEIGHTS_FILE))
+    compact_weights(model_dir)
+    _write_history(model_dir, state.history)
+    best = state.best_eval or {}
+    scores = {
+        "validation_score": state.best_score if best else None,
+        "validation_per_kind": best.get("per_kind", {}),
+        "validation_images": n_val,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "train_seconds": round(state.seconds, 1),
+        "seconds_per_epoch": round(state.seconds / max(1, len(state.history)), 1),
+        "stopped_by": state.stopped_by
+        or ("epochs" if state.epoch >= config.train.epochs else None),
+        "max_minutes": config.train.max_minutes or None,
+        "parameters": int(model.count_params()),
+        "device": run["device"],
+        "target_channels": list(target_channels(config)),
+        "training_fingerprint": config.training_fingerprint(),
+        "commit": git_commit(),
+        "command": run["command"],
+        "validation_per_image": best.get("per_image", {}),
+    }
+    write_json(model_dir / SCORES_FILE, scores)
+    shown = f"{scores['validation_score']:.4f}" if best else "n/a"
+    log.info("model written to %s (validation score %s)", model_dir, shown)
+    return scores
+
+
+def train_model(
+    config: Config,
+    images_dir: Path,
+    model_dir: Path,
+    resume: bool = False,
+    device: str = "auto",
+    command: str | None = None,
+    tune: bool = True,
+) -> dict[str, Any]:
+    """Train ``config`` on the labelled images of ``images_dir`` into ``model_dir``.
+
+    The steps: build the model (or resume a killed run), split the images, fit, write the
+    model folder, then tune its post-processing on the validation images. Returns the
+    contents of the model's ``scores.json``.
+    """
+    from pipeline.learning.model_store import SCORES_FILE, read_json
+
+    model_dir = Path(model_dir)
+    model, config, device_description = _build_or_resume(config, model_dir, resume, device)
+    train_samples, val_samples = _split_samples(config, images_dir, model_dir, resume)
     log.info(
         "training on %d images, validating on %d (%s)",
         len(train_samples),
         len(val_samples),
         device_description,
     )
-
-    steps = config.train.steps_per_epoch or max(1, len(train_samples) // config.train.batch_size)
-    batches = make_batch_source(
-        train_samples, config, steps, config.train.seed, outputs=model_outputs(model)
-    )
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "best_score": -1.0,
-        "best_epoch": 0,
-        "best_eval": None,
-        "evals_without_improvement": 0,
-        "history": [],
-        "seconds": 0.0,
-    }
-    if resume:
-        state = read_json(checkpoint / "state.json")
-        batches.epoch = state["epoch"]
-        log.info(
-            "resuming after epoch %d (best validation score %.4f at epoch %d)",
-            state["epoch"],
-            state["best_score"],
-            state["best_epoch"],
-        )
-    else:
-        schedule = keras.optimizers.schedules.CosineDecay(
-            config.train.learning_rate, decay_steps=steps * config.train.epochs, alpha=0.05
-        )
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(config.train.loss))
-    started = time.time()
-    seconds_before = state.get("seconds", 0.0)
-    if (
-        state["epoch"] < config.train.epochs
-        and state["evals_without_improvement"] < config.train.patience
-        and not out_of_time(state.get("seconds", 0.0), state["epoch"], config.train.max_minutes)
-    ):
-        state.pop("stopped_by", None)  # a resumed run goes on (its budget or patience grew)
-        model.fit(
-            batches,
-            epochs=config.train.epochs,
-            initial_epoch=state["epoch"],
-            callbacks=_make_callbacks(model_dir, val_samples, config, state),
-            verbose=1 if sys.stderr.isatty() else 2,
-        )
-    state["seconds"] = seconds_before + (time.time() - started)
-    if not (model_dir / WEIGHTS_FILE).is_file():
-        # No evaluation happened (no validation images): keep the last weights.
-        model.save_weights(str(model_dir / WEIGHTS_FILE))
-    compact_weights(model_dir)
-    _write_history(model_dir, state["history"])
-    best = state.get("best_eval") or {}
-    scores = {
-        "validation_score": state["best_score"] if best else None,
-        "validation_per_kind": best.get("per_kind", {}),
-        "validation_images": len(val_samples),
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"],
-        "train_seconds": round(state["seconds"], 1),
-        "seconds_per_epoch": round(state["seconds"] / max(1, len(state["history"])), 1),
-        "stopped_by": state.get("stopped_by")
-        or ("epochs" if state["epoch"] >= config.train.epochs else None),
-        "max_minutes": config.train.max_minutes or None,
-        "parameters": int(model.count_params()),
-        "device": device_description,
-        "target_channels": list(target_channels(config)),
-        "training_fingerprint": config.training_fingerprint(),
-        "commit": git_commit(),
-        "command": command,
-        "validation_per_image": best.get("per_image", {}),
-    }
-    write_json(model_dir / SCORES_FILE, scores)
-    log.info(
-        "model written to %s (validation score %s)",
-        model_dir,
-        f"{scores['validation_score']:.4f}" if best else "n/a",
-    )
+    state = _fit(model, config, train_samples, val_samples, model_dir, resume)
+    run = {"device": device_description, "command": command}
+    scores = _write_results(model, config, model_dir, state, len(val_samples), run)
     if val_samples and tune:
         from pipeline.evaluation.tuning import tune_model
 

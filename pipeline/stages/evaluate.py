@@ -11,14 +11,14 @@ import json
 import logging
 from pathlib import Path
 
+from pipeline.cli import add_config_arguments, config_overrides
 from pipeline.evaluation.validation import evaluate_model
+from pipeline.learning.device import DEVICES
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.stages.predict import add_postprocess_arguments
-
     parser.add_argument("--model", type=Path, required=True, help="model folder")
     parser.add_argument(
         "--images",
@@ -32,15 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ignore the model's thresholds.json (use its config's defaults)",
     )
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    add_postprocess_arguments(parser)
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    add_config_arguments(parser, "predict", "prediction")
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.stages.predict import postprocess_overrides
-
     result = evaluate_model(
-        args.model, postprocess_overrides(args), not args.untuned, args.images, args.device
+        args.model, config_overrides(args, "predict"), not args.untuned, args.images, args.device
     )
     print(f"validation score {result['score']:.6f} ({result['images']} images)")
     for kind, score in result["per_kind"].items():

@@ -21,6 +21,7 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.config import Config, preset
 from pipeline.errors import PipelineError
+from pipeline.learning.device import DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train a new model even when one with these settings exists",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,88 +11,12 @@ import logging
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.cli import add_config_arguments, config_overrides
 from pipeline.errors import PipelineError
 from pipeline.inference.predict import run_prediction
+from pipeline.learning.device import DEVICES
 
 log = logging.getLogger(__name__)
-
-
-def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that override a model's saved post-processing settings."""
-    post = parser.add_argument_group("post-processing (default: the values saved with the model)")
-    post.add_argument(
-        "--method",
-        choices=("components", "watershed"),
-        default=None,
-        help="how instances are split",
-    )
-    post.add_argument("--threshold", type=float, default=None, help="foreground threshold")
-    post.add_argument(
-        "--marker-threshold", type=float, default=None, help="watershed seed threshold"
-    )
-    post.add_argument(
-        "--border-weight",
-        type=float,
-        default=None,
-        help="weight of the border channel in the watershed seeds",
-    )
-    post.add_argument("--min-size", type=int, default=None, help="smallest nucleus, in pixels")
-    post.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average the 8 flips and rotations",
-    )
-    network = parser.add_argument_group("network output (default: the model's config)")
-    network.add_argument(
-        "--tile-size",
-        type=_non_negative_int,
-        default=None,
-        help="images with a side longer than this are predicted in overlapping tiles of "
-        "this size, bounding memory (0: always whole)",
-    )
-    network.add_argument(
-        "--heads",
-        type=_heads_argument,
-        default=None,
-        metavar="all|N",
-        help="models with several output heads (unetpp): average them all (accurate), or "
-        "use head N alone, the network cut after it (fast); the saved thresholds were "
-        "tuned with the config's value",
-    )
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
-    return number
-
-
-def _heads_argument(value: str) -> str:
-    from pipeline.config import check_heads
-
-    try:
-        return check_heads(value)
-    except PipelineError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def postprocess_overrides(args: argparse.Namespace) -> dict:
-    """The post-processing flags a user gave (None for the ones left to the model)."""
-    return {
-        "method": args.method,
-        "threshold": args.threshold,
-        "marker_threshold": args.marker_threshold,
-        "border_weight": args.border_weight,
-        "min_size": args.min_size,
-        "tta": args.tta,
-        "heads": args.heads,
-        "tile_size": args.tile_size,
-    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,16 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the synthetic demo set (input/demo) and its model (models/demo)",
     )
-    add_postprocess_arguments(parser)
     run = parser.add_argument_group("run")
-    run.add_argument("--batch-size", type=int, default=None, help="images per batch")
-    run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    run.add_argument("--device", choices=DEVICES, default="auto")
     run.add_argument("--no-check", action="store_true", help="skip checking the written CSV")
     run.add_argument(
         "--untuned",
         action="store_true",
         help="ignore the model's thresholds.json (use its config's defaults)",
     )
+    add_config_arguments(parser, "predict", "prediction")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -144,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
             "(./run.sh download fetches the competition data, --demo uses the synthetic set)"
         )
     out_csv = args.out or paths.SUBMISSIONS_DIR / f"{Path(model_dir).name}.csv"
-    overrides = {**postprocess_overrides(args), "batch_size": args.batch_size}
+    overrides = config_overrides(args, "predict")
     run_prediction(
         Path(model_dir), Path(images_dir), Path(out_csv), overrides, args.device, not args.untuned
     )

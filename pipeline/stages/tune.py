@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from pipeline.evaluation.tuning import tune_model
+from pipeline.learning.device import DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="its training images (default: the folder it was trained on)",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
 
 
 def main(args: argparse.Namespace) -> int:

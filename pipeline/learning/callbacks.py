@@ -1,0 +1,214 @@
+"""What a training does between epochs, as Keras callbacks over one `TrainingState`.
+
+In the order they run after each epoch:
+
+- `TrainingClock` keeps the training time of all epochs (across ``--resume``);
+- `WallClockBudget` stops before an epoch that would end past ``max_minutes``;
+- `ValidationScore` scores the validation images with the competition metric every
+  ``eval_every`` epochs (and after the last one), puts it in the logs as ``val_score``,
+  and writes the best weights;
+- `ResumableEarlyStopping`: Keras' own ``EarlyStopping`` on ``val_score`` (it counts only
+  the epochs that were scored), carried over a ``--resume``;
+- `ResumeCheckpoint` writes the full model (weights and optimiser) and the state, for
+  ``--resume``.
+
+Keras' ``ModelCheckpoint`` and ``BackupAndRestore`` are not used: they write their files
+in place, and a kill while writing would leave a damaged model; here every file is
+written to a temporary name and renamed (`pipeline.fileio.atomic_path`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from pipeline.config import Config
+from pipeline.fileio import atomic_path
+from pipeline.learning.model_store import CHECKPOINT_DIR, WEIGHTS_FILE, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+LAST_MODEL_FILE = "last.keras"
+
+
+@dataclass
+class TrainingState:
+    """What a training knows between epochs; ``checkpoint/state.json`` for ``--resume``."""
+
+    epoch: int = 0  # epochs done
+    best_score: float = -1.0  # best validation score so far
+    best_epoch: int = 0
+    best_eval: dict[str, Any] | None = None  # score_samples' result at the best epoch
+    evals_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    seconds: float = 0.0  # training time of all epochs
+    stopped_by: str | None = None  # "early stopping", "time budget" or None
+
+    @classmethod
+    def load(cls, path: Path) -> TrainingState:
+        known = {item.name for item in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in read_json(path).items() if k in known})
+
+    def save(self, path: Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+
+def out_of_time(seconds: float, epochs_done: int, max_minutes: float) -> bool:
+    """Whether another epoch, as long as the mean one so far, would end past the budget.
+
+    >>> out_of_time(50.0, 2, 1.0), out_of_time(40.0, 2, 1.0), out_of_time(99.0, 1, 0)
+    (True, False, False)
+    """
+    if max_minutes <= 0 or epochs_done <= 0:
+        return False
+    return seconds + seconds / epochs_done > max_minutes * 60
+
+
+class TrainingClock(keras.callbacks.Callback):
+    """Keeps ``state.seconds``, the training time of all epochs, up to date."""
+
+    def __init__(self, state: TrainingState) -> None:
+        super().__init__()
+        self.state = state
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.started = time.time()
+        self.seconds_before = self.state.seconds
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.state.seconds = self.seconds_before + time.time() - self.started
+
+
+class WallClockBudget(keras.callbacks.Callback):
+    """Stop before an epoch that would end past ``max_minutes`` of training.
+
+    Runs before `ValidationScore`, which then scores this last epoch.
+    """
+
+    def __init__(self, state: TrainingState, max_minutes: float) -> None:
+        super().__init__()
+        self.state = state
+        self.max_minutes = max_minutes
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        # state.seconds: all epochs so far, this one included (TrainingClock).
+        if out_of_time(self.state.seconds, epoch + 1, self.max_minutes):
+            log.info(
+                "stopping: %.1f of the %g minutes of the time budget spent, "
+                "not enough for another epoch",
+                self.state.seconds / 60,
+                self.max_minutes,
+            )
+            self.state.stopped_by = "time budget"
+            self.model.stop_training = True
+
+
+class ValidationScore(keras.callbacks.Callback):
+    """Every ``eval_every`` epochs (and the last one): the competition score on the
+    validation images, as ``val_score`` in the logs; the best weights are written."""
+
+    def __init__(self, state: TrainingState, model_dir: Path, val_samples, config: Config):
+        super().__init__()
+        self.state = state
+        self.model_dir = model_dir
+        self.val_samples = val_samples
+        self.config = config
+
+    def _due(self, done: int) -> bool:
+        return bool(self.val_samples) and (
+            done % self.config.train.eval_every == 0
+            or done == self.config.train.epochs
+            or self.state.stopped_by == "time budget"
+        )
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from pipeline.evaluation.validation import score_samples
+
+        logs = logs if logs is not None else {}
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+        if self._due(epoch + 1):
+            started = time.time()
+            result = score_samples(self.model, self.val_samples, self.config)
+            row["val_score"] = logs["val_score"] = result["score"]
+            improved = result["score"] > self.state.best_score
+            log.info(
+                "epoch %d: validation score %.4f%s (%.0f s)",
+                epoch + 1,
+                result["score"],
+                " (best so far)" if improved else "",
+                time.time() - started,
+            )
+            if improved:
+                self.state.best_score = result["score"]
+                self.state.best_epoch = epoch + 1
+                self.state.best_eval = result
+                with atomic_path(self.model_dir / WEIGHTS_FILE) as tmp:
+                    self.model.save_weights(str(tmp.with_suffix(".weights.h5")))
+                    tmp.with_suffix(".weights.h5").replace(tmp)
+        self.state.history.append(row)
+        self.state.epoch = epoch + 1
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' ``EarlyStopping`` on ``val_score`` (higher is better), its count of scored
+    epochs without improvement carried over a ``--resume`` in the state."""
+
+    def __init__(self, state: TrainingState, patience: int) -> None:
+        super().__init__(monitor="val_score", mode="max", patience=patience)
+        self.state = state
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        self.wait = self.state.evals_without_improvement
+        self.best = self.state.best_score if self.state.best_eval is not None else None
+
+    def get_monitor_value(self, logs: dict | None) -> float | None:
+        # Only every eval_every-th epoch is scored: the others are not a reason to warn.
+        return (logs or {}).get(self.monitor)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        self.state.evals_without_improvement = self.wait
+        if self.stopped_epoch:
+            log.info("stopping early: no improvement in %d evaluations", self.patience)
+            self.state.stopped_by = "early stopping"
+
+
+class ResumeCheckpoint(keras.callbacks.Callback):
+    """After each epoch: the full model (weights and optimiser) and the state."""
+
+    def __init__(self, state: TrainingState, model_dir: Path) -> None:
+        super().__init__()
+        self.state = state
+        self.folder = model_dir / CHECKPOINT_DIR
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / LAST_MODEL_FILE) as tmp:
+            keras_tmp = tmp.with_suffix(".keras")
+            self.model.save(keras_tmp)
+            keras_tmp.replace(tmp)
+        self.state.save(self.folder / STATE_FILE)
+
+
+def training_callbacks(
+    state: TrainingState, model_dir: Path, val_samples, config: Config
+) -> list[keras.callbacks.Callback]:
+    """The callbacks of a training, in the order they must run (module docstring)."""
+    callbacks: list[keras.callbacks.Callback] = [
+        TrainingClock(state),
+        WallClockBudget(state, config.train.max_minutes),
+        ValidationScore(state, model_dir, val_samples, config),
+        ResumableEarlyStopping(state, config.train.patience),
+        ResumeCheckpoint(state, model_dir),
+    ]
+    if keras.config.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs")))
+    return callbacks

@@ -1,0 +1,163 @@
+"""One home per setting: every config field declares its default, help and range once,
+and the command-line flags, the tuned settings and the post-processing defaults are
+derived from that declaration."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from pipeline import cli
+from pipeline.config import (
+    POSTPROCESS_DEFAULTS,
+    SECTIONS,
+    TUNABLE,
+    Config,
+    PredictConfig,
+    preset,
+)
+
+#: stage -> the config sections whose fields it has flags for.
+STAGE_SECTIONS = {"train": ("model", "train"), "predict": ("predict",), "evaluate": ("predict",)}
+#: Options of those stages that are about the run, not a config setting.
+COMMON = {"-h", "--help", "-v", "--verbose", "--device", "--images"}
+RUN_OPTIONS = {
+    "train": COMMON | {"--preset", "--config", "--out", "--demo", "--resume", "--no-tune"},
+    "predict": COMMON | {"--model", "--out", "--demo", "--no-check", "--untuned"},
+    "evaluate": COMMON | {"--model", "--untuned", "--json"},
+}
+
+
+def _flags(stage: str) -> dict[str, list[str]]:
+    """dest -> option strings of a stage's parser, less its run options."""
+    parser = cli.build_parser(stage)
+    flags: dict[str, list[str]] = {}
+    for action in parser._actions:
+        options = [o for o in action.option_strings if o not in RUN_OPTIONS[stage]]
+        if options:
+            flags.setdefault(action.dest, []).extend(options)
+    return flags
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_SECTIONS))
+def test_every_field_has_exactly_one_flag_and_every_flag_one_field(stage):
+    fields = {
+        item.name: item
+        for section in STAGE_SECTIONS[stage]
+        for item in dataclasses.fields(SECTIONS[section])
+    }
+    flags = _flags(stage)
+    assert set(flags) == set(fields)  # no field without a flag, no flag without a field
+    for name, options in flags.items():
+        flag = cli.flag_of(fields[name])
+        if fields[name].type == "bool":
+            assert options == [flag, "--no-" + flag[2:]]
+        else:
+            assert options == [flag]
+
+
+def test_every_section_is_covered_by_a_stage():
+    covered = {section for sections in STAGE_SECTIONS.values() for section in sections}
+    assert covered == set(SECTIONS)
+
+
+def _flag_value(item: dataclasses.Field, value) -> list[str]:
+    flag = cli.flag_of(item)
+    if item.type == "bool":
+        return [flag if value else "--no-" + flag[2:]]
+    return [flag, str(value)]
+
+
+@pytest.mark.parametrize("section", ["model", "train"])
+def test_each_training_flag_sets_its_field(section):
+    from pipeline.stages.train import config_from_args
+
+    parser = cli.build_parser("train")
+    for item in dataclasses.fields(SECTIONS[section]):
+        default = getattr(getattr(preset("default"), section), item.name)
+        if item.type == "bool":
+            wanted = not default
+        elif item.metadata["choices"]:
+            wanted = next(c for c in item.metadata["choices"] if c != default)
+        elif item.type == "str":
+            wanted = "border" if item.name == "targets" else "x"
+        else:  # a number in range other than the default
+            low, high = item.metadata["low"], item.metadata["high"]
+            wanted = next(v for v in (low, high, default + 1) if v is not None and v != default)
+            wanted = type(default)(wanted)
+        given = not wanted if item.metadata["negate"] else wanted
+        config = config_from_args(parser.parse_args(_flag_value(item, given)))
+        assert getattr(getattr(config, section), item.name) == wanted, item.name
+        others = dataclasses.replace(getattr(config, section), **{item.name: default})
+        assert others == getattr(preset("default"), section), item.name
+
+
+def test_each_prediction_flag_gives_its_override():
+    parser = cli.build_parser("predict")
+    assert set(cli.config_overrides(parser.parse_args([]), "predict").values()) == {None}
+    args = parser.parse_args(["--threshold", "0.25", "--no-fill-holes", "--heads", "ALL"])
+    overrides = cli.config_overrides(args, "predict")
+    assert {k: v for k, v in overrides.items() if v is not None} == {
+        "threshold": 0.25,
+        "fill_holes": False,
+        "heads": "all",
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["predict", "--threshold", "7.5"], "--threshold: 7.5 is not in [0, 1]"),
+        (["predict", "--threshold", "-1"], "--threshold: -1 is not in [0, 1]"),
+        (["predict", "--threshold", "nan"], "--threshold: nan is not in [0, 1]"),
+        (["predict", "--min-size", "-3"], "--min-size: expected a whole number >= 0, got '-3'"),
+        (["predict", "--batch-size", "0"], "--batch-size: expected a whole number >= 1, got '0'"),
+        (["predict", "--heads", "0"], "--heads: heads must be 'all' or a head number from 1"),
+        (["train", "--epochs", "0"], "--epochs: expected a whole number >= 1, got '0'"),
+        (["train", "--learning-rate", "-1"], "--learning-rate: -1 is not in [1e-07, 1]"),
+        (["train", "--crop-size", "7"], "--crop-size: expected a whole number >= 16, got '7'"),
+        (["train", "--seed", "x"], "--seed: expected a whole number, got 'x'"),
+        (["train", "--split", "kfold"], "--split: invalid choice: 'kfold'"),
+    ],
+)
+def test_out_of_range_flags_are_refused_with_the_flag_and_the_value(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_postprocess_defaults_and_tunable_settings_come_from_predict_config():
+    from pipeline.inference.postprocess import DEFAULT_PARAMS, PARAM_NAMES
+    from pipeline.learning.model_store import TUNABLE as STORED
+
+    declared = PredictConfig()
+    assert DEFAULT_PARAMS == POSTPROCESS_DEFAULTS
+    assert DEFAULT_PARAMS == {name: getattr(declared, name) for name in PARAM_NAMES}
+    assert set(PARAM_NAMES) == {
+        "method", "threshold", "marker_threshold", "border_weight", "min_size", "fill_holes",
+        "min_marker_size",
+    }  # fmt: skip
+    assert STORED == TUNABLE == (*PARAM_NAMES, "tta")
+
+
+def test_a_model_config_without_the_newer_fields_loads_with_their_defaults():
+    data = preset("default").to_dict()
+    del data["predict"]["min_marker_size"], data["model"]["input_space"]
+    config = Config.from_dict(data)
+    assert config.predict.min_marker_size == 3 and config.model.input_space == "rgb"
+    assert config.training_fingerprint() == preset("default").training_fingerprint()
+
+
+def test_config_choices_match_the_implementations():
+    from pipeline.config import LOSSES
+    from pipeline.learning import losses
+
+    assert tuple(losses.LOSSES) == LOSSES
+
+
+def test_value_parser_passes_strings_through():
+    item = {f.name: f for f in dataclasses.fields(SECTIONS["model"])}["targets"]
+    assert cli.value_parser(item)("border") == "border"
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.value_parser({f.name: f for f in dataclasses.fields(PredictConfig)}["tile_size"])("x")
