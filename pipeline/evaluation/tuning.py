@@ -89,37 +89,18 @@ def search(
     return params, float(best["score"]), table
 
 
-def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "auto") -> dict:
-    """Tune ``model_dir``'s post-processing on its validation split; write thresholds.json."""
-    from pipeline.learning import device as device_module
+def _search_both(model, samples, config, base: dict[str, Any]) -> dict[bool, tuple]:
+    """The grid search without and with TTA: ``{tta: (params, score, table, probs)}``."""
+    from pipeline.inference.predict import predict_probabilities
+    from pipeline.learning.model_store import target_channels
 
-    device_module.select_device(device)
-    from pipeline.evaluation.metric import score_images
-    from pipeline.evaluation.validation import kind_means, validation_samples
-    from pipeline.inference.postprocess import instances_from_channels
-    from pipeline.inference.predict import postprocess_params, predict_probabilities
-    from pipeline.learning.model_store import (
-        SCORES_FILE,
-        THRESHOLDS_FILE,
-        load_model,
-        read_json,
-        target_channels,
-        write_json,
-    )
-
-    model_dir = Path(model_dir)
-    device_module.configure(device, "float32")
-    model, config = load_model(model_dir, tuned=False)
-    samples = validation_samples(model_dir, images_dir)
     channels = target_channels(config)
     truths = [s.labels for s in samples]
-    base = postprocess_params(config)
-    grids = default_grid(channels)
     results = {}
     for tta in (False, True):
         started = time.time()
         probs = predict_probabilities(model, [s.image for s in samples], config, tta=tta)
-        params, score, table = search(probs, truths, channels, grids, base)
+        params, score, table = search(probs, truths, channels, default_grid(channels), base)
         results[tta] = (params, score, table, probs)
         log.info(
             "tune: best validation score %.4f %s TTA (%s) in %.0f s",
@@ -128,16 +109,31 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
             params,
             time.time() - started,
         )
+    return results
+
+
+def _untuned_score(table: list[dict[str, Any]], base: dict[str, Any]) -> float:
+    """The score of the config's own settings in a search's table (always a candidate)."""
+    rows = (r["score"] for r in table if all(r.get(k) == v for k, v in base.items()))
+    return next(rows, float("nan"))
+
+
+def _tuned_record(results: dict[bool, tuple], samples, config, base: dict[str, Any]) -> dict:
+    """What thresholds.json holds: the best settings, TTA only where it helped."""
+    from pipeline.evaluation.metric import score_images
+    from pipeline.evaluation.validation import kind_means
+    from pipeline.inference.postprocess import instances_from_channels
+    from pipeline.learning.model_store import target_channels
+
     use_tta = results[True][1] > results[False][1]
     params, score, table, probs = results[use_tta]
-    per_image = score_images(
-        {
-            s.image_id: (s.labels, instances_from_channels(prob, channels, params))
-            for s, prob in zip(samples, probs, strict=True)
-        }
-    ).per_image
-    per_kind = kind_means(per_image, samples)
-    tuned = {
+    channels = target_channels(config)
+    predicted = {
+        s.image_id: (s.labels, instances_from_channels(prob, channels, params))
+        for s, prob in zip(samples, probs, strict=True)
+    }
+    per_kind = kind_means(score_images(predicted).per_image, samples)
+    return {
         "params": {**params, "tta": use_tta},
         "heads": config.predict.heads,  # the output heads the settings were tuned with
         "validation_score": round(score, 6),
@@ -145,19 +141,33 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
         "validation_score_with_tta": round(results[True][1], 6),
         "validation_per_kind": {k: round(v, 6) for k, v in per_kind.items()},
         "validation_images": len(samples),
-        "untuned_validation_score": round(
-            next(
-                (
-                    r["score"]
-                    for r in results[False][2]
-                    if all(r.get(k) == v for k, v in base.items())
-                ),
-                float("nan"),
-            ),
-            6,
-        ),
-        "grid": sorted(results[use_tta][2], key=lambda row: -row["score"])[:20],
+        "untuned_validation_score": round(_untuned_score(results[False][2], base), 6),
+        "grid": sorted(table, key=lambda row: -row["score"])[:20],
     }
+
+
+def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "auto") -> dict:
+    """Tune ``model_dir``'s post-processing on its validation split; write thresholds.json
+    (and the tuned score into scores.json)."""
+    from pipeline.learning import device as device_module
+
+    device_module.select_device(device)
+    from pipeline.evaluation.validation import validation_samples
+    from pipeline.inference.predict import postprocess_params
+    from pipeline.learning.model_store import (
+        SCORES_FILE,
+        THRESHOLDS_FILE,
+        load_model,
+        read_json,
+        write_json,
+    )
+
+    model_dir = Path(model_dir)
+    device_module.configure(device, "float32")
+    model, config = load_model(model_dir, tuned=False)
+    samples = validation_samples(model_dir, images_dir)
+    base = postprocess_params(config)
+    tuned = _tuned_record(_search_both(model, samples, config, base), samples, config, base)
     write_json(model_dir / THRESHOLDS_FILE, tuned)
     scores = read_json(model_dir / SCORES_FILE)
     if scores:
@@ -167,7 +177,7 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     log.info(
         "tune: wrote %s (validation score %.4f, TTA %s)",
         model_dir / THRESHOLDS_FILE,
-        score,
-        "on" if use_tta else "off",
+        tuned["validation_score"],
+        "on" if tuned["params"]["tta"] else "off",
     )
     return tuned

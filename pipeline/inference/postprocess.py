@@ -368,62 +368,35 @@ def _grid_settings(grid: Mapping[str, Any], channels: Sequence[str]) -> list[dic
     ]
 
 
-def tune_postprocess(
-    prob_maps: Sequence[np.ndarray],
-    true_labels: Sequence[np.ndarray],
-    channels: Sequence[str],
-    grid: Mapping[str, Any],
-    progress: bool = False,
-) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
-    """Grid search of the post-processing parameters for the best competition score.
-
-    Each setting of the grid turns every probability map into instances
-    (`instances_from_channels`) and is scored by the mean of
-    ``pipeline.evaluation.metric.score_image`` over the images. Work is shared: per image, the mask
-    and its components are made once per threshold, the watershed once per distinct
-    (threshold, marker parameters), hole filling once per watershed, and settings that
-    differ only in parameters their method ignores are scored once.
-
-    Parameters
-    ----------
-    prob_maps : sequence of np.ndarray
-        ``(H, W, C)`` probabilities of each validation image.
-    true_labels : sequence of np.ndarray
-        The true ``(H, W)`` instance labels of each image.
-    channels : sequence of str
-        The channel names of ``prob_maps``, ``"foreground"`` first.
-    grid : mapping of str to sequence
-        Values to try for each of `PARAM_NAMES`, e.g. ``{"threshold": [0.4, 0.5],
-        "min_size": [0, 10]}``; a parameter not in the grid takes its default.
-    progress : bool
-        Show a progress bar over the images.
-
-    Returns
-    -------
-    best_params : dict
-        Every parameter of the best setting (the first one in grid order on a tie).
-    best_score : float
-        Its mean score.
-    table : list of dict
-        One row per setting, in grid order: its parameters and ``"score"``.
-
-    Examples
-    --------
-    >>> prob = np.zeros((8, 8, 1)); prob[2:6, 2:6, 0] = 0.9; prob[1, 2:6, 0] = 0.6
-    >>> truth = np.zeros((8, 8), np.int32); truth[2:6, 2:6] = 1
-    >>> best, score, table = tune_postprocess(
-    ...     [prob], [truth], ("foreground",), {"threshold": [0.5, 0.7], "min_size": 0}
-    ... )
-    >>> best["threshold"], score, [row["score"] for row in table]
-    (0.7, 1.0, [0.6, 1.0])
-    """
+def _score_settings(maps: _Maps, truth: np.ndarray, settings: list[dict[str, Any]]) -> np.ndarray:
+    """The score of each setting on one image, sharing the work between settings."""
     from pipeline.evaluation.metric import score_image
 
-    if len(prob_maps) != len(true_labels):
-        raise ValueError(f"{len(prob_maps)} probability maps but {len(true_labels)} label images")
-    if len(prob_maps) == 0:
-        raise ValueError("no image to tune on")
-    settings = _grid_settings(grid, channels)
+    scores = np.zeros(len(settings), dtype=np.float64)
+    # Settings grouped by their labels before filling: one watershed per group, and
+    # only one group's label images held at a time.
+    groups: dict[tuple, list[int]] = {}
+    for setting_index, setting in enumerate(settings):
+        groups.setdefault(maps.raw_key(setting), []).append(setting_index)
+    for members in groups.values():
+        raw = maps.raw_labels(settings[members[0]])
+        filled: dict[bool, np.ndarray] = {}
+        scored: dict[tuple[bool, int], float] = {}
+        for setting_index in members:
+            fill = bool(settings[setting_index]["fill_holes"])
+            key = (fill, int(settings[setting_index]["min_size"]))
+            if key not in scored:
+                if fill not in filled:
+                    threshold = float(settings[setting_index]["threshold"])
+                    filled[fill] = maps.fill_holes(raw, threshold) if fill else raw
+                labels = remove_small_instances(filled[fill], key[1])
+                scored[key] = score_image(truth, labels).score
+            scores[setting_index] = scored[key]
+    return scores
+
+
+def _score_table(prob_maps, true_labels, channels, settings, progress: bool) -> np.ndarray:
+    """Scores of every setting (columns) on every image (rows)."""
     scores = np.zeros((len(prob_maps), len(settings)), dtype=np.float64)
     pairs = zip(prob_maps, true_labels, strict=True)
     for image_index, (prob, truth) in enumerate(
@@ -435,25 +408,60 @@ def tune_postprocess(
                 f"image {image_index}: labels {np.shape(truth)} but probabilities "
                 f"{maps.foreground.shape}"
             )
-        # Settings grouped by their labels before filling: one watershed per group, and
-        # only one group's label images held at a time.
-        groups: dict[tuple, list[int]] = {}
-        for setting_index, setting in enumerate(settings):
-            groups.setdefault(maps.raw_key(setting), []).append(setting_index)
-        for members in groups.values():
-            raw = maps.raw_labels(settings[members[0]])
-            filled: dict[bool, np.ndarray] = {}
-            scored: dict[tuple[bool, int], float] = {}
-            for setting_index in members:
-                fill = bool(settings[setting_index]["fill_holes"])
-                key = (fill, int(settings[setting_index]["min_size"]))
-                if key not in scored:
-                    if fill not in filled:
-                        threshold = float(settings[setting_index]["threshold"])
-                        filled[fill] = maps.fill_holes(raw, threshold) if fill else raw
-                    labels = remove_small_instances(filled[fill], key[1])
-                    scored[key] = score_image(truth, labels).score
-                scores[image_index, setting_index] = scored[key]
+        scores[image_index] = _score_settings(maps, truth, settings)
+    return scores
+
+
+def tune_postprocess(
+    prob_maps: Sequence[np.ndarray],
+    true_labels: Sequence[np.ndarray],
+    channels: Sequence[str],
+    grid: Mapping[str, Any],
+    progress: bool = False,
+) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    """Grid search of the post-processing parameters for the best competition score.
+
+    Each setting of the grid turns every probability map into instances
+    (`instances_from_channels`) and is scored by the mean of
+    ``pipeline.evaluation.metric.score_image`` over the images. Work is shared: per image,
+    the mask and its components are made once per threshold, the watershed once per
+    distinct (threshold, marker parameters), hole filling once per watershed, and settings
+    that differ only in parameters their method ignores are scored once.
+
+    Parameters
+    ----------
+    prob_maps, true_labels : sequence of np.ndarray
+        ``(H, W, C)`` probabilities and true ``(H, W)`` instance labels of each image.
+    channels : sequence of str
+        The channel names of ``prob_maps``, ``"foreground"`` first.
+    grid : mapping of str to sequence
+        Values to try for each of `PARAM_NAMES`, e.g. ``{"threshold": [0.4, 0.5],
+        "min_size": [0, 10]}``; a parameter not in the grid takes its default.
+    progress : bool
+        Show a progress bar over the images.
+
+    Returns
+    -------
+    best_params, best_score, table : dict, float, list of dict
+        Every parameter of the best setting (the first in grid order on a tie), its mean
+        score, and one row per setting, in grid order: its parameters and ``"score"``.
+
+    Examples
+    --------
+    >>> prob = np.zeros((8, 8, 1)); prob[2:6, 2:6, 0] = 0.9; prob[1, 2:6, 0] = 0.6
+    >>> truth = np.zeros((8, 8), np.int32); truth[2:6, 2:6] = 1
+    >>> best, score, table = tune_postprocess(
+    ...     [prob], [truth], ("foreground",), {"threshold": [0.5, 0.7], "min_size": 0}
+    ... )
+    >>> best["threshold"], score, [row["score"] for row in table]
+    (0.7, 1.0, [0.6, 1.0])
+    """
+    if len(prob_maps) != len(true_labels):
+        raise ValueError(f"{len(prob_maps)} probability maps but {len(true_labels)} label images")
+    if len(prob_maps) == 0:
+        raise ValueError("no image to tune on")
+    settings = _grid_settings(grid, channels)
+    scores = _score_table(prob_maps, true_labels, channels, settings, progress)
     means = scores.mean(axis=0)
     best = int(np.argmax(means))
     table = [

@@ -252,38 +252,35 @@ def build_augmentation(
         A.VerticalFlip(p=0.5),
         A.RandomRotate90(p=1.0),
     ]
+    return A.Compose([*geometry, *_pixel_transforms(strength)])
+
+
+def _pixel_transforms(strength: str) -> list[Any]:
+    """The transforms of pixel values that follow the geometry, for ``strength``."""
     if strength == "default":
-        return A.Compose(
-            [
-                *geometry,
-                A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-                A.RandomGamma(gamma_limit=(80, 120), p=0.3),
-                # Hue/saturation leave grey pixels grey (albumentations keeps S = 0 at 0),
-                # and the noise is the same in the three channels: fluorescence stays grey.
-                A.HueSaturationValue(
-                    hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=0, p=0.3
-                ),
-                A.GaussNoise(std_range=(0.01, 0.04), per_channel=False, p=0.3),
-                A.CLAHE(clip_limit=(1.0, 3.0), tile_grid_size=(8, 8), p=0.1),
-            ]
-        )
+        return [
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+            # Hue/saturation leave grey pixels grey (albumentations keeps S = 0 at 0),
+            # and the noise is the same in the three channels: fluorescence stays grey.
+            A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=0, p=0.3),
+            A.GaussNoise(std_range=(0.01, 0.04), per_channel=False, p=0.3),
+            A.CLAHE(clip_limit=(1.0, 3.0), tile_grid_size=(8, 8), p=0.1),
+        ]
     # "strong": images are standardised per image afterwards, so brightness and contrast
     # changes mostly cancel out; what changes how nuclei look relative to each other is
     # gamma (dim nuclei next to bright ones, as in many stage1_test images), the stain's
     # colour (pink H&E against the purple of the training histology), grey versions of
     # colour images, blur and local contrast.
-    return A.Compose(
-        [
-            *geometry,
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.3, p=0.5),
-            A.RandomGamma(gamma_limit=(50, 200), p=0.5),
-            A.HueSaturationValue(hue_shift_limit=40, sat_shift_limit=40, val_shift_limit=0, p=0.5),
-            A.ToGray(num_output_channels=3, p=0.1),
-            A.GaussianBlur(blur_limit=(3, 5), p=0.1),
-            A.GaussNoise(std_range=(0.01, 0.05), per_channel=False, p=0.3),
-            A.CLAHE(clip_limit=(1.0, 4.0), tile_grid_size=(8, 8), p=0.2),
-        ]
-    )
+    return [
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.3, p=0.5),
+        A.RandomGamma(gamma_limit=(50, 200), p=0.5),
+        A.HueSaturationValue(hue_shift_limit=40, sat_shift_limit=40, val_shift_limit=0, p=0.5),
+        A.ToGray(num_output_channels=3, p=0.1),
+        A.GaussianBlur(blur_limit=(3, 5), p=0.1),
+        A.GaussNoise(std_range=(0.01, 0.05), per_channel=False, p=0.3),
+        A.CLAHE(clip_limit=(1.0, 4.0), tile_grid_size=(8, 8), p=0.2),
+    ]
 
 
 def _check_pair(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -479,6 +476,25 @@ def _outlined(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return picture
 
 
+def _write_panels(panels: list[tuple[str, np.ndarray]], path: Path) -> None:
+    """A grid of titled pictures, as a PNG written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = min(3, len(panels)) if len(panels) <= 3 else math.ceil(math.sqrt(len(panels)))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(2.6 * columns, 2.8 * rows), dpi=100)
+    FigureCanvasAgg(figure)
+    for index, (title, picture) in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(picture, interpolation="nearest")
+        axes.set_title(title, fontsize=8)
+        axes.set_axis_off()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
 def save_augmentation_preview(
     image: np.ndarray,
     labels: np.ndarray,
@@ -512,9 +528,6 @@ def save_augmentation_preview(
     Path
         ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     image, labels = _check_pair(image, labels)
@@ -525,18 +538,6 @@ def save_augmentation_preview(
     for sample_seed in seeds:
         sample_image, sample_labels = augment(transform, image, labels, sample_seed)
         panels.append((f"seed {sample_seed}", _outlined(sample_image, sample_labels)))
-    columns = min(3, len(panels)) if len(panels) <= 3 else math.ceil(math.sqrt(len(panels)))
-    rows = math.ceil(len(panels) / columns)
-    figure = Figure(figsize=(2.6 * columns, 2.8 * rows), dpi=100)
-    FigureCanvasAgg(figure)
-    for index, (title, picture) in enumerate(panels):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        axes.imshow(picture, interpolation="nearest")
-        axes.set_title(title, fontsize=8)
-        axes.set_axis_off()
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
+    _write_panels(panels, Path(path))
     log.info("augmentation preview (%d samples) written to %s", n, path)
-    return path
+    return Path(path)

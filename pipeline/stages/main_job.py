@@ -112,6 +112,76 @@ def choose_model_dir(config: Config, models_dir: Path = paths.MODELS_DIR) -> Pat
     return models_dir / f"{config.name}-{config.training_fingerprint()}"
 
 
+def _train_step(
+    config: Config,
+    data: JobData,
+    models_dir: Path,
+    retrain: bool,
+    device: str,
+    command: str | None,
+) -> Path:
+    """[train]: the model folder of ``config``, trained (or resumed) unless complete."""
+    from pipeline.learning.model_store import is_complete
+    from pipeline.learning.training import train_model
+
+    model_dir = choose_model_dir(config, models_dir)
+    if retrain and model_dir.exists():
+        model_dir = models_dir / f"{config.name}-{config.training_fingerprint()}-retrain"
+        if model_dir.exists():
+            import shutil
+
+            shutil.rmtree(model_dir)
+    if is_complete(model_dir):
+        log.info(
+            "[train] skipped: %s already holds a model trained with these settings "
+            "(--retrain to train again)",
+            model_dir,
+        )
+        return model_dir
+    resume = (model_dir / "checkpoint" / "last.keras").is_file()
+    log.info("[train] %s %s", "resuming" if resume else "training", model_dir)
+    typed = " ".join(["./run.sh"] + ["--demo"] * data.demo + ["--retrain"] * retrain)
+    train_model(
+        config, data.train_dir, model_dir, resume=resume, device=device, command=command or typed
+    )
+    return model_dir
+
+
+def _predict_step(model_dir: Path, data: JobData, submissions_dir: Path, device: str) -> Path:
+    """[predict] and [check]: the test images' submission, checked."""
+    from pipeline.data.submission import check_submission
+    from pipeline.inference.predict import run_prediction
+
+    submission = submissions_dir / f"{model_dir.name}.csv"
+    log.info("[predict] %s -> %s", data.test_dir, submission)
+    run_prediction(model_dir, data.test_dir, submission, device=device)
+    log.info("[check] %s", submission)
+    problems = check_submission(submission, data.test_dir)
+    if problems:
+        for problem in problems:
+            log.error("%s", problem)
+        raise PipelineError(f"{submission}: {len(problems)} problems; see above")
+    return submission
+
+
+def _score_step(model_dir: Path, data: JobData, submission: Path, leaderboard_csv: Path):
+    """[score]: the submission's score, on the leaderboard and in the model's scores.json."""
+    from pipeline.evaluation.score import score_and_record
+    from pipeline.learning.model_store import SCORES_FILE, read_json, write_json
+
+    log.info("[score] %s against %s", submission, data.solution_csv)
+    score = score_and_record(submission, data.solution_csv, leaderboard_csv)
+    scores = read_json(model_dir / SCORES_FILE)
+    key = "demo_test_score" if data.demo else "stage1_test_score"
+    scores[key] = round(float(score), 6)
+    scores[f"{key}_command"] = (
+        f"./run.sh predict --model {_shown(model_dir)} --images {_shown(data.test_dir)}"
+        f" --out X.csv && ./run.sh score X.csv --solution {_shown(data.solution_csv)}"
+    )
+    write_json(model_dir / SCORES_FILE, scores)
+    return score
+
+
 def run_main_job(
     config: Config,
     demo: bool = False,
@@ -128,67 +198,16 @@ def run_main_job(
     ``command`` is recorded in a newly trained model's ``scores.json`` as the command that
     trained it; by default the ``./run.sh`` line these arguments stand for.
     """
-    from pipeline.data.submission import check_submission
-    from pipeline.evaluation.score import score_and_record
-    from pipeline.inference.predict import run_prediction
-    from pipeline.learning.model_store import SCORES_FILE, is_complete, read_json, write_json
-    from pipeline.learning.training import train_model
-
     data = find_data(demo, input_dir)
     if data.demo and config.name == "default":
         config = preset("demo")
-    model_dir = choose_model_dir(config, models_dir)
-    if retrain and model_dir.exists():
-        model_dir = models_dir / f"{config.name}-{config.training_fingerprint()}-retrain"
-        if model_dir.exists():
-            import shutil
-
-            shutil.rmtree(model_dir)
-    if is_complete(model_dir):
-        log.info(
-            "[train] skipped: %s already holds a model trained with these settings "
-            "(--retrain to train again)",
-            model_dir,
-        )
-    else:
-        resume = (model_dir / "checkpoint" / "last.keras").is_file()
-        log.info("[train] %s %s", "resuming" if resume else "training", model_dir)
-        train_model(
-            config,
-            data.train_dir,
-            model_dir,
-            resume=resume,
-            device=device,
-            command=command
-            or " ".join(["./run.sh"] + ["--demo"] * data.demo + ["--retrain"] * retrain),
-        )
-
-    submission = submissions_dir / f"{model_dir.name}.csv"
-    log.info("[predict] %s -> %s", data.test_dir, submission)
-    run_prediction(model_dir, data.test_dir, submission, device=device)
-
-    log.info("[check] %s", submission)
-    problems = check_submission(submission, data.test_dir)
-    if problems:
-        for problem in problems:
-            log.error("%s", problem)
-        raise PipelineError(f"{submission}: {len(problems)} problems; see above")
-
+    model_dir = _train_step(config, data, models_dir, retrain, device, command)
+    submission = _predict_step(model_dir, data, submissions_dir, device)
     result = {"model_dir": str(model_dir), "submission": str(submission), "score": None}
     if data.solution_csv is None:
         log.info("[score] skipped: no solution file in %s", input_dir)
         return result
-    log.info("[score] %s against %s", submission, data.solution_csv)
-    score = score_and_record(submission, data.solution_csv, leaderboard_csv)
-    result["score"] = score
-    scores = read_json(model_dir / SCORES_FILE)
-    key = "demo_test_score" if data.demo else "stage1_test_score"
-    scores[key] = round(float(score), 6)
-    scores[f"{key}_command"] = (
-        f"./run.sh predict --model {_shown(model_dir)} --images {_shown(data.test_dir)}"
-        f" --out X.csv && ./run.sh score X.csv --solution {_shown(data.solution_csv)}"
-    )
-    write_json(model_dir / SCORES_FILE, scores)
+    result["score"] = _score_step(model_dir, data, submission, leaderboard_csv)
     return result
 
 
