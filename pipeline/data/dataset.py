@@ -13,7 +13,6 @@ Example
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.data.rle import RLEError, decode_flat_indices, decode_labels
+from pipeline.data.rle_csv import read_rle_table
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -203,21 +204,9 @@ def read_mask_labels(sample_dir: str | Path, shape: tuple[int, int] | None = Non
     if not paths:
         log.warning("%s: the masks folder holds no mask PNG", sample_dir)
         return labels
-    overlapping = 0
-    for label, path in enumerate(paths, start=1):
-        mask_shape, (top, left), foreground = _read_mask(path)
-        if mask_shape != (height, width):
-            raise PipelineError(
-                f"{path}: mask is {mask_shape[0]}x{mask_shape[1]} but its image {image_id} "
-                f"is {height}x{width}"
-            )
-        if not foreground.size:
-            log.warning("%s: empty mask (no foreground pixel); label %d unused", path, label)
-            continue
-        window = labels[top : top + foreground.shape[0], left : left + foreground.shape[1]]
-        free = window == 0
-        overlapping += int(np.count_nonzero(foreground & ~free))
-        window[foreground & free] = label
+    overlapping = sum(
+        _paint_mask(labels, label, path, image_id) for label, path in enumerate(paths, start=1)
+    )
     if overlapping:
         log.warning(
             "%s: %d pixel(s) belong to more than one mask; each stays with the first mask "
@@ -228,20 +217,184 @@ def read_mask_labels(sample_dir: str | Path, shape: tuple[int, int] | None = Non
     return labels
 
 
+def _paint_mask(labels: np.ndarray, label: int, path: Path, image_id: str) -> int:
+    """Give ``label`` to the pixels of one mask PNG that no earlier mask took.
+
+    Returns the number of the mask's pixels that an earlier mask took (they keep its label).
+    An empty mask paints nothing, with a warning. Raises ``PipelineError`` when the mask's
+    shape is not the image's.
+    """
+    mask_shape, (top, left), foreground = _read_mask(path)
+    if mask_shape != labels.shape:
+        raise PipelineError(
+            f"{path}: mask is {mask_shape[0]}x{mask_shape[1]} but its image {image_id} "
+            f"is {labels.shape[0]}x{labels.shape[1]}"
+        )
+    if not foreground.size:
+        log.warning("%s: empty mask (no foreground pixel); label %d unused", path, label)
+        return 0
+    window = labels[top : top + foreground.shape[0], left : left + foreground.shape[1]]
+    free = window == 0
+    window[foreground & free] = label
+    return int(np.count_nonzero(foreground & ~free))
+
+
 # --------------------------------------------------------------------------- RLE CSV files
 
 
-def _csv_columns(path: Path, header: list[str]) -> dict[str, int]:
-    columns = {name.strip(): index for index, name in enumerate(header)}
-    missing = [name for name in ("ImageId", "EncodedPixels") if name not in columns]
-    if missing:
+def labels_from_rle_csv(
+    csv_path: str | Path,
+    shapes: Mapping[str, tuple[int, int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Instance labels per image from a run-length-encoded CSV.
+
+    Reads ``stage1_train_labels.csv`` (``ImageId,EncodedPixels``: the image shapes must come
+    from ``shapes``) or ``stage1_solution.csv`` (with ``Height`` and ``Width`` columns; a
+    ``Usage`` column is ignored), or a submission, with `pipeline.data.rle_csv`. The rows of
+    an image become labels ``1..n`` in file order (rows with an empty encoding add no
+    instance). A pixel encoded in several rows stays with the first of them, with a warning
+    naming the image.
+
+    Parameters
+    ----------
+    csv_path : str or Path
+        The CSV file.
+    shapes : mapping of str to (height, width), optional
+        Image shapes by ImageId; needed without Height/Width columns. When both are present
+        they must agree.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        int32 labels for every ImageId in the file, in the order they first appear.
+
+    Raises
+    ------
+    PipelineError
+        When the file is missing, lacks columns or has a malformed row, an image's shape is
+        unknown or inconsistent, or an encoding is invalid; the message names the file and
+        the line.
+
+    Examples
+    --------
+    >>> labels = labels_from_rle_csv("input/stage1_solution.csv")   # doctest: +SKIP
+    >>> len(labels)                                                  # doctest: +SKIP
+    65
+    """
+    csv_path = Path(csv_path)
+    rows, csv_shapes = _rle_rows_by_image(csv_path)
+    labels: dict[str, np.ndarray] = {}
+    for image_id, image_rows in rows.items():
+        shape = _image_shape(csv_path, image_id, image_rows, shapes, csv_shapes.get(image_id))
+        labels[image_id] = _decode_image_labels(csv_path, image_id, image_rows, shape)
+    return labels
+
+
+def _read_rle_csv(csv_path: Path) -> tuple[list[tuple[int, list[str]]], dict[str, int]]:
+    """The data rows of a run-length CSV and the index of each column; raise on any problem."""
+    if not csv_path.exists():
+        raise PipelineError(f"{csv_path}: no such CSV file")
+    table = read_rle_table(csv_path)
+    if table.lacking:
         raise PipelineError(
-            f"{path}: line 1: missing column(s) {', '.join(missing)} "
-            f"(found: {', '.join(header) or 'nothing'})"
+            f"{csv_path}: line 1: missing column(s) {', '.join(table.lacking)} "
+            f"(found: {', '.join(table.header or []) or 'nothing'})"
         )
+    columns = {name: index for index, name in enumerate(table.header or [])}
     if ("Height" in columns) != ("Width" in columns):
-        raise PipelineError(f"{path}: line 1: has only one of the Height and Width columns")
-    return columns
+        raise PipelineError(f"{csv_path}: line 1: has only one of the Height and Width columns")
+    if table.problems:
+        first = table.problems[0]
+        where = "" if first.row is None else f"line {first.row}: "
+        raise PipelineError(f"{csv_path}: {where}{first.message}")
+    return table.rows, columns
+
+
+def _rle_rows_by_image(
+    csv_path: Path,
+) -> tuple[dict[str, list[tuple[int, str]]], dict[str, tuple[int, int]]]:
+    """Each image's non-empty encodings as ``(line, encoding)``, and the Height/Width sizes.
+
+    Every ImageId of the file is a key of the first dict, in file order, also one whose only
+    row has an empty encoding; the second is empty without Height/Width columns.
+    """
+    rows, columns = _read_rle_csv(csv_path)
+    by_image: dict[str, list[tuple[int, str]]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for line, fields in rows:
+        image_id = fields[columns["ImageId"]].strip()
+        if not image_id:
+            raise PipelineError(f"{csv_path}: line {line}: empty ImageId")
+        image_rows = by_image.setdefault(image_id, [])  # also images without instance
+        rle = fields[columns["EncodedPixels"]].strip()
+        if rle:
+            image_rows.append((line, rle))
+        if "Height" in columns:
+            height, width = fields[columns["Height"]], fields[columns["Width"]]
+            _record_size(csv_path, line, image_id, (height, width), sizes)
+    return by_image, sizes
+
+
+def _record_size(
+    csv_path: Path,
+    line: int,
+    image_id: str,
+    size_text: tuple[str, str],
+    sizes: dict[str, tuple[int, int]],
+) -> None:
+    """Add an image's Height and Width to ``sizes``; raise when not integers or inconsistent."""
+    try:
+        size = (int(size_text[0]), int(size_text[1]))
+    except ValueError:
+        raise PipelineError(
+            f"{csv_path}: line {line}: Height/Width are not integers "
+            f"({size_text[0]!r}, {size_text[1]!r})"
+        ) from None
+    previous = sizes.setdefault(image_id, size)
+    if previous != size:
+        raise PipelineError(
+            f"{csv_path}: line {line}: ImageId {image_id} is {size[0]}x{size[1]} "
+            f"here but {previous[0]}x{previous[1]} on an earlier line"
+        )
+
+
+def _image_shape(
+    csv_path: Path,
+    image_id: str,
+    image_rows: list[tuple[int, str]],
+    shapes: Mapping[str, tuple[int, int]] | None,
+    in_file: tuple[int, int] | None,
+) -> tuple[int, int]:
+    """An image's shape: from ``shapes``, else from the file; they must agree when both are."""
+    given = None if shapes is None else shapes.get(image_id)
+    if given is not None and in_file is not None and tuple(given) != in_file:
+        raise PipelineError(
+            f"{csv_path}: ImageId {image_id} is {in_file[0]}x{in_file[1]} in the file but "
+            f"{given[0]}x{given[1]} in the image shapes given"
+        )
+    shape = given if given is not None else in_file
+    if shape is None:
+        first_line = image_rows[0][0] if image_rows else "?"
+        raise PipelineError(
+            f"{csv_path}: line {first_line}: no Height/Width columns and no image shape "
+            f"given for ImageId {image_id}"
+        )
+    return int(shape[0]), int(shape[1])
+
+
+def _decode_image_labels(
+    csv_path: Path, image_id: str, rows: list[tuple[int, str]], shape: tuple[int, int]
+) -> np.ndarray:
+    """Decode one image's encodings into labels ``1..n`` in row order.
+
+    A pixel in several encodings stays with the first of them, with a warning; an invalid
+    encoding raises ``PipelineError`` naming its line.
+    """
+    try:
+        return decode_labels([rle for _, rle in rows], shape)
+    except RLEError:
+        # Find the offending line, or resolve overlapping encodings with a warning.
+        return _decode_resolving_overlaps(csv_path, image_id, rows, shape)
 
 
 def _decode_resolving_overlaps(
@@ -251,8 +404,6 @@ def _decode_resolving_overlaps(
     shape: tuple[int, int],
 ) -> np.ndarray:
     """Decode one image's encodings row by row; the first encoding keeps a shared pixel."""
-    from pipeline.data.rle import RLEError, decode_flat_indices
-
     flat = np.zeros(shape[0] * shape[1], dtype=np.int32)
     overlapping = 0
     for label, (line, rle) in enumerate(rows, start=1):
@@ -275,113 +426,6 @@ def _decode_resolving_overlaps(
             overlapping,
         )
     return np.ascontiguousarray(flat.reshape(shape, order="F"))
-
-
-def labels_from_rle_csv(
-    csv_path: str | Path,
-    shapes: Mapping[str, tuple[int, int]] | None = None,
-) -> dict[str, np.ndarray]:
-    """Instance labels per image from a run-length-encoded CSV.
-
-    Reads ``stage1_train_labels.csv`` (``ImageId,EncodedPixels``: the image shapes must come
-    from ``shapes``) or ``stage1_solution.csv`` (with ``Height`` and ``Width`` columns; a
-    ``Usage`` column is ignored), or a submission. The rows of an image become labels
-    ``1..n`` in file order (rows with an empty encoding add no instance). A pixel encoded in
-    several rows stays with the first of them, with a warning naming the image.
-
-    Parameters
-    ----------
-    csv_path : str or Path
-        The CSV file.
-    shapes : mapping of str to (height, width), optional
-        Image shapes by ImageId; needed without Height/Width columns. When both are present
-        they must agree.
-
-    Returns
-    -------
-    dict of str to np.ndarray
-        int32 labels for every ImageId in the file, in the order they first appear.
-
-    Raises
-    ------
-    PipelineError
-        When the file is missing or lacks columns, an image's shape is unknown or
-        inconsistent, or an encoding is invalid; the message names the file and the line.
-
-    Examples
-    --------
-    >>> labels = labels_from_rle_csv("input/stage1_solution.csv")   # doctest: +SKIP
-    >>> len(labels)                                                  # doctest: +SKIP
-    65
-    """
-    from pipeline.data.rle import RLEError, decode_labels
-
-    csv_path = Path(csv_path)
-    rows: dict[str, list[tuple[int, str]]] = {}
-    csv_shapes: dict[str, tuple[int, int]] = {}
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as stream:
-            reader = csv.reader(stream)
-            columns = _csv_columns(csv_path, next(reader, []))
-            has_size = "Height" in columns
-            needed = max(columns.values()) + 1
-            for row in reader:
-                line = reader.line_num
-                if not row:
-                    continue
-                if len(row) < needed:
-                    raise PipelineError(
-                        f"{csv_path}: line {line}: {len(row)} field(s), expected {len(columns)}"
-                    )
-                image_id = row[columns["ImageId"]].strip()
-                if not image_id:
-                    raise PipelineError(f"{csv_path}: line {line}: empty ImageId")
-                image_rows = rows.setdefault(image_id, [])  # also images without instance
-                rle = row[columns["EncodedPixels"]].strip()
-                if rle:
-                    image_rows.append((line, rle))
-                if has_size:
-                    try:
-                        size = (int(row[columns["Height"]]), int(row[columns["Width"]]))
-                    except ValueError:
-                        raise PipelineError(
-                            f"{csv_path}: line {line}: Height/Width are not integers "
-                            f"({row[columns['Height']]!r}, {row[columns['Width']]!r})"
-                        ) from None
-                    previous = csv_shapes.setdefault(image_id, size)
-                    if previous != size:
-                        raise PipelineError(
-                            f"{csv_path}: line {line}: ImageId {image_id} is {size[0]}x{size[1]} "
-                            f"here but {previous[0]}x{previous[1]} on an earlier line"
-                        )
-    except FileNotFoundError:
-        raise PipelineError(f"{csv_path}: no such CSV file") from None
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise PipelineError(f"{csv_path}: not a readable CSV file ({error})") from None
-
-    labels: dict[str, np.ndarray] = {}
-    for image_id, image_rows in rows.items():
-        given = None if shapes is None else shapes.get(image_id)
-        in_file = csv_shapes.get(image_id)
-        if given is not None and in_file is not None and tuple(given) != in_file:
-            raise PipelineError(
-                f"{csv_path}: ImageId {image_id} is {in_file[0]}x{in_file[1]} in the file but "
-                f"{given[0]}x{given[1]} in the image shapes given"
-            )
-        shape = given if given is not None else in_file
-        if shape is None:
-            first_line = image_rows[0][0] if image_rows else "?"
-            raise PipelineError(
-                f"{csv_path}: line {first_line}: no Height/Width columns and no image shape "
-                f"given for ImageId {image_id}"
-            )
-        shape = (int(shape[0]), int(shape[1]))
-        try:
-            labels[image_id] = decode_labels([rle for _, rle in image_rows], shape)
-        except RLEError:
-            # Find the offending line, or resolve overlapping encodings with a warning.
-            labels[image_id] = _decode_resolving_overlaps(csv_path, image_id, image_rows, shape)
-    return labels
 
 
 # --------------------------------------------------------------------------- image kinds

@@ -40,7 +40,6 @@ img2,
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -55,6 +54,7 @@ from tqdm import tqdm
 
 from pipeline.data import dataset
 from pipeline.data.rle import RLEError, decode_flat_indices, encode_labels, parse_rle
+from pipeline.data.rle_csv import REQUIRED, Problem, read_rle_table
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, atomic_write_text
 
@@ -74,34 +74,8 @@ __all__ = [
     "write_submission_metadata",
 ]
 
-HEADER = ("ImageId", "EncodedPixels")
+HEADER = REQUIRED
 _FORBIDDEN_IN_ID = (",", '"', "\n", "\r")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a submission file.
-
-    Attributes
-    ----------
-    row : int or None
-        1-based line number in the file (the header is line 1); None for a problem of the
-        whole file or of an image that has no row.
-    image_id : str or None
-        The image concerned, if any.
-    message : str
-        What is wrong.
-    """
-
-    row: int | None
-    image_id: str | None
-    message: str
-
-    def __str__(self) -> str:
-        parts = [] if self.row is None else [f"line {self.row}"]
-        if self.image_id:
-            parts.append(self.image_id)
-        return ": ".join([*parts, self.message])
 
 
 # --------------------------------------------------------------------------- writing
@@ -246,77 +220,21 @@ def read_submission_metadata(csv_path: str | os.PathLike[str]) -> dict[str, Any]
 # --------------------------------------------------------------------------- reading
 
 
-def _read_table(
-    path: Path, required: Sequence[str]
-) -> tuple[list[str] | None, list[tuple[int, list[str]]], list[Problem]]:
-    """Read a CSV with the csv module, keeping each row's line number.
-
-    Returns the header (None when the file cannot be read as a table with the ``required``
-    columns), the data rows as ``(line, fields)`` and the problems found. Blank lines are
-    skipped. Raises ``PipelineError`` only when the file does not exist.
-    """
-    if not path.exists():
-        raise PipelineError(f"{path}: no such file")
-    if path.is_dir():
-        raise PipelineError(f"{path}: is a folder, not a CSV file")
-    rows: list[tuple[int, list[str]]] = []
-    problems: list[Problem] = []
-    expected = ",".join(required)
-    with open(path, encoding="utf-8-sig", newline="") as file:
-        reader = csv.reader(file)
-        try:
-            header = next(reader, None)
-            if header is None:
-                return None, rows, [Problem(None, None, f"empty file: no header {expected}")]
-            header = [name.strip() for name in header]
-            lacking = [name for name in required if name not in header]
-            if lacking:
-                message = (
-                    f"header {','.join(header)!r} lacks {', '.join(lacking)}; expected {expected}"
-                )
-                return None, rows, [Problem(1, None, message)]
-            repeated = sorted({name for name in header if header.count(name) > 1})
-            if repeated:
-                return None, rows, [Problem(1, None, f"header repeats {', '.join(repeated)}")]
-            for fields in reader:
-                line = reader.line_num
-                if not fields:
-                    continue
-                if [field.strip() for field in fields] == header:
-                    problems.append(Problem(line, None, "header line repeated"))
-                elif len(fields) != len(header):
-                    hint = " (an image with no nucleus is '<ImageId>,')" if len(fields) == 1 else ""
-                    problems.append(
-                        Problem(
-                            line,
-                            fields[0] or None,
-                            f"{len(fields)} field(s), expected {len(header)} "
-                            f"({','.join(header)}){hint}",
-                        )
-                    )
-                else:
-                    rows.append((line, fields))
-        except UnicodeDecodeError as error:
-            return None, rows, [Problem(None, None, f"not a text CSV file ({error})")]
-        except csv.Error as error:
-            return None, rows, [Problem(reader.line_num, None, f"not a CSV file ({error})")]
-    return header, rows, problems
-
-
 def _problems_error(path: Path, problems: Sequence[Problem]) -> PipelineError:
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     return PipelineError(f"{path}: {problems[0]}{more}")
 
 
 def read_submission(path: str | os.PathLike[str], required: Sequence[str] = HEADER) -> pd.DataFrame:
-    """Read a submission (or solution) CSV.
+    """Read a submission (or solution) CSV as a table (with `pipeline.data.rle_csv`).
 
     Parameters
     ----------
     path : str or Path
         The CSV file.
     required : sequence of str
-        Columns that must be in the header (``ImageId`` and ``EncodedPixels``).
+        Columns that must be in the header (``ImageId`` and ``EncodedPixels``, the
+        default); other columns are kept.
 
     Returns
     -------
@@ -331,14 +249,14 @@ def read_submission(path: str | os.PathLike[str], required: Sequence[str] = HEAD
         the wrong number of fields; the message names the file (and the line).
     """
     path = Path(path)
-    header, rows, problems = _read_table(path, required)
-    if problems:
-        raise _problems_error(path, problems)
-    assert header is not None
+    table = read_rle_table(path, required)
+    if table.problems:
+        raise _problems_error(path, table.problems)
+    assert table.header is not None
     return pd.DataFrame(
-        [fields for _, fields in rows],
-        columns=header,
-        index=pd.Index([line for line, _ in rows], name="line", dtype=np.int64),
+        [fields for _, fields in table.rows],
+        columns=table.header,
+        index=pd.Index([line for line, _ in table.rows], name="line", dtype=np.int64),
         dtype=str,
     )
 
@@ -423,10 +341,11 @@ def check_submission_summary(
     """`check_submission`, with the counts of rows, images and nuclei."""
     csv_path, images_dir = Path(csv_path), Path(images_dir)
     image_ids = dataset.list_image_ids(images_dir)
-    header, rows, problems = _read_table(csv_path, HEADER)
-    if header is None:
+    table = read_rle_table(csv_path, HEADER)
+    problems, rows = list(table.problems), table.rows
+    if table.header is None:
         return CheckSummary(problems, 0, 0, 0)
-    id_column, rle_column = header.index("ImageId"), header.index("EncodedPixels")
+    id_column, rle_column = table.header.index("ImageId"), table.header.index("EncodedPixels")
     by_image: dict[str, list[tuple[int, str]]] = {}
     for line, fields in rows:
         image_id = fields[id_column]
