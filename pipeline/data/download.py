@@ -207,6 +207,24 @@ def download_from_kaggle(input_dir: str | Path = INPUT_DIR, force: bool = False)
     log.info("downloading %s with the Kaggle API into %s", COMPETITION, input_dir)
     log.debug("Kaggle credentials found: %s", ", ".join(sources))
     input_dir.mkdir(parents=True, exist_ok=True)
+    _kaggle_download(input_dir, force, sources)
+    bundle = input_dir / BUNDLE_NAME
+    if not bundle.is_file():
+        raise PipelineError(f"{bundle}: the Kaggle API reported success but wrote no such file")
+    try:
+        return import_local(bundle, input_dir, force=force)
+    except PipelineError as error:
+        raise PipelineError(
+            f"{error}\n(delete {bundle} or run with --force to download it again)"
+        ) from error
+
+
+def _kaggle_download(input_dir: Path, force: bool, sources: list[str]) -> None:
+    """Download the competition zip into ``input_dir`` with the Kaggle API.
+
+    ``sources`` names the credentials found, for the message when Kaggle refuses them.
+    Raises ``PipelineError`` with an explanation (no traceback) on any failure.
+    """
     try:
         with contextlib.redirect_stdout(sys.stderr):
             from kaggle.api.kaggle_api_extended import KaggleApi
@@ -227,15 +245,6 @@ def download_from_kaggle(input_dir: str | Path = INPUT_DIR, force: bool = False)
         ) from None
     except Exception as error:  # anything from requests or kagglesdk: explain, no traceback
         raise PipelineError(_describe_api_error(error)) from error
-    bundle = input_dir / BUNDLE_NAME
-    if not bundle.is_file():
-        raise PipelineError(f"{bundle}: the Kaggle API reported success but wrote no such file")
-    try:
-        return import_local(bundle, input_dir, force=force)
-    except PipelineError as error:
-        raise PipelineError(
-            f"{error}\n(delete {bundle} or run with --force to download it again)"
-        ) from error
 
 
 # --------------------------------------------------------------------------- unpacking
@@ -402,6 +411,69 @@ def _is_unpacked(target: Path, fingerprint: _Fingerprint) -> bool:
     return same_source and marker.get("files") == _count_files(target)
 
 
+def _unpack_into(target: Path, zip_path: Path, fingerprint: _Fingerprint, shown: str) -> None:
+    """Unpack an image archive into the folder ``target`` atomically, with its marker.
+
+    Every member's path is checked before anything is written (see `_planned_members`).
+    Logs what was unpacked, with a warning when it holds no image in Kaggle layout.
+    """
+    with _open_zip(zip_path, shown) as archive:
+        planned = _planned_members(archive, target.name, shown)
+        with atomic_dir(target) as tmp:
+            n_files = _extract_members(archive, planned, tmp, zip_path.name, shown)
+            marker = _write_marker(tmp, fingerprint, len(archive.infolist()), n_files)
+            _make_readable(tmp)
+    log.info("%s: unpacked %s (%d files, %d images)", target, shown, n_files, marker["images"])
+    if marker["images"] == 0:
+        log.warning(
+            "%s: no image in Kaggle layout (<ImageId>/images/<ImageId>.png) in %s",
+            target,
+            shown,
+        )
+
+
+def _extract_members(
+    archive: zipfile.ZipFile,
+    planned: list[tuple[zipfile.ZipInfo, PurePosixPath]],
+    folder: Path,
+    zip_name: str,
+    shown: str,
+) -> int:
+    """Extract the planned members into ``folder`` (see `_planned_members`); return the
+    number of files written. A large archive gets a progress bar."""
+    n_files = 0
+    progress = tqdm(
+        planned,
+        desc=f"unpacking {zip_name}",
+        unit="file",
+        disable=len(planned) < PROGRESS_MIN_MEMBERS,
+        leave=False,
+    )
+    for info, relative in progress:
+        destination = folder.joinpath(*relative.parts)
+        if info.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        _copy_member(archive, info, destination, shown)
+        n_files += 1
+    return n_files
+
+
+def _write_marker(folder: Path, fingerprint: _Fingerprint, n_members: int, n_files: int) -> dict:
+    """Write ``folder/.unpacked.json`` (see `_is_unpacked`) and return its content."""
+    marker = {
+        "source": fingerprint.source,
+        "size": fingerprint.size,
+        "crc32": fingerprint.crc32,
+        "members": n_members,
+        "files": n_files,
+        "images": count_images(folder),
+    }
+    (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    return marker
+
+
 def unpack_archive(
     zip_path: str | Path,
     input_dir: str | Path = INPUT_DIR,
@@ -447,48 +519,12 @@ def unpack_archive(
     shown = display_name or str(zip_path)
     if not zip_path.is_file():
         raise PipelineError(f"{shown}: no such file")
-    name = _archive_name(zip_path.name)
-    target = Path(input_dir) / name
+    target = Path(input_dir) / _archive_name(zip_path.name)
     fingerprint = _fingerprint(zip_path)
     if not force and _is_unpacked(target, fingerprint):
         log.info("%s: already unpacked from %s, skipped", target, shown)
         return target
-    with _open_zip(zip_path, shown) as archive:
-        planned = _planned_members(archive, name, shown)
-        n_files = 0
-        with atomic_dir(target) as tmp:
-            progress = tqdm(
-                planned,
-                desc=f"unpacking {zip_path.name}",
-                unit="file",
-                disable=len(planned) < PROGRESS_MIN_MEMBERS,
-                leave=False,
-            )
-            for info, relative in progress:
-                destination = tmp.joinpath(*relative.parts)
-                if info.is_dir():
-                    destination.mkdir(parents=True, exist_ok=True)
-                    continue
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                _copy_member(archive, info, destination, shown)
-                n_files += 1
-            marker = {
-                "source": fingerprint.source,
-                "size": fingerprint.size,
-                "crc32": fingerprint.crc32,
-                "members": len(archive.infolist()),
-                "files": n_files,
-                "images": count_images(tmp),
-            }
-            (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-            _make_readable(tmp)
-    log.info("%s: unpacked %s (%d files, %d images)", target, shown, n_files, marker["images"])
-    if marker["images"] == 0:
-        log.warning(
-            "%s: no image in Kaggle layout (<ImageId>/images/<ImageId>.png) in %s",
-            target,
-            shown,
-        )
+    _unpack_into(target, zip_path, fingerprint, shown)
     return target
 
 
@@ -674,29 +710,35 @@ def import_local(
     if not source.exists():
         raise PipelineError(f"{source}: no such file or folder to take the competition files from")
     input_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
     if source.is_file():
-        lower = source.name.lower()
-        if source.name == BUNDLE_NAME or (
-            lower.endswith(".zip") and not _is_csv_zip(lower) and _is_bundle(source)
-        ):
-            written = _import_bundle(source, input_dir, force, set())
-        elif _output_name(source.name) is not None:
-            written = [_import_file(source, input_dir, force)]
-        else:
-            raise PipelineError(
-                f"{source}: not a competition file (expected a .zip, .csv.zip or .csv)"
-            )
-        return sorted(written)
+        return sorted(_import_source_file(source, input_dir, force))
+    return sorted(set(_import_folder(source, input_dir, force)))
 
+
+def _looks_like_bundle(path: Path) -> bool:
+    """Whether a file is ``data-science-bowl-2018.zip``, or a zip of competition files."""
+    return path.name == BUNDLE_NAME or (
+        path.name.lower().endswith(".zip") and not _is_csv_zip(path.name) and _is_bundle(path)
+    )
+
+
+def _import_source_file(source: Path, input_dir: Path, force: bool) -> list[Path]:
+    """`import_local` of a single file: a bundle or one competition file."""
+    if _looks_like_bundle(source):
+        return _import_bundle(source, input_dir, force, set())
+    if _output_name(source.name) is not None:
+        return [_import_file(source, input_dir, force)]
+    raise PipelineError(f"{source}: not a competition file (expected a .zip, .csv.zip or .csv)")
+
+
+def _import_folder(source: Path, input_dir: Path, force: bool) -> list[Path]:
+    """`import_local` of a folder: its loose competition files, then its bundles."""
     loose: list[Path] = []
     bundles: list[Path] = []
     for path in sorted(source.iterdir()):
         if not path.is_file() or path.name.startswith(".") or _output_name(path.name) is None:
             continue
-        if path.name == BUNDLE_NAME or (
-            path.name.lower().endswith(".zip") and not _is_csv_zip(path.name) and _is_bundle(path)
-        ):
+        if _looks_like_bundle(path):
             bundles.append(path)
         else:
             loose.append(path)
@@ -709,7 +751,7 @@ def import_local(
     written = [_import_file(path, input_dir, force) for path in loose]
     for bundle in bundles:
         written += _import_bundle(bundle, input_dir, force, taken)
-    return sorted(set(written))
+    return written
 
 
 # --------------------------------------------------------------------------- summary

@@ -101,6 +101,13 @@ def parse_rle(rle: str) -> tuple[np.ndarray, np.ndarray]:
     except OverflowError:
         raise RLEError("a value is too large (over 2**63)") from None
     starts, lengths = values[0::2], values[1::2]
+    _check_runs(starts, lengths)
+    return starts, lengths
+
+
+def _check_runs(starts: np.ndarray, lengths: np.ndarray) -> None:
+    """Raise `RLEError` unless every run starts at 1 or later, has a length of at least 1,
+    and starts after the end of the run before it."""
     if (starts < 1).any():
         run = int(np.flatnonzero(starts < 1)[0])
         raise RLEError(f"run {run + 1} starts at {starts[run]}: pixel numbers start at 1")
@@ -122,7 +129,6 @@ def parse_rle(rle: str) -> tuple[np.ndarray, np.ndarray]:
             f"covers pixels up to {starts[run] + lengths[run] - 1}, "
             f"past the start {starts[run + 1]} of run {run + 2}"
         )
-    return starts, lengths
 
 
 def _run_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

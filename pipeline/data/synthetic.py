@@ -164,44 +164,19 @@ def _place_group(
     centres: list[tuple[float, float, float]] = []  # cy, cx, radius of each member
     for _ in range(group_size):
         for _attempt in range(8):
-            if not members:
-                centre = (rng.uniform(0, height), rng.uniform(0, width))
-            else:
-                cy, cx, radius = centres[rng.integers(len(centres))]
-                direction = rng.uniform(0.0, 2 * math.pi)
-                # Closer than the sum of the radii: the footprints overlap, and the new
-                # nucleus keeps only the free part, so the two share a boundary.
-                step = radius + rng.uniform(0.45, 0.75) * float(np.mean(_SEMI_AXIS_RANGE))
-                centre = (cy + step * math.sin(direction), cx + step * math.cos(direction))
-            if not (0 <= centre[0] < height and 0 <= centre[1] < width):
+            centre = _candidate_centre(rng, centres, height, width)
+            fitted = _fit_nucleus(rng, labels, centre, members)
+            if fitted is None:
                 continue
-            if labels[int(centre[0]), int(centre[1])] != 0:
-                continue  # cheap early rejection before rasterising
-            shape = _random_shape(rng, centre, height, width)
-            if shape is None:
-                continue
+            shape, pixels, touched = fitted
+            pairs.extend((int(label), next_label) for label in touched)
             h, w = shape.inside.shape
             window = (slice(shape.top, shape.top + h), slice(shape.left, shape.left + w))
-            region = labels[window]
-            near = region[shape.halo]
-            near = near[near > 0]
-            if near.size and (not members or (near < members[0]).any()):
-                continue  # too close to a nucleus of another group
-            pixels = shape.inside & (region == 0)
-            area = int(pixels.sum())
-            if area < _MIN_AREA or ndimage.label(pixels)[1] != 1:
-                continue  # too small, or in pieces
-            if members:
-                if area < 0.5 * shape.inside.sum():
-                    continue  # mostly hidden behind its neighbour: not a plausible nucleus
-                touched = _neighbour_labels(pixels, region, _CROSS)
-                if not touched or touched != _neighbour_labels(pixels, region, _SQUARE):
-                    continue  # no contact, or a contact by a corner only
-                pairs.extend((int(label), next_label) for label in touched)
-            region[pixels] = next_label
+            labels[window][pixels] = next_label
             distance[window][pixels] = shape.distance[pixels]
             members.append(next_label)
             ys, xs = np.nonzero(pixels)
+            area = int(pixels.sum())
             centres.append(
                 (shape.top + ys.mean(), shape.left + xs.mean(), math.sqrt(area / math.pi))
             )
@@ -210,6 +185,66 @@ def _place_group(
         else:
             break
     return members, pairs
+
+
+def _candidate_centre(
+    rng: np.random.Generator,
+    centres: list[tuple[float, float, float]],
+    height: int,
+    width: int,
+) -> tuple[float, float]:
+    """Where to try the next nucleus of a group: anywhere for the first, else next to a
+    member (``centres`` holds their cy, cx and radius)."""
+    if not centres:
+        return (rng.uniform(0, height), rng.uniform(0, width))
+    cy, cx, radius = centres[rng.integers(len(centres))]
+    direction = rng.uniform(0.0, 2 * math.pi)
+    # Closer than the sum of the radii: the footprints overlap, and the new nucleus keeps
+    # only the free part, so the two share a boundary.
+    step = radius + rng.uniform(0.45, 0.75) * float(np.mean(_SEMI_AXIS_RANGE))
+    return (cy + step * math.sin(direction), cx + step * math.cos(direction))
+
+
+def _fit_nucleus(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    centre: tuple[float, float],
+    members: list[int],
+) -> tuple[_Shape, np.ndarray, list[int]] | None:
+    """Draw a nucleus at ``centre`` and check that it fits beside the nuclei in ``labels``.
+
+    It fits when it is in the image, at least ``_GAP`` pixels from other groups' nuclei,
+    in one piece of at least ``_MIN_AREA`` free pixels, and, when the group has
+    ``members`` already, mostly visible and touching some of them along an edge (not by a
+    corner only). Returns the shape, its free pixels (within the shape's box) and the
+    members it touches; None when it does not fit.
+    """
+    height, width = labels.shape
+    if not (0 <= centre[0] < height and 0 <= centre[1] < width):
+        return None
+    if labels[int(centre[0]), int(centre[1])] != 0:
+        return None  # cheap early rejection before rasterising
+    shape = _random_shape(rng, centre, height, width)
+    if shape is None:
+        return None
+    h, w = shape.inside.shape
+    region = labels[shape.top : shape.top + h, shape.left : shape.left + w]
+    near = region[shape.halo]
+    near = near[near > 0]
+    if near.size and (not members or (near < members[0]).any()):
+        return None  # too close to a nucleus of another group
+    pixels = shape.inside & (region == 0)
+    area = int(pixels.sum())
+    if area < _MIN_AREA or ndimage.label(pixels)[1] != 1:
+        return None  # too small, or in pieces
+    touched: list[int] = []
+    if members:
+        if area < 0.5 * shape.inside.sum():
+            return None  # mostly hidden behind its neighbour: not a plausible nucleus
+        touched = _neighbour_labels(pixels, region, _CROSS)
+        if not touched or touched != _neighbour_labels(pixels, region, _SQUARE):
+            return None  # no contact, or a contact by a corner only
+    return shape, pixels, touched
 
 
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
@@ -527,9 +562,17 @@ def make_demo_dataset(
     if _is_complete(paths, expected):
         log.info("synthetic demo data set up to date in %s", root)
         return paths
+    _write_demo_dataset(paths, n_train, n_test, seed, size_range)
+    return paths
+
+
+def _write_demo_dataset(
+    paths: DemoPaths, n_train: int, n_test: int, seed: int, size_range: tuple[int, int]
+) -> None:
+    """Write the demo set (see `make_demo_dataset`): the splits, the solution, the marker last."""
     _refuse_foreign(paths.train_dir)
     _refuse_foreign(paths.test_dir)
-    marker = root / MARKER_NAME
+    marker = paths.root / MARKER_NAME
     if marker.exists():
         marker.unlink()  # the set is about to change: it is incomplete until the end
     log.info(
@@ -537,12 +580,12 @@ def make_demo_dataset(
         n_train,
         n_test,
         seed,
-        root,
+        paths.root,
     )
     with atomic_dir(paths.train_dir) as tmp:
         _write_split(tmp, "train", n_train, seed, size_range)
     with atomic_dir(paths.test_dir) as tmp:
         test_images = _write_split(tmp, "test", n_test, seed, size_range)
     atomic_write_text(paths.solution_csv, _solution_text(test_images))
-    atomic_write_text(marker, json.dumps(expected, indent=2) + "\n")
-    return paths
+    parameters = _marker_content(n_train, n_test, seed, size_range)
+    atomic_write_text(marker, json.dumps(parameters, indent=2) + "\n")
