@@ -51,6 +51,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "score": ("pipeline.stages.score", "score a submission with the competition metric"),
     "leaderboard": ("pipeline.stages.leaderboard", "print the local leaderboard, best first"),
     "report": ("pipeline.stages.report", "overlay pictures and an HTML page for a submission"),
+    "serve": ("pipeline.stages.serve", "a web page and API: drop an image, see its nuclei"),
 }
 DEFAULT_STAGE = "all"
 

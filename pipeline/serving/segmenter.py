@@ -1,0 +1,294 @@
+"""One uploaded image to its nuclei, with the model loaded once.
+
+The web server (`pipeline.serving.app`) hands every request to one `Segmenter`. It
+checks the upload (type, size, pixels) before any work, decodes it, predicts with the
+model's tuned settings (or the request's, checked against their declared ranges in
+`pipeline.config.PredictConfig`), and returns the labels with everything the page and the
+API show: measurements, run-length encodings, a picture of the image, its outlines and
+the label image as files. Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import dataclasses
+import io
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline.config import PredictConfig
+from pipeline.errors import PipelineError
+
+#: The settings a request may change, and those the page shows.
+REQUEST_SETTINGS = ("method", "threshold", "marker_threshold", "min_size", "tta")
+PAGE_SETTINGS = ("threshold", "min_size", "tta")
+#: File signatures of the accepted types.
+SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+MAX_MEGAPIXELS = 50.0
+
+
+class UploadError(PipelineError):
+    """A request that cannot be served, with its HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Segmentation:
+    """One image's result: labels, measurements and what the page downloads."""
+
+    name: str
+    image: np.ndarray  # RGB uint8, as the network saw it
+    labels: np.ndarray
+    measurements: pd.DataFrame
+    encodings: list[str]
+    settings: dict[str, Any]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """The API's answer: count, settings and one record per nucleus."""
+        nuclei = self.measurements.to_dict(orient="records")
+        for record, rle in zip(nuclei, self.encodings, strict=True):
+            record["rle"] = rle
+        height, width = self.labels.shape
+        return {
+            "name": self.name,
+            "image_id": image_id_of(self.name),
+            "height": height,
+            "width": width,
+            "count": len(nuclei),
+            "settings": self.settings,
+            "seconds": round(self.seconds, 3),
+            "nuclei": nuclei,
+        }
+
+    def files(self) -> dict[str, str]:
+        """The pictures and downloads of the page, base64 (PNGs) or text (CSVs)."""
+        labels_name, labels_bytes = label_image_file(self.labels, image_id_of(self.name))
+        rows = [f"{image_id_of(self.name)},{rle}" for rle in self.encodings or [""]]
+        measurements = self.measurements.copy()
+        measurements.insert(0, "image", self.name)
+        return {
+            "image_png": _base64(_png(display_image(self.image))),
+            "outlines_png": _base64(_png(outline_layer(self.labels))),
+            "labels_name": labels_name,
+            "labels_file": _base64(labels_bytes),
+            "measurements_csv": measurements.to_csv(index=False),
+            "rle_csv": "ImageId,EncodedPixels\n" + "\n".join(rows) + "\n",
+        }
+
+
+def image_id_of(name: str) -> str:
+    """The ImageId of an uploaded file: its name without folders and extension.
+
+    >>> image_id_of("C:/scans/plate 1.tif")
+    'plate 1'
+    """
+    stem = Path(name.replace("\\", "/")).name
+    return stem.rsplit(".", 1)[0] if "." in stem else stem
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def label_image_file(labels: np.ndarray, image_id: str) -> tuple[str, bytes]:
+    """The label image as a file: a 16-bit PNG, or a 32-bit TIFF past 65535 nuclei."""
+    if labels.max(initial=0) <= np.iinfo(np.uint16).max:
+        return f"{image_id}-labels.png", _png(labels.astype(np.uint16))
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, labels.astype(np.uint32))
+    return f"{image_id}-labels.tif", buffer.getvalue()
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """The image stretched for the eye: its 0.5 and 99.5 percentiles to black and white.
+
+    >>> display_image(np.array([[[10] * 3, [20] * 3]], np.uint8))[0, :, 0].tolist()
+    [0, 255]
+    """
+    low, high = np.percentile(image, (0.5, 99.5))
+    if high <= low:
+        return image
+    stretched = (image.astype(np.float32) - low) * (255.0 / (high - low))
+    return np.clip(stretched, 0, 255).astype(np.uint8)
+
+
+def outline_layer(labels: np.ndarray) -> np.ndarray:
+    """RGBA (H, W, 4): the nuclei's outlines in yellow, transparent elsewhere."""
+    from skimage.segmentation import find_boundaries
+
+    layer = np.zeros((*labels.shape, 4), np.uint8)
+    layer[find_boundaries(labels, mode="inner")] = (255, 230, 0, 255)
+    return layer
+
+
+def check_upload(data: bytes, name: str, max_megapixels: float = MAX_MEGAPIXELS) -> str:
+    """The file's type, once it is known to be a PNG, JPEG or TIFF within the size limit.
+
+    Raises `UploadError`: 400 for an empty or unreadable file, 415 for another type, 413
+    for an image over ``max_megapixels``. Only the header is read.
+    """
+    if not data:
+        raise UploadError(f"{name}: the file is empty")
+    kind = next((k for sig, k in SIGNATURES.items() if data.startswith(sig)), None)
+    if kind is None:
+        raise UploadError(f"{name}: not a PNG, JPEG or TIFF image", status=415)
+    try:
+        if kind == "TIFF":
+            import tifffile
+
+            with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+                height, width = tiff.pages[0].shape[:2]
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Exception as error:  # noqa: BLE001 - any decoder failure is the file's fault
+        raise UploadError(f"{name}: not a readable {kind} image ({error})") from error
+    megapixels = height * width / 1e6
+    if megapixels > max_megapixels:
+        raise UploadError(
+            f"{name}: {width}x{height} is {megapixels:.1f} megapixels, over the limit of "
+            f"{max_megapixels:g} (serve --max-megapixels)",
+            status=413,
+        )
+    return kind
+
+
+def decode_upload(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(rgb, original)``: the image as the network reads it (RGB uint8) and its pixels
+    as stored (for the mean intensity of the measurements)."""
+    from pipeline.data.dataset import read_image
+
+    try:
+        rgb = read_image(io.BytesIO(data))
+    except PipelineError as error:
+        raise UploadError(f"{name}: {_without_path(str(error))}") from error
+    except Exception as error:  # noqa: BLE001 - any decoder failure is the file's fault
+        raise UploadError(f"{name}: not a readable image ({error})") from error
+    try:
+        original = _stored_pixels(data)
+    except Exception:  # noqa: BLE001 - the 8-bit version is measured instead
+        original = rgb
+    if original.shape[:2] != rgb.shape[:2]:
+        original = rgb
+    return rgb, original
+
+
+def _stored_pixels(data: bytes) -> np.ndarray:
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        import tifffile
+
+        return np.asarray(tifffile.imread(io.BytesIO(data)))
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image)
+
+
+def _without_path(message: str) -> str:
+    """A reader's message without the ``<_io.BytesIO ...>:`` it starts with."""
+    return message.split(": ", 1)[1] if message.startswith("<") else message
+
+
+def parse_settings(form: dict[str, str]) -> dict[str, Any]:
+    """The prediction settings a request gives, checked against their declarations.
+
+    Raises `UploadError` (422) naming the setting and the problem.
+
+    >>> parse_settings({"threshold": "0.4", "tta": "false"})
+    {'threshold': 0.4, 'tta': False}
+    """
+    fields = {item.name: item for item in dataclasses.fields(PredictConfig)}
+    unknown = sorted(set(form) - set(REQUEST_SETTINGS))
+    if unknown:
+        raise UploadError(
+            f"unknown setting {unknown[0]!r}; known: {', '.join(REQUEST_SETTINGS)}", status=422
+        )
+    settings: dict[str, Any] = {}
+    for key, text in form.items():
+        settings[key] = _parse_one(fields[key], str(text).strip())
+    return settings
+
+
+def _parse_one(item: dataclasses.Field, text: str) -> Any:
+    from pipeline.cli import value_parser
+
+    if item.type == "bool":
+        if text.lower() in ("true", "1", "on", "yes"):
+            return True
+        if text.lower() in ("false", "0", "off", "no"):
+            return False
+        raise UploadError(f"{item.name}: expected true or false, got {text!r}", status=422)
+    try:
+        value = value_parser(item)(text)
+    except argparse.ArgumentTypeError as error:
+        raise UploadError(f"{item.name}: {error}", status=422) from None
+    choices = item.metadata["choices"]
+    if choices and value not in choices:
+        raise UploadError(f"{item.name}: {text!r} is not one of {', '.join(choices)}", status=422)
+    return value
+
+
+class Segmenter:
+    """The model, loaded once, and the one image at a time it segments."""
+
+    def __init__(self, model_dir: Path, device: str = "auto") -> None:
+        from pipeline.learning import device as device_module
+
+        device_module.select_device(device)
+        device_module.configure(device, "float32")
+        from pipeline.learning.model_store import load_model
+
+        self.model_dir = Path(model_dir)
+        self.model, self.config = load_model(self.model_dir)
+        self.lock = threading.Lock()
+
+    def defaults(self) -> dict[str, Any]:
+        """The model's own (tuned) values of the settings a request may change."""
+        return {key: getattr(self.config.predict, key) for key in REQUEST_SETTINGS}
+
+    def segment(self, data: bytes, name: str, settings: dict[str, Any]) -> Segmentation:
+        """Decode, predict and measure one uploaded image (one at a time)."""
+        from pipeline.data.rle import encode_labels
+        from pipeline.inference.measure import measure_nuclei
+        from pipeline.inference.predict import predict_labels
+
+        rgb, original = decode_upload(data, name)
+        config = copy.deepcopy(self.config)
+        for key, value in settings.items():
+            setattr(config.predict, key, value)
+        started = time.perf_counter()
+        with self.lock:
+            labels = predict_labels(self.model, [rgb], config)[0]
+        return Segmentation(
+            name=name,
+            image=rgb,
+            labels=labels,
+            measurements=measure_nuclei(labels, original),
+            encodings=encode_labels(labels),
+            settings={**self.defaults(), **settings},
+            seconds=time.perf_counter() - started,
+        )

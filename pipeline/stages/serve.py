@@ -1,0 +1,46 @@
+"""Stage ``serve``: the web page and API over one model (``pipeline.serving.app``).
+
+Its options and ``main``; the model is loaded once, before the server listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.errors import PipelineError
+from pipeline.learning.device import DEVICES
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=paths.DEFAULT_MODEL_DIR, help="model folder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=50.0,
+        help="images larger than this are refused (413)",
+    )
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipeline.serving.app import create_app
+    from pipeline.serving.segmenter import Segmenter
+
+    if not 0 < args.max_megapixels:
+        raise PipelineError(f"--max-megapixels must be > 0, got {args.max_megapixels}")
+    if not 0 <= args.port <= 65535:
+        raise PipelineError(f"--port must be in [0, 65535], got {args.port}")
+    segmenter = Segmenter(args.model, args.device)
+    app = create_app(segmenter, max_megapixels=args.max_megapixels)
+    log.info("serving %s on http://%s:%d/ (Ctrl-C stops)", args.model, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
