@@ -325,6 +325,52 @@ POSTPROCESS_DEFAULTS: dict[str, Any] = {
 }
 
 
+def setting_problem(item: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with ``value`` for a declared setting, or None when it is allowed.
+
+    >>> threshold = section_fields("predict", postprocess=True)[1]
+    >>> setting_problem(threshold, 0.6), setting_problem(threshold, 7.5)
+    (None, 'not in [0, 1]')
+    >>> setting_problem(threshold, "high")
+    "not a number: 'high'"
+    """
+    meta = item.metadata
+    if item.type == "bool":
+        return None if isinstance(value, bool) else f"not true or false: {value!r}"
+    if item.type in ("int", "float"):
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if item.type == "int" and not whole:
+            return f"not a whole number: {value!r}"
+        if not whole and not isinstance(value, float):
+            return f"not a number: {value!r}"
+        low, high = meta["low"], meta["high"]
+        inside = (low is None or value >= low) and (high is None or value <= high)
+        if inside and value == value:  # NaN is in no range
+            return None
+        if low is not None and high is not None:
+            return f"not in [{low:g}, {high:g}]"
+        return f"not >= {low:g}" if low is not None else f"not <= {high:g}"
+    if not isinstance(value, str):
+        return f"not text: {value!r}"
+    if meta["choices"] and value not in meta["choices"]:
+        return f"not one of {', '.join(meta['choices'])}"
+    if meta["parse"] is not None:
+        try:
+            meta["parse"](value)
+        except PipelineError as error:
+            return str(error)
+    return None
+
+
+def check_section(section: str, values: Any, source: str) -> None:
+    """Refuse a section whose settings are not all allowed, naming the source and value."""
+    for item in dataclasses.fields(SECTIONS[section]):
+        value = getattr(values, item.name)
+        problem = setting_problem(item, value)
+        if problem is not None:
+            raise PipelineError(f"{source}: {section}.{item.name} = {value!r} is {problem}")
+
+
 @dataclass
 class Config:
     """A whole run: what is trained and how it is turned into a submission."""
@@ -352,6 +398,7 @@ class Config:
             if bad:
                 raise PipelineError(f"{source}: unknown keys in '{key}': {sorted(bad)}")
             kwargs[key] = section(**values)
+            check_section(key, kwargs[key], source)
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:

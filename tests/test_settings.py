@@ -4,6 +4,7 @@ derived from that declaration."""
 
 import argparse
 import dataclasses
+import json
 
 import pytest
 
@@ -23,7 +24,8 @@ STAGE_SECTIONS = {"train": ("model", "train"), "predict": ("predict",), "evaluat
 COMMON = {"-h", "--help", "-v", "--verbose", "--device", "--images"}
 RUN_OPTIONS = {
     "train": COMMON | {"--preset", "--config", "--out", "--demo", "--resume", "--no-tune"},
-    "predict": COMMON | {"--model", "--out", "--demo", "--no-check", "--untuned"},
+    "predict": COMMON
+    | {"--model", "--out", "--demo", "--no-check", "--untuned", "--labels-out", "--measurements"},
     "evaluate": COMMON | {"--model", "--untuned", "--json"},
 }
 
@@ -161,3 +163,41 @@ def test_value_parser_passes_strings_through():
     assert cli.value_parser(item)("border") == "border"
     with pytest.raises(argparse.ArgumentTypeError):
         cli.value_parser({f.name: f for f in dataclasses.fields(PredictConfig)}["tile_size"])("x")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("predict", "threshold", 7.5, "predict.threshold = 7.5 is not in [0, 1]"),
+        ("predict", "threshold", -1, "predict.threshold = -1 is not in [0, 1]"),
+        ("predict", "min_size", "10", "predict.min_size = '10' is not a whole number: '10'"),
+        ("train", "learning_rate", -1.0, "train.learning_rate = -1.0 is not in [1e-07, 1]"),
+        ("train", "epochs", 0, "train.epochs = 0 is not >= 1"),
+        ("train", "augment", "yes", "train.augment = 'yes' is not true or false: 'yes'"),
+        ("model", "arch", "resnet", "model.arch = 'resnet' is not one of unet, unetpp"),
+        ("predict", "heads", "0", "predict.heads = '0' is heads must be 'all' or a head"),
+    ],
+)
+def test_a_config_file_with_a_value_out_of_range_is_refused_naming_it(
+    section, key, value, message, tmp_path
+):
+    from pipeline.errors import PipelineError
+
+    data = preset("default").to_dict()
+    data[section][key] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PipelineError) as error:
+        Config.load(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+
+
+def test_tuned_thresholds_out_of_range_are_refused_naming_the_file(tmp_path):
+    from pipeline.errors import PipelineError
+    from pipeline.learning.model_store import load_config
+
+    preset("default").save(tmp_path / "config.json")
+    (tmp_path / "thresholds.json").write_text(json.dumps({"params": {"threshold": 7.5}}))
+    with pytest.raises(PipelineError, match=r"thresholds.json: predict.threshold = 7.5 is not in"):
+        load_config(tmp_path)
+    assert load_config(tmp_path, tuned=False).predict.threshold == 0.5

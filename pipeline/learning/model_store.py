@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import TUNABLE, Config
+from pipeline.config import TUNABLE, Config, check_section
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_write_text
 
@@ -66,6 +66,7 @@ def load_config(model_dir: Path, tuned: bool = True) -> Config:
         for key in TUNABLE:
             if key in saved:
                 setattr(config.predict, key, saved[key])
+        check_section("predict", config.predict, str(Path(model_dir) / THRESHOLDS_FILE))
     return config
 
 
