@@ -10,18 +10,22 @@ import collections
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 from skimage.draw import disk
 
 from pipeline.data.dataset import (
     KINDS,
+    ImageFile,
     Sample,
     image_kind,
     image_path,
     iter_images,
     labels_from_rle_csv,
+    list_image_files,
     list_image_ids,
     load_samples,
     mask_paths,
@@ -29,6 +33,7 @@ from pipeline.data.dataset import (
     read_image_shape,
     read_mask_labels,
 )
+from pipeline.data.images import read_pixels
 from pipeline.data.rle import decode_labels, encode_labels
 from pipeline.errors import PipelineError
 
@@ -99,15 +104,138 @@ def test_grey_with_alpha_png_becomes_grey_rgb(tmp_path):
     assert image.tolist() == [[[9, 9, 9], [200, 200, 200]]]
 
 
-def test_16_bit_png_is_scaled_to_8_bits(tmp_path):
-    values = np.array([[0, 255, 256, 40000, 65535]], dtype=np.uint16)
-    path = write_png(tmp_path / "deep.png", values)
-    with Image.open(path) as written:
-        assert written.mode.startswith("I")  # really a 16-bit PNG
+def twelve_bit_values() -> tuple[np.ndarray, np.ndarray]:
+    """201 12-bit values whose 0.5 and 99.5 percentiles are exactly 100 and 2140 (the 2nd and
+    200th sorted values), and the 8-bit values they must become: 100 + 8m -> m exactly
+    (255 / 2040 = 1 / 8), the lowest and highest values clipped to 0 and 255."""
+    steps = np.round(np.linspace(0, 255, 197)).astype(np.int64)
+    levels = np.concatenate([[0], [0], steps, [255], [255]])  # 2nd and 200th: 0 and 255
+    values = np.concatenate([[0], 100 + 8 * levels[1:-1], [4095]])
+    expected = np.concatenate([[0], levels[1:-1], [255]])
+    return values.astype(np.uint16).reshape(3, 67), expected.astype(np.uint8).reshape(3, 67)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_12_bit_image_is_normalised_by_percentiles_not_shifted(tmp_path, suffix):
+    values, expected = twelve_bit_values()
+    path = tmp_path / f"deep{suffix}"
+    if suffix == ".png":
+        write_png(path, values)
+        with Image.open(path) as written:
+            assert written.mode.startswith("I")  # really a 16-bit PNG
+    else:
+        tifffile.imwrite(path, values)
     image = read_image(path)
-    assert image.dtype == np.uint8
-    assert image[:, :, 0].tolist() == [[0, 0, 1, 156, 255]]  # value >> 8
+    assert image.dtype == np.uint8 and image.shape == (3, 67, 3)
+    assert image[:, :, 0].tolist() == expected.tolist()
     assert (image[:, :, 0] == image[:, :, 2]).all()
+    assert len(np.unique(image)) > 16 * 10  # a shift by 8 bits would leave 16 levels
+    assert read_pixels(path).tolist() == values.tolist()  # as stored, for measurements
+
+
+def test_16_bit_colour_png_keeps_its_16_bits_and_channel_order(tmp_path):
+    values, expected = twelve_bit_values()
+    rgb = np.stack([values, values // 2, np.full_like(values, 7)], axis=2)  # R, G, B
+    path = tmp_path / "colour16.png"
+    path.write_bytes(cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes())  # OpenCV is BGR
+    assert read_pixels(path).dtype == np.uint16
+    assert read_pixels(path).tolist() == rgb.tolist()
+    image = read_image(path)
+    # One pair of percentiles over all channels: the colours keep their balance.
+    assert image[:, :, 2].max() == 0 and image[:, :, 0].max() == 255
+    assert image[:, :, 0].tolist() != image[:, :, 1].tolist()
+
+
+def test_float_tiff_and_colour_tiffs_are_read(tmp_path):
+    values, expected = twelve_bit_values()
+    tifffile.imwrite(tmp_path / "float.tif", values.astype(np.float32) / 4095)
+    assert read_image(tmp_path / "float.tif")[:, :, 1].tolist() == expected.tolist()
+    rgb = np.dstack([values, values, values])
+    tifffile.imwrite(tmp_path / "chunky.tif", rgb)
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(rgb, 2, 0), photometric="rgb", planarconfig="separate"
+    )
+    for name in ("chunky.tif", "planar.tif"):
+        assert read_pixels(tmp_path / name).shape == (3, 67, 3)
+        assert read_image(tmp_path / name)[:, :, 2].tolist() == expected.tolist()
+        assert read_image_shape(tmp_path / name) == (3, 67)
+
+
+def test_lzw_tiff_falls_back_to_pillow(tmp_path):
+    values, expected = twelve_bit_values()
+    Image.fromarray(values).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    assert read_image(tmp_path / "lzw.tif")[:, :, 0].tolist() == expected.tolist()
+
+
+def test_an_8_bit_image_is_not_stretched(tmp_path):
+    dim = np.array([[10, 11], [12, 13]], dtype=np.uint8)
+    assert read_image(write_png(tmp_path / "dim.png", dim))[:, :, 0].tolist() == dim.tolist()
+
+
+def test_a_constant_deep_image_becomes_black(tmp_path):
+    tifffile.imwrite(tmp_path / "flat.tif", np.full((4, 4), 3000, np.uint16))
+    assert read_image(tmp_path / "flat.tif").max() == 0
+
+
+def test_bad_image_files_are_named_with_their_problem(tmp_path):
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    write_png(tmp_path / "whole.png", rgb)
+    whole = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    tifffile.imwrite(tmp_path / "whole.tif", np.zeros((64, 64), np.uint16))
+    tiff = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(tiff[: len(tiff) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("just text")
+    tifffile.imwrite(tmp_path / "complex.tif", np.zeros((4, 4), np.complex64))
+    for name, problem in (
+        ("cut.png", "not a readable image"),
+        ("cut.tif", "not a readable TIFF image"),
+        ("empty.png", "empty file"),
+        ("notes.jpg", "not a PNG, JPEG or TIFF image"),
+        ("complex.tif", "unsupported pixel type complex64"),
+    ):
+        with pytest.raises(PipelineError, match=f"{name}: .*{problem}"):
+            read_image(tmp_path / name)
+
+
+def test_list_image_files_finds_each_layout(tmp_path):
+    kaggle, plain = tmp_path / "kaggle", tmp_path / "plain"
+    write_png(image_path(kaggle, "k1"), GREY)
+    write_png(kaggle / "loose.png", GREY)  # beside a Kaggle layout: ignored
+    for name in ("b.TIF", "a.png", "c.jpeg", ".hidden.png", "notes.txt"):
+        write_png(plain / name, GREY) if name != "notes.txt" else (plain / name).write_text("")
+    (plain / "sub").mkdir()
+    write_png(plain / "sub" / "deeper.png", GREY)  # sub-folders are not searched
+
+    found = list_image_files(kaggle)
+    assert found.layout == "kaggle" and [f.image_id for f in found.files] == ["k1"]
+    assert found.files[0].path == image_path(kaggle, "k1")
+    found = list_image_files(plain)
+    assert found.layout == "folder" and found.name == "plain"
+    assert [(f.image_id, f.path.name) for f in found.files] == [
+        ("a", "a.png"),
+        ("b", "b.TIF"),
+        ("c", "c.jpeg"),
+    ]
+    found = list_image_files(plain / "b.TIF")
+    assert found.layout == "file" and found.name == "b"
+    assert found.files == (ImageFile("b", plain / "b.TIF"),)
+
+
+def test_list_image_files_refuses_what_it_cannot_name(tmp_path):
+    write_png(tmp_path / "same" / "x.png", GREY)
+    write_png(tmp_path / "same" / "x.tiff", GREY)
+    with pytest.raises(PipelineError, match="x.png and x.tiff have the same name"):
+        list_image_files(tmp_path / "same")
+    write_png(tmp_path / "comma" / "a,b.png", GREY)
+    with pytest.raises(PipelineError, match="a,b.png: 'a,b' cannot be an ImageId"):
+        list_image_files(tmp_path / "comma")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(PipelineError, match="nothing: no images found"):
+        list_image_files(tmp_path / "nothing")
+    with pytest.raises(PipelineError, match="absent: no such file or folder"):
+        list_image_files(tmp_path / "absent")
 
 
 def test_palette_png_is_expanded_to_its_colours(tmp_path):

@@ -2,7 +2,9 @@
 
 Kaggle layout: ``<images_dir>/<ImageId>/images/<ImageId>.png`` and, for training data,
 ``<images_dir>/<ImageId>/masks/*.png`` (one binary PNG per nucleus). Instance labels are
-int32 arrays: 0 is background, ``1..n`` the nuclei.
+int32 arrays: 0 is background, ``1..n`` the nuclei. `list_image_files` also finds the
+images of a plain folder or a single file (for ``predict``); the files themselves are read
+by `pipeline.data.images` (`read_image`, `read_image_shape`, re-exported here).
 
 Example
 -------
@@ -17,11 +19,13 @@ import logging
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.data.images import IMAGE_SUFFIXES, read_image, read_image_shape
 from pipeline.data.rle import RLEError, decode_flat_indices, decode_labels
 from pipeline.data.rle_csv import read_rle_table
 from pipeline.errors import PipelineError
@@ -55,6 +59,11 @@ def mask_paths(sample_dir: str | Path) -> list[Path]:
     return sorted(path for path in masks_dir.iterdir() if path.suffix.lower() == ".png")
 
 
+def _kaggle_ids(root: Path) -> list[str]:
+    """Sorted ids of the entries of ``root`` that hold ``<id>/images/<id>.png``."""
+    return sorted(entry.name for entry in root.iterdir() if image_path(root, entry.name).is_file())
+
+
 def list_image_ids(images_dir: str | Path) -> list[str]:
     """Sorted ids of the images in a folder in Kaggle layout.
 
@@ -63,7 +72,7 @@ def list_image_ids(images_dir: str | Path) -> list[str]:
     root = Path(images_dir)
     if not root.is_dir():
         raise PipelineError(f"{root}: no such folder of images")
-    ids = sorted(entry.name for entry in root.iterdir() if image_path(root, entry.name).is_file())
+    ids = _kaggle_ids(root)
     if not ids:
         raise PipelineError(
             f"{root}: no images in Kaggle layout (<ImageId>/images/<ImageId>.png) found"
@@ -71,69 +80,118 @@ def list_image_ids(images_dir: str | Path) -> list[str]:
     return ids
 
 
-def read_image_shape(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header only."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (OSError, SyntaxError, ValueError) as error:
-        raise PipelineError(f"{path}: not a readable image ({error})") from error
-    return height, width
+# --------------------------------------------------------------------------- image files
+
+#: Characters an ImageId cannot hold (they would break the submission CSV).
+_FORBIDDEN_IN_ID = (",", '"', "\n", "\r")
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """8-bit version of integer pixels: 16-bit values are shifted right by 8."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    if pixels.dtype == np.bool_:
-        return pixels.astype(np.uint8) * 255
-    return (np.clip(pixels, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+@dataclass(frozen=True)
+class ImageFile:
+    """One image to predict: its ImageId and its file."""
+
+    image_id: str
+    path: Path
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as RGB uint8 (H, W, 3), whatever the PNG holds.
+@dataclass(frozen=True)
+class ImageFiles:
+    """The images `list_image_files` found at ``location``, sorted by ImageId.
 
-    Grey images are repeated over three channels; an alpha channel is dropped (not
-    composited: the competition's RGBA images are opaque); palette images are expanded;
-    bilevel images become 0/255; 16-bit images are scaled to 8 bits by their full range
-    (``value >> 8``); other colour spaces (CMYK, YCbCr, ...) are converted by Pillow.
+    ``layout`` is ``"kaggle"`` (``<id>/images/<id>.png``), ``"folder"`` (a plain folder of
+    image files) or ``"file"`` (one image file).
+    """
+
+    location: Path
+    layout: Literal["kaggle", "folder", "file"]
+    files: tuple[ImageFile, ...]
+
+    @property
+    def name(self) -> str:
+        """The folder's name, or the file's name without extension."""
+        return self.location.stem if self.layout == "file" else self.location.name
+
+
+def list_image_files(images: str | Path) -> ImageFiles:
+    """The images of a Kaggle-layout folder, a plain folder of images, or one image file.
+
+    A folder with any ``<id>/images/<id>.png`` is in Kaggle layout (loose image files beside
+    it are ignored, with a warning); otherwise its files ending in ``IMAGE_SUFFIXES`` (PNG,
+    JPEG, TIFF, any case; not in sub-folders, hidden files skipped) are the images, and
+    each one's ImageId is its name without extension. A file is taken whatever its ending
+    (reading it tells whether it is an image).
 
     Raises
     ------
     PipelineError
-        When the file is missing, not an image, or of an unsupported pixel type (float).
+        When the path does not exist, a folder holds no image, two files have the same name
+        without extension (``a.png`` and ``a.tif``: both are named), or a name cannot be an
+        ImageId (a comma, quote or line break, or spaces around it).
 
     Examples
     --------
-    >>> read_image("x.png").dtype   # doctest: +SKIP
-    dtype('uint8')
+    >>> found = list_image_files("my_tiffs")          # doctest: +SKIP
+    >>> found.layout, found.files[0]                   # doctest: +SKIP
+    ('folder', ImageFile(image_id='cells-01', path=PosixPath('my_tiffs/cells-01.tif')))
     """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            if mode in ("P", "PA"):
-                pixels = np.asarray(image.convert("RGBA"))
-            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-                pixels = np.asarray(image.convert("RGB"))
-            elif mode == "F":
-                raise PipelineError(f"{path}: floating-point images are not supported")
-            else:
-                pixels = np.asarray(image)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise PipelineError(f"{path}: not a readable image ({error})") from error
-    if not (pixels.dtype == np.bool_ or np.issubdtype(pixels.dtype, np.integer)):
-        raise PipelineError(f"{path}: unsupported pixel type {pixels.dtype}")
-    pixels = _to_uint8(pixels)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    elif pixels.ndim == 3 and pixels.shape[2] in (1, 2):  # grey, grey + alpha
-        pixels = np.repeat(pixels[:, :, :1], 3, axis=2)
-    elif pixels.ndim == 3 and pixels.shape[2] >= 3:
-        pixels = pixels[:, :, :3]
-    else:
-        raise PipelineError(f"{path}: unsupported image shape {pixels.shape}")
-    return np.ascontiguousarray(pixels)
+    root = Path(images)
+    if root.is_file():
+        return ImageFiles(root, "file", (_image_file(root),))
+    if not root.is_dir():
+        raise PipelineError(f"{root}: no such file or folder of images")
+    loose = _loose_image_paths(root)
+    ids = _kaggle_ids(root)
+    if ids:
+        if loose:
+            log.warning(
+                "%s: in Kaggle layout; %d image file(s) beside the image folders are ignored",
+                root,
+                len(loose),
+            )
+        return ImageFiles(root, "kaggle", tuple(ImageFile(i, image_path(root, i)) for i in ids))
+    if not loose:
+        raise PipelineError(
+            f"{root}: no images found: neither Kaggle layout (<ImageId>/images/<ImageId>.png) "
+            f"nor image files ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    return ImageFiles(root, "folder", _unique_image_files(root, loose))
+
+
+def _loose_image_paths(root: Path) -> list[Path]:
+    """The image files directly in ``root`` (by ending, any case), hidden ones left out."""
+    return sorted(
+        entry
+        for entry in root.iterdir()
+        if entry.suffix.lower() in IMAGE_SUFFIXES
+        and not entry.name.startswith(".")
+        and entry.is_file()
+    )
+
+
+def _image_file(path: Path) -> ImageFile:
+    """An image file with its ImageId (its name without extension); raise on a bad name."""
+    image_id = path.stem
+    if not image_id or image_id != image_id.strip() or any(c in image_id for c in _FORBIDDEN_IN_ID):
+        raise PipelineError(
+            f"{path}: {image_id!r} cannot be an ImageId (empty, spaces around it, or a comma, "
+            "quote or line break in it): rename the file"
+        )
+    return ImageFile(image_id, path)
+
+
+def _unique_image_files(root: Path, paths: list[Path]) -> tuple[ImageFile, ...]:
+    """ImageFiles sorted by id; raise naming both files when two share an ImageId."""
+    by_id: dict[str, ImageFile] = {}
+    for path in paths:
+        image_file = _image_file(path)
+        earlier = by_id.get(image_file.image_id)
+        if earlier is not None:
+            raise PipelineError(
+                f"{root}: {earlier.path.name} and {path.name} have the same name without "
+                f"extension, so the same ImageId {image_file.image_id!r}: rename one of them"
+            )
+        by_id[image_file.image_id] = image_file
+    return tuple(by_id[image_id] for image_id in sorted(by_id))
 
 
 def _read_mask(path: Path) -> tuple[tuple[int, int], tuple[int, int], np.ndarray]:

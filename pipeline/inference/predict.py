@@ -1,12 +1,14 @@
-"""Stage ``predict``: a folder of images in Kaggle layout to a submission CSV.
+"""Stage ``predict``: a folder of images (Kaggle layout or plain) or one image file to a
+submission CSV, and on request a label image per input and a table of measurements.
 
 Per image: normalise, predict (whole image padded to the network's multiple, in
 overlapping tiles when a side is longer than ``tile_size`` (``pipeline.inference.tiling``),
 resized to the training size for ``resize_policy="resize"``, or rescaled by its estimated
 nucleus size for ``resize_policy="nucleus"`` (``pipeline.inference.scale``)), bring the
 probabilities back to the image's own size, turn them into instances
-(``pipeline.inference.postprocess``) and stream them into the submission writer. Images of the
-same size are predicted in batches; only a bounded chunk of images is in memory at once.
+(``pipeline.inference.postprocess``) and stream them into the outputs (`PredictionOutputs`:
+the submission writer, label images, measurements). Images of the same size are predicted
+in batches; only a bounded chunk of images is in memory at once.
 """
 
 from __future__ import annotations
@@ -14,12 +16,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from skimage.transform import resize
 from tqdm import tqdm
 
 from pipeline.config import Config
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.data.dataset import ImageFile
+    from pipeline.data.submission import Problem
 
 log = logging.getLogger(__name__)
 
@@ -232,17 +242,157 @@ def predict_labels(
 def iter_predictions(
     model, images_dir: Path, ids: Sequence[str], config: Config, progress: bool = True
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(image_id, labels)`` for each id, a bounded chunk of images at a time."""
-    from pipeline.data.dataset import image_path, read_image
+    """Yield ``(image_id, labels)`` for each id of a Kaggle-layout folder, a bounded chunk of
+    images at a time."""
+    from pipeline.data.dataset import ImageFile, image_path
 
-    bar = tqdm(total=len(ids), desc="predict", unit="img", disable=not progress)
-    for start in range(0, len(ids), CHUNK_IMAGES):
-        chunk_ids = ids[start : start + CHUNK_IMAGES]
-        images = [read_image(image_path(images_dir, image_id)) for image_id in chunk_ids]
-        for image_id, labels in zip(chunk_ids, predict_labels(model, images, config), strict=True):
+    image_files = [ImageFile(image_id, image_path(images_dir, image_id)) for image_id in ids]
+    for image_file, labels, _ in iter_file_predictions(model, image_files, config, progress):
+        yield image_file.image_id, labels
+
+
+def iter_file_predictions(
+    model, image_files: Sequence[ImageFile], config: Config, progress: bool = True
+) -> Iterator[tuple[ImageFile, np.ndarray, np.ndarray]]:
+    """Yield ``(image_file, labels, pixels)`` for each image file, a bounded chunk at a time.
+
+    ``pixels`` are the image's values as stored (`pipeline.data.images.read_pixels`); the
+    network sees their 8-bit RGB version (`pipeline.data.images.to_rgb_uint8`).
+    """
+    from pipeline.data.images import read_pixels, to_rgb_uint8
+
+    bar = tqdm(total=len(image_files), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(image_files), CHUNK_IMAGES):
+        chunk = image_files[start : start + CHUNK_IMAGES]
+        stored = [read_pixels(image_file.path) for image_file in chunk]
+        images = [to_rgb_uint8(pixels) for pixels in stored]
+        predicted = predict_labels(model, images, config)
+        del images
+        for image_file, labels, pixels in zip(chunk, predicted, stored, strict=True):
             bar.update(1)
-            yield image_id, labels
+            yield image_file, labels, pixels
     bar.close()
+
+
+#: The largest label a 16-bit PNG label image can hold; beyond it a 32-bit TIFF is written.
+MAX_PNG_LABEL = 65535
+
+
+def write_label_image(labels_dir: Path, image_id: str, labels: np.ndarray) -> Path:
+    """Write one image's instance labels as ``<labels_dir>/<image_id>.png`` (16-bit grey,
+    0 = background, ``1..n`` the nuclei), or as ``<image_id>.tif`` (32-bit) when a label is
+    above ``MAX_PNG_LABEL``; atomically. Returns the path written."""
+    from PIL import Image
+
+    from pipeline.fileio import atomic_path
+
+    top = int(labels.max(initial=0))
+    if top <= MAX_PNG_LABEL:
+        target = Path(labels_dir) / f"{image_id}.png"
+        with atomic_path(target) as tmp:
+            Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
+        return target
+    import tifffile
+
+    target = Path(labels_dir) / f"{image_id}.tif"
+    log.info(
+        "%s: %d nuclei, over a 16-bit PNG's %d: writing a 32-bit TIFF", image_id, top, MAX_PNG_LABEL
+    )
+    with atomic_path(target) as tmp:
+        tifffile.imwrite(tmp, labels.astype(np.uint32))
+    return target
+
+
+def consecutive_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` numbered ``1..n`` in their order (unchanged when they already are).
+
+    >>> consecutive_labels(np.array([[0, 4], [9, 4]])).tolist()
+    [[0, 1], [2, 1]]
+    """
+    present = np.unique(labels)
+    present = present[present != 0]
+    if present.size == 0 or present[-1] == present.size:
+        return labels
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(labels)[0]
+
+
+class PredictionOutputs:
+    """Where each image's nuclei go: the submission CSV (always), and optionally a label
+    image per image (`write_label_image`) and one measurements table (a CSV, one row per
+    nucleus, ``image`` first, then `pipeline.inference.measure.COLUMNS`).
+
+    A ``with`` block: the CSV and the table appear, atomically, when it ends without an
+    error; label images are written one by one as they come.
+    """
+
+    def __init__(
+        self, out_csv: Path, labels_dir: Path | None = None, measurements_csv: Path | None = None
+    ) -> None:
+        from pipeline.data.submission import SubmissionWriter
+
+        self.writer = SubmissionWriter(out_csv)
+        self.labels_dir = labels_dir
+        self.measurements_csv = measurements_csv
+        self._tables: list[pd.DataFrame] = []
+
+    def __enter__(self) -> PredictionOutputs:
+        self.writer.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        suppressed = self.writer.__exit__(exc_type, exc, traceback)
+        if exc_type is None and self.measurements_csv is not None:
+            self._write_measurements()
+        return suppressed
+
+    def add(self, image_id: str, labels: np.ndarray, pixels: np.ndarray) -> int:
+        """Add one image's labels (``pixels``: its values as stored, for the measurements);
+        returns its number of nuclei."""
+        n_nuclei = self.writer.add(image_id, labels)
+        if self.labels_dir is not None or self.measurements_csv is not None:
+            labels = consecutive_labels(labels)  # the k-th CSV row of the image is label k
+        if self.labels_dir is not None:
+            write_label_image(self.labels_dir, image_id, labels)
+        if self.measurements_csv is not None:
+            from pipeline.inference.measure import measure_nuclei
+
+            table = measure_nuclei(labels, pixels)
+            table.insert(0, "image", image_id)
+            self._tables.append(table)
+        return n_nuclei
+
+    def _write_measurements(self) -> None:
+        import pandas as pd
+
+        from pipeline.fileio import atomic_path
+        from pipeline.inference.measure import COLUMNS
+
+        columns = ["image", *COLUMNS]
+        tables = [table for table in self._tables if not table.empty]
+        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+        with atomic_path(self.measurements_csv) as tmp:
+            table[columns].to_csv(tmp, index=False)
+        log.info("wrote %s (%d nuclei)", self.measurements_csv, len(table))
+
+
+def _load_for_prediction(model_dir: Path, overrides: dict | None, device: str, tuned: bool):
+    """The model and its config, the overrides applied, on the chosen device."""
+    from pipeline.learning import device as device_module
+    from pipeline.learning.model_store import load_model
+
+    device_module.configure(device, "float32")
+    model, config = load_model(model_dir, tuned=tuned)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(config.predict, key, value)
+    return model, config
 
 
 def run_prediction(
@@ -252,32 +402,33 @@ def run_prediction(
     overrides: dict | None = None,
     device: str = "auto",
     tuned: bool = True,
+    labels_dir: Path | None = None,
+    measurements_csv: Path | None = None,
 ) -> Path:
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
-    ``overrides`` replaces fields of the model's saved prediction settings (threshold,
-    min_size, fill_holes, tta, heads, batch_size). Writes the submission atomically, with a
-    sidecar ``.json`` naming the model, config and commit; returns the CSV path.
+    ``images_dir`` is a folder in Kaggle layout, a plain folder of images or one image file
+    (`pipeline.data.dataset.list_image_files`). ``overrides`` replaces fields of the model's
+    saved prediction settings (threshold, min_size, fill_holes, tta, heads, batch_size).
+    Writes the submission atomically, with a sidecar ``.json`` naming the model, config and
+    commit; with ``labels_dir`` a label image per image (`write_label_image`), with
+    ``measurements_csv`` one table of measurements (`PredictionOutputs`). Returns the CSV
+    path.
     """
     from pipeline.learning import device as device_module
 
     device_module.select_device(device)
-    from pipeline.data.dataset import list_image_ids
-    from pipeline.data.submission import SubmissionWriter, write_submission_metadata
-    from pipeline.learning.model_store import load_model
+    from pipeline.data.dataset import list_image_files
+    from pipeline.data.submission import write_submission_metadata
     from pipeline.provenance import git_commit
 
-    ids = list_image_ids(images_dir)
-    device_module.configure(device, "float32")
-    model, config = load_model(model_dir, tuned=tuned)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            setattr(config.predict, key, value)
-    log.info("predicting %d images of %s with %s", len(ids), images_dir, model_dir)
+    found = list_image_files(images_dir)
+    model, config = _load_for_prediction(model_dir, overrides, device, tuned)
+    log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
     out_csv = Path(out_csv)
-    with SubmissionWriter(out_csv) as writer:
-        for image_id, labels in iter_predictions(model, images_dir, ids, config):
-            writer.add(image_id, labels)
+    with PredictionOutputs(out_csv, labels_dir, measurements_csv) as outputs:
+        for image_file, labels, pixels in iter_file_predictions(model, found.files, config):
+            outputs.add(image_file.image_id, labels, pixels)
     write_submission_metadata(
         out_csv,
         {
@@ -285,8 +436,35 @@ def run_prediction(
             "config": config.name,
             "commit": git_commit(),
             "images": str(images_dir),
+            "layout": found.layout,
             "predict": vars(config.predict),
         },
     )
     log.info("wrote %s", out_csv)
+    if labels_dir is not None:
+        log.info("wrote %d label images into %s", len(found.files), labels_dir)
     return out_csv
+
+
+def check_predictions(out_csv: Path, image_files: Sequence[ImageFile]) -> list[Problem]:
+    """What is wrong with a submission written for ``image_files`` (any layout): a missing
+    or unknown ImageId, an invalid encoding, nuclei sharing pixels; the image shapes come
+    from the files' headers (`pipeline.data.submission.check_submission` does the same for
+    a Kaggle-layout folder)."""
+    from pipeline.data.images import read_image_shape
+    from pipeline.data.submission import Problem, decode_image_rows, group_rows, read_submission
+
+    rows = group_rows(read_submission(out_csv))
+    problems: list[Problem] = []
+    for image_file in image_files:
+        image_rows = rows.pop(image_file.image_id, None)
+        if image_rows is None:
+            problems.append(Problem(None, image_file.image_id, "missing: no row for this image"))
+            continue
+        shape = read_image_shape(image_file.path)
+        problems += decode_image_rows(image_file.image_id, image_rows, shape)[1]
+    problems += [
+        Problem(image_rows[0][0], image_id, "unknown ImageId: no such image")
+        for image_id, image_rows in rows.items()
+    ]
+    return problems

@@ -1,4 +1,5 @@
-"""Stage ``predict``: a folder of images to a checked submission CSV.
+"""Stage ``predict``: a folder of images (Kaggle layout or plain) or one image file to a
+checked submission CSV, and on request label images and a measurements table.
 
 Its options and ``main``; the work is done by
 ``pipeline.inference.predict``.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.cli import add_config_arguments, config_overrides
+from pipeline.data.dataset import ImageFiles, list_image_files
 from pipeline.errors import PipelineError
 from pipeline.inference.predict import run_prediction
 from pipeline.learning.device import DEVICES
@@ -26,13 +28,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--images",
         type=Path,
         default=None,
-        help="folder of images in Kaggle layout (default: input/stage1_test)",
+        metavar="PATH",
+        help="a folder in Kaggle layout (<id>/images/<id>.png), a plain folder of PNG, JPEG "
+        "or TIFF images (grey or colour, 8, 12, 16 bits or float; the ImageId is the file "
+        "name without extension) or one image file; images deeper than 8 bits are brought "
+        "to 8 bits by their own 0.5 and 99.5 percentiles (default: input/stage1_test)",
     )
     io.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="submission CSV (default: submissions/<model name>.csv)",
+        help="submission CSV, always written (default: submissions/<model name>.csv for a "
+        "Kaggle-layout folder, submissions/<model name>-<folder or file name>.csv otherwise)",
+    )
+    io.add_argument(
+        "--labels-out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write a label image per input into DIR: <ImageId>.png, 16-bit grey, "
+        "0 = background, 1..n the nuclei (an image with more than 65535 nuclei: "
+        "<ImageId>.tif, 32-bit)",
+    )
+    io.add_argument(
+        "--measurements",
+        type=Path,
+        default=None,
+        metavar="FILE.csv",
+        help="also write one table, a row per nucleus: image (the ImageId), label, area, "
+        "centroid_row, centroid_col, mean_intensity (on the image's own pixel values, "
+        "grey = mean of the channels, before any 8-bit normalisation), eccentricity, solidity",
     )
     io.add_argument(
         "--demo",
@@ -50,34 +75,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, "predict", "prediction")
 
 
-def main(args: argparse.Namespace) -> int:
-    images_dir = args.images
-    model_dir = args.model
+def _images_and_model(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The images to predict and the model folder, ``--demo`` taken into account."""
+    images, model_dir = args.images, args.model
     if args.demo:
         from pipeline.data.synthetic import make_demo_dataset
 
         demo = make_demo_dataset(paths.INPUT_DIR / "demo")
-        images_dir = images_dir or demo.test_dir
+        images = images or demo.test_dir
         if model_dir == paths.DEFAULT_MODEL_DIR:
             model_dir = paths.MODELS_DIR / "demo"
-    images_dir = images_dir or paths.TEST_DIR
-    if not Path(images_dir).is_dir():
+    images = Path(images or paths.TEST_DIR)
+    if not images.exists():
         raise PipelineError(
-            f"{images_dir}: no such folder of images "
+            f"{images}: no such file or folder of images "
             "(./run.sh download fetches the competition data, --demo uses the synthetic set)"
         )
-    out_csv = args.out or paths.SUBMISSIONS_DIR / f"{Path(model_dir).name}.csv"
-    overrides = config_overrides(args, "predict")
-    run_prediction(
-        Path(model_dir), Path(images_dir), Path(out_csv), overrides, args.device, not args.untuned
-    )
-    if not args.no_check:
+    return images, Path(model_dir)
+
+
+def default_out_csv(found: ImageFiles, model_dir: Path) -> Path:
+    """``submissions/<model>.csv`` for a Kaggle-layout folder, else
+    ``submissions/<model>-<folder or file name>.csv`` (so that predicting your own images
+    does not overwrite the model's stage1_test submission)."""
+    if found.layout == "kaggle":
+        return paths.SUBMISSIONS_DIR / f"{model_dir.name}.csv"
+    return paths.SUBMISSIONS_DIR / f"{model_dir.name}-{found.name}.csv"
+
+
+def _check(out_csv: Path, found: ImageFiles) -> None:
+    """Check the written submission against the images; raise on any problem."""
+    if found.layout == "kaggle":
         from pipeline.data.submission import check_submission
 
-        problems = check_submission(out_csv, images_dir)
-        for problem in problems:
-            log.error("%s", problem)
-        if problems:
-            raise PipelineError(f"{out_csv}: the written submission has {len(problems)} problems")
-        log.info("%s: valid submission", out_csv)
+        problems = check_submission(out_csv, found.location)
+    else:
+        from pipeline.inference.predict import check_predictions
+
+        problems = check_predictions(out_csv, found.files)
+    for problem in problems:
+        log.error("%s", problem)
+    if problems:
+        raise PipelineError(f"{out_csv}: the written submission has {len(problems)} problems")
+    log.info("%s: valid submission", out_csv)
+
+
+def main(args: argparse.Namespace) -> int:
+    images, model_dir = _images_and_model(args)
+    found = list_image_files(images)
+    out_csv = args.out or default_out_csv(found, model_dir)
+    overrides = config_overrides(args, "predict")
+    run_prediction(
+        model_dir,
+        images,
+        Path(out_csv),
+        overrides,
+        args.device,
+        not args.untuned,
+        labels_dir=args.labels_out,
+        measurements_csv=args.measurements,
+    )
+    if not args.no_check:
+        _check(Path(out_csv), found)
     return 0
