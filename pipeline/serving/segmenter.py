@@ -180,35 +180,21 @@ def check_upload(data: bytes, name: str, max_megapixels: float = MAX_MEGAPIXELS)
 
 
 def decode_upload(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(rgb, original)``: the image as the network reads it (RGB uint8) and its pixels
-    as stored (for the mean intensity of the measurements)."""
-    from pipeline.data.dataset import read_image
+    """``(rgb, pixels)``: the image as the network reads it (RGB uint8, deeper images
+    normalised by percentiles) and its pixels as stored (for the measurements), read as
+    ``predict`` reads files (`pipeline.data.images`)."""
+    from pipeline.data.images import read_pixels, to_rgb_uint8
 
     try:
-        rgb = read_image(io.BytesIO(data))
+        pixels = read_pixels(io.BytesIO(data))
+        return to_rgb_uint8(pixels), pixels
     except PipelineError as error:
-        raise UploadError(f"{name}: {_without_path(str(error))}") from error
+        raise UploadError(f"{name}: {_without_source(str(error))}") from error
     except Exception as error:  # noqa: BLE001 - any decoder failure is the file's fault
         raise UploadError(f"{name}: not a readable image ({error})") from error
-    try:
-        original = _stored_pixels(data)
-    except Exception:  # noqa: BLE001 - the 8-bit version is measured instead
-        original = rgb
-    if original.shape[:2] != rgb.shape[:2]:
-        original = rgb
-    return rgb, original
 
 
-def _stored_pixels(data: bytes) -> np.ndarray:
-    if data.startswith((b"II*\x00", b"MM\x00*")):
-        import tifffile
-
-        return np.asarray(tifffile.imread(io.BytesIO(data)))
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image)
-
-
-def _without_path(message: str) -> str:
+def _without_source(message: str) -> str:
     """A reader's message without the ``<_io.BytesIO ...>:`` it starts with."""
     return message.split(": ", 1)[1] if message.startswith("<") else message
 
