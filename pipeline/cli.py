@@ -49,6 +49,10 @@ STAGES: dict[str, tuple[str, str]] = {
         "check a submission CSV against the test images",
     ),
     "score": ("pipeline.stages.score", "score a submission with the competition metric"),
+    "submit": (
+        "pipeline.stages.submit",
+        "check a submission, send it to Kaggle, record Kaggle's scores on the leaderboard",
+    ),
     "leaderboard": ("pipeline.stages.leaderboard", "print the local leaderboard, best first"),
     "report": ("pipeline.stages.report", "overlay pictures and an HTML page for a submission"),
     "serve": ("pipeline.stages.serve", "a web page and API: drop an image, see its nuclei"),

@@ -36,143 +36,39 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from pipeline.data.dataset import image_path
+from pipeline.data.kaggle_api import (
+    COMPETITION,
+    authenticated_api,
+    download_alternative,
+    kaggle_errors,
+    require_credentials,
+)
+from pipeline.data.kaggle_api import (
+    kaggle_credentials_available as kaggle_credentials_available,  # used by the main job
+)
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_dir, atomic_path
-from pipeline.paths import INPUT_DIR, SHARED_DATA_DIR
+from pipeline.paths import INPUT_DIR
 
 log = logging.getLogger(__name__)
 
-COMPETITION = "data-science-bowl-2018"
 BUNDLE_NAME = f"{COMPETITION}.zip"  # what KaggleApi.competition_download_files writes
 MARKER_NAME = ".unpacked.json"
-RULES_URL = f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
 # Archives with at least this many members get a progress bar while unpacking.
 PROGRESS_MIN_MEMBERS = 200
 _CHUNK = 1 << 20
 # Names in zips that are never data (macOS resource forks, Finder files).
 _JUNK_PARTS = {"__MACOSX", ".DS_Store"}
-
-
-# --------------------------------------------------------------------------- credentials
-
-
-def _kaggle_config_dir(environ: Mapping[str, str], home: Path) -> Path:
-    """The folder where the kaggle package looks for ``kaggle.json`` (as kaggle 2.2.4 does)."""
-    if environ.get("KAGGLE_CONFIG_DIR"):
-        return Path(environ["KAGGLE_CONFIG_DIR"])
-    legacy = home / ".kaggle"
-    if legacy.exists() or not sys.platform.startswith("linux"):
-        return legacy
-    return Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
-
-
-def _find_credentials() -> tuple[list[str], list[str]]:
-    """Where usable Kaggle credentials are, and what is wrong with unusable ones.
-
-    Returns
-    -------
-    sources, problems : list of str
-        Human-readable descriptions of each credential found, and of each credential file
-        that exists but cannot be used.
-    """
-    environ = os.environ
-    home = Path.home()
-    sources: list[str] = []
-    problems: list[str] = []
-
-    config = _kaggle_config_dir(environ, home) / "kaggle.json"
-    if config.is_file():
-        try:
-            values = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            problems.append(f"{config} is not readable JSON ({error})")
-        else:
-            if isinstance(values, dict) and values.get("username") and values.get("key"):
-                sources.append(str(config))
-            else:
-                problems.append(f'{config} lacks "username" and "key"')
-    if environ.get("KAGGLE_USERNAME") and environ.get("KAGGLE_KEY"):
-        sources.append("KAGGLE_USERNAME/KAGGLE_KEY")
-    if environ.get("KAGGLE_API_TOKEN"):
-        sources.append("KAGGLE_API_TOKEN")
-    # The token files and the OAuth cache that the kaggle package (kagglesdk) reads.
-    for name in ("access_token", "access_token.txt", "credentials.json"):
-        token_file = home / ".kaggle" / name
-        if token_file.is_file() and token_file.stat().st_size > 0:
-            sources.append(str(token_file))
-    return sources, problems
-
-
-def kaggle_credentials_available() -> bool:
-    """Whether Kaggle API credentials are present, without importing ``kaggle``.
-
-    Looks where the ``kaggle`` package (2.2.4) looks: ``kaggle.json`` with ``username`` and
-    ``key`` in ``$KAGGLE_CONFIG_DIR`` or ``~/.kaggle`` (``~/.config/kaggle`` when there is no
-    ``~/.kaggle``), the ``KAGGLE_USERNAME`` and ``KAGGLE_KEY`` environment variables,
-    ``KAGGLE_API_TOKEN``, and the token files ``~/.kaggle/access_token`` (or
-    ``access_token.txt``) and ``~/.kaggle/credentials.json`` (``kaggle auth login``).
-
-    Returns
-    -------
-    bool
-        True when at least one of them is there; whether Kaggle accepts it is only known
-        when the API is called.
-    """
-    return bool(_find_credentials()[0])
-
-
-def _no_credentials_message(problems: list[str]) -> str:
-    lines = [
-        "no Kaggle API credentials found. Either:",
-        '  - save your API key as ~/.kaggle/kaggle.json ({"username": "...", "key": "..."}, '
-        "from https://www.kaggle.com/settings/api; chmod 600 it; $KAGGLE_CONFIG_DIR "
-        "moves that folder), or",
-        "  - set the environment variables KAGGLE_USERNAME and KAGGLE_KEY, or",
-        "  - set KAGGLE_API_TOKEN to an API token (or save the token in ~/.kaggle/access_token);",
-        "or take the files from a local copy instead: ./run.sh download --from DIR",
-    ]
-    if SHARED_DATA_DIR.is_dir():
-        lines[-1] += f" (an offline copy is in {SHARED_DATA_DIR})"
-    lines += [f"(ignored: {problem})" for problem in problems]
-    return "\n".join(lines)
-
-
-def _describe_api_error(error: BaseException) -> str:
-    """A user-facing explanation of an exception raised by the kaggle package."""
-    response = getattr(error, "response", None)
-    status = getattr(response, "status_code", None)
-    if status == 401:
-        return (
-            f"Kaggle refused the credentials (401 Unauthorized: {error}). Check the key, or "
-            "create a new token at https://www.kaggle.com/settings/api"
-        )
-    if status == 403:
-        return (
-            f"Kaggle refused access to {COMPETITION} (403 Forbidden: {error}). Accept the "
-            f"competition rules at {RULES_URL} with the account of these credentials, then "
-            "run again"
-        )
-    if status == 404:
-        return f"Kaggle does not know the competition {COMPETITION} (404 Not Found: {error})"
-    if status is not None:
-        return f"the Kaggle API answered HTTP {status}: {error}"
-    if isinstance(error, OSError):  # requests' network errors are OSErrors too
-        return (
-            f"could not download from Kaggle ({type(error).__name__}: {error}). Without "
-            "internet access, take the files from a local copy: ./run.sh download --from DIR"
-        )
-    return f"the Kaggle download failed ({type(error).__name__}: {error})"
 
 
 def download_from_kaggle(input_dir: str | Path = INPUT_DIR, force: bool = False) -> list[Path]:
@@ -201,11 +97,8 @@ def download_from_kaggle(input_dir: str | Path = INPUT_DIR, force: bool = False)
         error, or when the downloaded zip is damaged.
     """
     input_dir = Path(input_dir)
-    sources, problems = _find_credentials()
-    if not sources:
-        raise PipelineError(_no_credentials_message(problems))
+    sources = require_credentials(download_alternative())
     log.info("downloading %s with the Kaggle API into %s", COMPETITION, input_dir)
-    log.debug("Kaggle credentials found: %s", ", ".join(sources))
     input_dir.mkdir(parents=True, exist_ok=True)
     _kaggle_download(input_dir, force, sources)
     bundle = input_dir / BUNDLE_NAME
@@ -225,26 +118,14 @@ def _kaggle_download(input_dir: Path, force: bool, sources: list[str]) -> None:
     ``sources`` names the credentials found, for the message when Kaggle refuses them.
     Raises ``PipelineError`` with an explanation (no traceback) on any failure.
     """
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            from kaggle.api.kaggle_api_extended import KaggleApi
-
-            api = KaggleApi()
-            api.authenticate()
-            api.competition_download_files(
-                COMPETITION, path=str(input_dir), force=force, quiet=False
-            )
-    except ImportError as error:
-        raise PipelineError(
-            f"the kaggle package cannot be imported ({error}); ./run.sh installs it in .venv"
-        ) from error
-    except SystemExit as error:  # kaggle exits when it cannot authenticate
-        raise PipelineError(
-            f"the Kaggle API could not authenticate with {', '.join(sources)} (it exited with "
-            f"status {error.code}); check those credentials, or use ./run.sh download --from DIR"
-        ) from None
-    except Exception as error:  # anything from requests or kagglesdk: explain, no traceback
-        raise PipelineError(_describe_api_error(error)) from error
+    offline = (
+        " Without internet access, take the files from a local copy: ./run.sh download --from DIR"
+    )
+    api = authenticated_api(
+        sources, "download", COMPETITION, ", or use ./run.sh download --from DIR", offline
+    )
+    with kaggle_errors("download", COMPETITION, offline):
+        api.competition_download_files(COMPETITION, path=str(input_dir), force=force, quiet=False)
 
 
 # --------------------------------------------------------------------------- unpacking

@@ -219,8 +219,19 @@ def _score_and_record(
 ) -> SetScore:
     result = score_submission(submission_csv, solution_csv)
     if leaderboard_csv is not None:
+        metadata = read_submission_metadata(submission_csv)
+        trained = leaderboard.trained_on_scored_images(metadata, result.per_image)
+        if trained:
+            log.warning(
+                "%s: its model was trained on the labels of %d of the %d scored images: the "
+                "leaderboard marks it %r and does not rank it",
+                submission_csv,
+                trained,
+                len(result.per_image),
+                leaderboard.TRAINED_ON_LABELS,
+            )
         leaderboard.append_entry(
-            leaderboard_csv, submission_csv, result.score, read_submission_metadata(submission_csv)
+            leaderboard_csv, submission_csv, result.score, metadata, trained_on_labels=trained > 0
         )
         log.info("added to the leaderboard %s", leaderboard_csv)
     return result
