@@ -183,6 +183,13 @@ class TrainConfig:
         "conditions, size and kind, held out: measures generalisation to unseen ones)",
         choices=SPLITS,
     )
+    with_stage1_test: bool = setting(
+        False,
+        "also train on the stage-1 test images with their released labels (stage1_test/ and "
+        "stage1_solution.csv beside the training folder): the stage-2 recipe. They join the "
+        "training side only, never validation; the model's stage1_test score is then on "
+        "labels it learned, so the leaderboard flags it and does not rank it",
+    )
     seed: int = setting(42, "seed of the split, the augmentation and the weights")
     eval_every: int = setting(
         3, "epochs between competition-metric evaluations on validation", low=1
@@ -450,6 +457,7 @@ _FINGERPRINT_NEUTRAL = {
     ("model", "input_space"): lambda value, _sections: value == "rgb",
     ("train", "scale_min"): lambda value, _sections: value == 0.75,
     ("train", "scale_max"): lambda value, _sections: value == 1.5,
+    ("train", "with_stage1_test"): lambda value, _sections: not value,  # stage1_train alone
     # used by resize_policy "nucleus" only
     ("train", "nucleus_diameter"): lambda _value, sections: (
         sections["train"]["resize_policy"] != "nucleus"

@@ -212,8 +212,54 @@ def _build_or_resume(config: Config, model_dir: Path, resume: bool, device: str)
     return model, config, device_description
 
 
+def _stage1_test_samples(images_dir: Path, train_ids: set[str]):
+    """The stage-1 test images with their released labels, for ``--with-stage1-test``.
+
+    Taken from ``stage1_test/`` and ``stage1_solution.csv`` beside the training folder
+    (``input/`` for ``input/stage1_train``). Returns ``(samples, record)``, the record saying
+    where they came from for ``split.json``.
+    """
+    from pipeline.data.dataset import labels_from_rle_csv, load_samples
+    from pipeline.learning.model_store import portable_path
+
+    test_dir, solution = (
+        images_dir.parent / "stage1_test",
+        images_dir.parent / "stage1_solution.csv",
+    )
+    for needed in (test_dir, solution):
+        if not needed.exists():
+            raise PipelineError(
+                f"--with-stage1-test: {needed} not found (the stage-1 test images and their "
+                f"labels are read beside the training folder {images_dir}; ./run.sh download "
+                "fetches them)"
+            )
+    labels = labels_from_rle_csv(solution)
+    ids = sorted(labels)
+    clashes = sorted(train_ids.intersection(ids))
+    if clashes:
+        raise PipelineError(
+            f"--with-stage1-test: {len(clashes)} image(s) of {solution} are training images "
+            f"already, such as {clashes[0]}"
+        )
+    samples = []
+    for sample in load_samples(test_dir, with_labels=False, ids=ids):
+        if sample.shape != labels[sample.image_id].shape:
+            raise PipelineError(
+                f"{solution}: {sample.image_id}: labels of size {labels[sample.image_id].shape}"
+                f" for an image of size {sample.shape}"
+            )
+        samples.append(dataclasses.replace(sample, labels=labels[sample.image_id]))
+    record = {"images_dir": portable_path(test_dir), "labels": portable_path(solution), "ids": ids}
+    log.info("with the stage-1 test set: %d images added to the training side", len(ids))
+    return samples, record
+
+
 def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bool):
-    """The training and validation samples; a new run saves its config and split first."""
+    """The training and validation samples; a new run saves its config and split first.
+
+    With ``with_stage1_test`` the stage-1 test images join the training side after the
+    split of ``images_dir`` is drawn, so the validation images are the same as without.
+    """
     from pipeline.data.dataset import load_samples
     from pipeline.learning.model_store import (
         CONFIG_FILE,
@@ -226,18 +272,24 @@ def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bo
 
     model_dir.mkdir(parents=True, exist_ok=True)
     samples = load_samples(images_dir, with_labels=True)
+    extra, extra_record = [], None
+    if config.train.with_stage1_test:
+        extra, extra_record = _stage1_test_samples(images_dir, {s.image_id for s in samples})
     if resume:
         split = read_json(model_dir / SPLIT_FILE)
     else:
         train = config.train
         split = make_split(samples, train.val_fraction, train.seed, train.split)
+        if extra_record is not None:
+            split = {**split, "train": sorted([*split["train"], *extra_record["ids"]])}
+            split["stage1_test"] = extra_record
         config.save(model_dir / CONFIG_FILE)
-        kinds = {s.image_id: s.kind for s in samples}
+        kinds = {s.image_id: s.kind for s in [*samples, *extra]}
         record = {"seed": train.seed, "images_dir": portable_path(images_dir), **split}
         write_json(model_dir / SPLIT_FILE, {**record, "kinds": kinds})
     if split.get("held_out_conditions"):
         log.info("held-out conditions: %s", ", ".join(split["held_out_conditions"]))
-    by_id = {s.image_id: s for s in samples}
+    by_id = {s.image_id: s for s in [*samples, *extra]}
     train_samples = prepare_training_samples([by_id[i] for i in split["train"]], config)
     return train_samples, [by_id[i] for i in split["val"]]
 
@@ -330,6 +382,8 @@ def _write_results(model, config: Config, model_dir: Path, state, n_val: int, ru
         "command": run["command"],
         "validation_per_image": best.get("per_image", {}),
     }
+    if config.train.with_stage1_test:
+        scores["trained_on_stage1_test"] = True  # its stage1_test score is not a test
     write_json(model_dir / SCORES_FILE, scores)
     shown = f"{scores['validation_score']:.4f}" if best else "n/a"
     log.info("model written to %s (validation score %s)", model_dir, shown)
