@@ -25,7 +25,16 @@ COMMON = {"-h", "--help", "-v", "--verbose", "--device", "--images"}
 RUN_OPTIONS = {
     "train": COMMON | {"--preset", "--config", "--out", "--demo", "--resume", "--no-tune"},
     "predict": COMMON
-    | {"--model", "--out", "--demo", "--no-check", "--untuned", "--labels-out", "--measurements"},
+    | {
+        "--model",
+        "--out",
+        "--demo",
+        "--no-check",
+        "--untuned",
+        "--labels-out",
+        "--measurements",
+        "--resume",
+    },
     "evaluate": COMMON | {"--model", "--untuned", "--json"},
 }
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from pipeline.data.rle import RLEError, decode_flat_indices, encode_labels, pars
 from pipeline.data.rle_csv import REQUIRED, Problem, read_rle_table
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "HEADER",
@@ -173,6 +176,96 @@ class SubmissionWriter:
         self.n_rows += max(len(rles), 1)
         self.n_nuclei += len(rles)
         return len(rles)
+
+
+class ResumableSubmissionWriter(SubmissionWriter):
+    """A `SubmissionWriter` whose work survives a kill: it resumes where it stopped.
+
+    Rows go to ``<path>.partial``; after each image the file is flushed to disk and
+    ``<path>.partial.json`` records how many images and bytes are complete, with a ``key``
+    naming the run (model, settings and images). A new writer with the same key opens the
+    partial file, drops anything after the last complete image, and lists the images
+    already done in ``done``; with another key (or none on disk) it starts over. When the
+    ``with`` block ends without an error the partial file becomes ``path``; on an error
+    or a kill it stays for the next run.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], key: str) -> None:
+        super().__init__(path)
+        self.key = key
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.progress = self.path.with_name(self.path.name + ".partial.json")
+        self.done: list[str] = []
+
+    def _resumable(self) -> dict | None:
+        try:
+            progress = json.loads(self.progress.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if progress.get("key") != self.key or not self.partial.is_file():
+            return None
+        if self.partial.stat().st_size < progress.get("bytes", -1):
+            return None
+        return progress
+
+    def __enter__(self) -> ResumableSubmissionWriter:
+        if self._file is not None:
+            raise RuntimeError(f"SubmissionWriter for {self.path} is already open")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        progress = self._resumable()
+        if progress is None:
+            if self.partial.exists():
+                log.info(
+                    "%s: from another run (model, settings or images): starting over", self.partial
+                )
+            self._file = open(self.partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            self._file.write(",".join(HEADER) + "\n")
+            self._checkpoint()
+            return self
+        with open(self.partial, "r+b") as handle:
+            handle.truncate(progress["bytes"])  # a kill can leave half an image after it
+        self.done = _image_ids_in_order(self.partial)
+        self._seen = set(self.done)
+        self.n_images = len(self.done)
+        self._file = open(self.partial, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        log.info("%s: resuming after %d images", self.partial, len(self.done))
+        return self
+
+    def add(self, image_id: str, labels: np.ndarray) -> int:
+        n_nuclei = super().add(image_id, labels)
+        self._checkpoint()
+        return n_nuclei
+
+    def _checkpoint(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        record = {"key": self.key, "images": self.n_images, "bytes": self._file.tell()}
+        atomic_write_text(self.progress, json.dumps(record) + "\n")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        handle, self._file = self._file, None
+        if handle is not None:
+            handle.close()
+        if exc_type is None:
+            os.replace(self.partial, self.path)
+            self.progress.unlink(missing_ok=True)
+        return False
+
+
+def _image_ids_in_order(path: Path) -> list[str]:
+    """The distinct ImageIds of a submission file, in the order they first appear."""
+    seen: dict[str, None] = {}
+    with open(path, encoding="utf-8") as handle:
+        next(handle, None)
+        for line in handle:
+            seen.setdefault(line.split(",", 1)[0], None)
+    return list(seen)
 
 
 def write_submission(path: str | os.PathLike[str], items: Iterable[tuple[str, np.ndarray]]) -> None:

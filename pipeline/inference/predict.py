@@ -24,6 +24,7 @@ from skimage.transform import resize
 from tqdm import tqdm
 
 from pipeline.config import Config
+from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -252,16 +253,23 @@ def iter_predictions(
 
 
 def iter_file_predictions(
-    model, image_files: Sequence[ImageFile], config: Config, progress: bool = True
+    model, image_files: Sequence[ImageFile], config: Config, progress: bool = True, done: int = 0
 ) -> Iterator[tuple[ImageFile, np.ndarray, np.ndarray]]:
     """Yield ``(image_file, labels, pixels)`` for each image file, a bounded chunk at a time.
 
     ``pixels`` are the image's values as stored (`pipeline.data.images.read_pixels`); the
-    network sees their 8-bit RGB version (`pipeline.data.images.to_rgb_uint8`).
+    network sees their 8-bit RGB version (`pipeline.data.images.to_rgb_uint8`). ``done``
+    images of the run were predicted before (a resumed run): the bar starts there.
     """
     from pipeline.data.images import read_pixels, to_rgb_uint8
 
-    bar = tqdm(total=len(image_files), desc="predict", unit="img", disable=not progress)
+    bar = tqdm(
+        total=done + len(image_files),
+        initial=done,
+        desc="predict",
+        unit="img",
+        disable=not progress,
+    )
     for start in range(0, len(image_files), CHUNK_IMAGES):
         chunk = image_files[start : start + CHUNK_IMAGES]
         stored = [read_pixels(image_file.path) for image_file in chunk]
@@ -328,11 +336,24 @@ class PredictionOutputs:
     """
 
     def __init__(
-        self, out_csv: Path, labels_dir: Path | None = None, measurements_csv: Path | None = None
+        self,
+        out_csv: Path,
+        labels_dir: Path | None = None,
+        measurements_csv: Path | None = None,
+        resume_key: str | None = None,
     ) -> None:
-        from pipeline.data.submission import SubmissionWriter
+        from pipeline.data.submission import ResumableSubmissionWriter, SubmissionWriter
 
-        self.writer = SubmissionWriter(out_csv)
+        if resume_key is not None and measurements_csv is not None:
+            raise PipelineError(
+                "--resume keeps the submission and label images across an interruption, "
+                "not the measurements table: leave out --measurements or --resume"
+            )
+        self.writer = (
+            SubmissionWriter(out_csv)
+            if resume_key is None
+            else ResumableSubmissionWriter(out_csv, resume_key)
+        )
         self.labels_dir = labels_dir
         self.measurements_csv = measurements_csv
         self._tables: list[pd.DataFrame] = []
@@ -340,6 +361,11 @@ class PredictionOutputs:
     def __enter__(self) -> PredictionOutputs:
         self.writer.__enter__()
         return self
+
+    @property
+    def done(self) -> set[str]:
+        """The images a resumed run already wrote (none for a fresh one)."""
+        return set(getattr(self.writer, "done", ()))
 
     def __exit__(
         self,
@@ -395,6 +421,22 @@ def _load_for_prediction(model_dir: Path, overrides: dict | None, device: str, t
     return model, config
 
 
+def _run_key(model_dir: Path, config: Config, image_files: Sequence[ImageFile]) -> str:
+    """What makes two prediction runs the same: the model, its settings and the images."""
+    import hashlib
+    import json
+
+    weights = Path(model_dir) / "model.weights.h5"
+    stat = weights.stat()
+    payload = {
+        "model": str(Path(model_dir).resolve()),
+        "weights": [stat.st_size, stat.st_mtime_ns],
+        "predict": vars(config.predict),
+        "images": [[f.image_id, str(f.path)] for f in image_files],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_prediction(
     model_dir: Path,
     images_dir: Path,
@@ -404,6 +446,7 @@ def run_prediction(
     tuned: bool = True,
     labels_dir: Path | None = None,
     measurements_csv: Path | None = None,
+    resume: bool = False,
 ) -> Path:
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
@@ -412,8 +455,10 @@ def run_prediction(
     saved prediction settings (threshold, min_size, fill_holes, tta, heads, batch_size).
     Writes the submission atomically, with a sidecar ``.json`` naming the model, config and
     commit; with ``labels_dir`` a label image per image (`write_label_image`), with
-    ``measurements_csv`` one table of measurements (`PredictionOutputs`). Returns the CSV
-    path.
+    ``measurements_csv`` one table of measurements (`PredictionOutputs`). With ``resume``
+    a run that was interrupted goes on after its last complete image, when the model,
+    settings and images are the same (`pipeline.data.submission.ResumableSubmissionWriter`).
+    Returns the CSV path.
     """
     from pipeline.learning import device as device_module
 
@@ -426,8 +471,11 @@ def run_prediction(
     model, config = _load_for_prediction(model_dir, overrides, device, tuned)
     log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
     out_csv = Path(out_csv)
-    with PredictionOutputs(out_csv, labels_dir, measurements_csv) as outputs:
-        for image_file, labels, pixels in iter_file_predictions(model, found.files, config):
+    key = _run_key(model_dir, config, found.files) if resume else None
+    with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
+        todo = [f for f in found.files if f.image_id not in outputs.done]
+        predictions = iter_file_predictions(model, todo, config, done=len(found.files) - len(todo))
+        for image_file, labels, pixels in predictions:
             outputs.add(image_file.image_id, labels, pixels)
     write_submission_metadata(
         out_csv,

@@ -37,6 +37,9 @@ class JobData:
     test_dir: Path
     solution_csv: Path | None
     demo: bool
+    stage: int = 1
+    # stage 2: the sample submission, whose ids the submission must hold exactly
+    sample_submission: Path | None = None
 
 
 def competition_data_present(input_dir: Path = paths.INPUT_DIR) -> bool:
@@ -80,6 +83,41 @@ def find_data(demo: bool, input_dir: Path = paths.INPUT_DIR) -> JobData:
         solution if solution.is_file() else None,
         demo=False,
     )
+
+
+#: Stage 2's files in input/, as ./run.sh download unpacks them from Kaggle.
+STAGE2_TEST = "stage2_test_final"
+STAGE2_SAMPLE = "stage2_sample_submission_final.csv"
+
+
+def stage2_data(input_dir: Path) -> JobData:
+    """Stage 2's data: stage1_train to train on, stage 2's test images and sample
+    submission (no solution: Kaggle scores them)."""
+    train_dir = input_dir / "stage1_train"
+    test_dir, sample = input_dir / STAGE2_TEST, input_dir / STAGE2_SAMPLE
+    missing = [p.name for p in (train_dir, test_dir, sample) if not p.exists()]
+    if missing:
+        raise PipelineError(
+            f"{input_dir}: stage 2 needs {STAGE2_TEST}/, {STAGE2_SAMPLE} and stage1_train/ "
+            f"there, {' and '.join(missing)} missing (./run.sh download fetches them from "
+            "Kaggle, or --from DIR imports them)"
+        )
+    return JobData(train_dir, test_dir, None, False, stage=2, sample_submission=sample)
+
+
+def check_against_sample(submission: Path, sample: Path) -> None:
+    """Refuse a submission whose ImageIds are not exactly those of the sample submission."""
+    from pipeline.data.submission import read_submission
+
+    wanted = set(read_submission(sample)["ImageId"])
+    written = set(read_submission(submission)["ImageId"])
+    missing, unknown = sorted(wanted - written), sorted(written - wanted)
+    if missing or unknown:
+        raise PipelineError(
+            f"{submission}: {len(missing)} ImageIds of {sample.name} missing "
+            f"{missing[:3]}, {len(unknown)} unknown {unknown[:3]}"
+        )
+    log.info("[check] %s: every ImageId of %s, no other", submission, sample.name)
 
 
 def _shown(path: Path) -> str:
@@ -152,15 +190,19 @@ def _predict_step(model_dir: Path, data: JobData, submissions_dir: Path, device:
     from pipeline.data.submission import check_submission
     from pipeline.inference.predict import run_prediction
 
-    submission = submissions_dir / f"{model_dir.name}.csv"
+    suffix = "-stage2" if data.stage == 2 else ""
+    submission = submissions_dir / f"{model_dir.name}{suffix}.csv"
     log.info("[predict] %s -> %s", data.test_dir, submission)
-    run_prediction(model_dir, data.test_dir, submission, device=device)
+    # Stage 2's thousands of images: an interrupted run goes on where it stopped.
+    run_prediction(model_dir, data.test_dir, submission, device=device, resume=data.stage == 2)
     log.info("[check] %s", submission)
     problems = check_submission(submission, data.test_dir)
     if problems:
         for problem in problems:
             log.error("%s", problem)
         raise PipelineError(f"{submission}: {len(problems)} problems; see above")
+    if data.sample_submission is not None:
+        check_against_sample(submission, data.sample_submission)
     return submission
 
 
@@ -192,18 +234,29 @@ def run_main_job(
     submissions_dir: Path = paths.SUBMISSIONS_DIR,
     leaderboard_csv: Path = paths.LEADERBOARD_CSV,
     command: str | None = None,
+    stage: int = 1,
 ) -> dict:
     """Run every stage; return ``{"model_dir", "submission", "score"}``.
+
+    ``stage`` 2 predicts stage 2's test images (``stage2_test_final``), resumably, checks
+    the submission against ``stage2_sample_submission_final.csv`` and scores nothing.
 
     ``command`` is recorded in a newly trained model's ``scores.json`` as the command that
     trained it; by default the ``./run.sh`` line these arguments stand for.
     """
-    data = find_data(demo, input_dir)
+    data = stage2_data(input_dir) if stage == 2 else find_data(demo, input_dir)
     if data.demo and config.name == "default":
         config = preset("demo")
     model_dir = _train_step(config, data, models_dir, retrain, device, command)
     submission = _predict_step(model_dir, data, submissions_dir, device)
     result = {"model_dir": str(model_dir), "submission": str(submission), "score": None}
+    if data.stage == 2:
+        log.info(
+            "[score] none: stage 2 has no local solution; Kaggle scores it "
+            "(./run.sh submit %s -m MESSAGE)",
+            _shown(submission),
+        )
+        return result
     if data.solution_csv is None:
         log.info("[score] skipped: no solution file in %s", input_dir)
         return result
@@ -225,6 +278,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train a new model even when one with these settings exists",
     )
+    parser.add_argument(
+        "--stage",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: predict and score stage1_test; 2: predict stage2_test_final into "
+        "submissions/<model>-stage2.csv, checked against the stage-2 sample submission "
+        "(resumes an interrupted run; no local score)",
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto")
 
 
@@ -235,8 +297,11 @@ def main(args: argparse.Namespace) -> int:
         retrain=args.retrain,
         device=args.device,
         command=getattr(args, "command_line", None),
+        stage=args.stage,
     )
-    if result["score"] is not None:
+    if args.stage == 2:
+        print(f"\n{result['submission']}: written and checked; stage 2 is scored by Kaggle")
+    elif result["score"] is not None:
         print(
             f"\n{result['submission']}: score {result['score']:.4f} "
             f"(model {result['model_dir']}; ./run.sh leaderboard lists every run)"

@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", choices=DEVICES, default="auto")
     run.add_argument("--no-check", action="store_true", help="skip checking the written CSV")
     run.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on after the last complete image of an interrupted run with the same model, "
+        "settings and images (its rows are kept in OUT.partial until the end)",
+    )
+    run.add_argument(
         "--untuned",
         action="store_true",
         help="ignore the model's thresholds.json (use its config's defaults)",
@@ -134,6 +140,7 @@ def main(args: argparse.Namespace) -> int:
         not args.untuned,
         labels_dir=args.labels_out,
         measurements_csv=args.measurements,
+        resume=args.resume,
     )
     if not args.no_check:
         _check(Path(out_csv), found)
