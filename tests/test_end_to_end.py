@@ -337,3 +337,27 @@ def test_nucleus_scale_policy_trains_predicts_and_submits(demo, tmp_path):
     predict = ["predict", "--model", str(model_dir), "--images", str(demo.test_dir)]
     assert cli_main([*predict, "--out", str(submission)]) == 0
     assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
+
+
+def test_a_held_out_condition_split_validates_on_conditions_it_never_trained_on(
+    demo, tmp_path, capsys
+):
+    model_dir = tmp_path / "held-out"
+    argv = ["train", "--preset", "demo", *TINY, "--epochs", "1", "--split", "conditions"]
+    assert cli_main([*argv, "--images", str(demo.train_dir), "--out", str(model_dir)]) == 0
+    split = json.loads((model_dir / "split.json").read_text())
+    assert split["held_out_conditions"] and split["val"]
+    from pipeline.data.dataset import load_samples
+    from pipeline.learning.splits import condition_of
+
+    conditions = {s.image_id: condition_of(s) for s in load_samples(demo.train_dir, False)}
+    trained_on = {conditions[i] for i in split["train"]}
+    assert {conditions[i] for i in split["val"]} == set(split["held_out_conditions"])
+    assert not trained_on & set(split["held_out_conditions"])
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--model", str(model_dir), "--json"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])
+    assert result["split"] == "conditions"
+    assert result["held_out_conditions"] == split["held_out_conditions"]
+    assert "images, held-out conditions: " in printed

@@ -80,7 +80,7 @@ def evaluate_model(
 
     device_module.select_device(device)
     from pipeline.inference.predict import postprocess_params
-    from pipeline.learning.model_store import load_model
+    from pipeline.learning.model_store import SPLIT_FILE, load_model, read_json
 
     device_module.configure(device, "float32")
     model, config = load_model(Path(model_dir), tuned=tuned)
@@ -89,8 +89,12 @@ def evaluate_model(
             setattr(config.predict, key, value)
     samples = validation_samples(model_dir, images_dir)
     result = score_samples(model, samples, config)
+    held_out = read_json(Path(model_dir) / SPLIT_FILE).get("held_out_conditions")
     return {
         "score": result["score"],
+        # "conditions": whole acquisition conditions held out (generalisation), or "random"
+        "split": "conditions" if held_out else "random",
+        "held_out_conditions": held_out or [],
         "per_kind": result["per_kind"],
         "images": len(samples),
         "settings": {

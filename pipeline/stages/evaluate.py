@@ -40,7 +40,12 @@ def main(args: argparse.Namespace) -> int:
     result = evaluate_model(
         args.model, config_overrides(args, "predict"), not args.untuned, args.images, args.device
     )
-    print(f"validation score {result['score']:.6f} ({result['images']} images)")
+    split = (
+        "held-out conditions: " + ", ".join(result["held_out_conditions"])
+        if result["split"] == "conditions"
+        else "random split"
+    )
+    print(f"validation score {result['score']:.6f} ({result['images']} images, {split})")
     for kind, score in result["per_kind"].items():
         print(f"  {kind:<13}{score:.6f}")
     print(f"settings: {result['settings']}")
