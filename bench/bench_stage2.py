@@ -51,14 +51,15 @@ def write_images(folder: Path, count: int, seed: int = 2018) -> None:
 
     rng = np.random.default_rng(seed)
     shapes = rng.choice(len(SIZE_MIX), size=count, p=[share for *_, share in SIZE_MIX])
-    for index, shape in enumerate(shapes):
+    # Drawn for every image up front: an image's kind does not depend on which exist.
+    kinds = np.where(rng.random(count) < 0.2, "histology", "fluorescence")
+    for index, (shape, kind) in enumerate(zip(shapes, kinds, strict=True)):
         image_id = f"stage2-synthetic-{index:05d}"
         path = folder / image_id / "images" / f"{image_id}.png"
         if path.is_file():
             continue
         height, width, _ = SIZE_MIX[shape]
-        kind = "histology" if rng.random() < 0.2 else "fluorescence"
-        image, _labels = make_sample(np.random.default_rng([seed, index]), height, width, kind)
+        image, _labels = make_sample(np.random.default_rng([seed, index]), height, width, str(kind))
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(path)
 
