@@ -48,6 +48,7 @@ def write_images(folder: Path, count: int, seed: int = 2018) -> None:
     from PIL import Image
 
     from pipeline.data.synthetic import make_sample
+    from pipeline.fileio import atomic_path
 
     rng = np.random.default_rng(seed)
     shapes = rng.choice(len(SIZE_MIX), size=count, p=[share for *_, share in SIZE_MIX])
@@ -61,7 +62,8 @@ def write_images(folder: Path, count: int, seed: int = 2018) -> None:
         height, width, _ = SIZE_MIX[shape]
         image, _labels = make_sample(np.random.default_rng([seed, index]), height, width, str(kind))
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path)
+        with atomic_path(path) as tmp:  # a killed run leaves no truncated image
+            Image.fromarray(image).save(tmp, format="PNG")
 
 
 def resident_gib(pid: int, field: str = "VmRSS") -> float:

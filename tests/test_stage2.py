@@ -175,3 +175,18 @@ def test_a_submission_with_other_ids_than_the_sample_is_refused(tmp_path):
     submission.write_text("ImageId,EncodedPixels\na,\nc,\n")
     with pytest.raises(PipelineError, match=r"1 ImageIds of sample.csv missing \['b'\], 1 unknown"):
         check_against_sample(submission, sample)
+
+
+def test_a_run_is_the_same_run_whether_its_folder_is_given_relative_or_absolute(
+    model_dir, tmp_path, monkeypatch
+):
+    from pipeline.data.dataset import ImageFile
+    from pipeline.inference.predict import _run_key
+
+    config = preset("demo")
+    image = tmp_path / "a.png"
+    monkeypatch.chdir(tmp_path)
+    relative = _run_key(model_dir, config, [ImageFile("a", Path("a.png"))])
+    assert relative == _run_key(model_dir, config, [ImageFile("a", image)])
+    config.predict.threshold = 0.7
+    assert relative != _run_key(model_dir, config, [ImageFile("a", image)])

@@ -432,7 +432,7 @@ def _run_key(model_dir: Path, config: Config, image_files: Sequence[ImageFile]) 
         "model": str(Path(model_dir).resolve()),
         "weights": [stat.st_size, stat.st_mtime_ns],
         "predict": vars(config.predict),
-        "images": [[f.image_id, str(f.path)] for f in image_files],
+        "images": [[f.image_id, str(Path(f.path).resolve())] for f in image_files],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
