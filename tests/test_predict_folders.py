@@ -20,11 +20,11 @@ from skimage.draw import disk
 
 from pipeline.cli import main as cli_main
 from pipeline.data.dataset import image_path, list_image_files, list_image_ids, read_image
-from pipeline.data.images import read_pixels
+from pipeline.data.images import MAX_PNG_LABEL, read_pixels
 from pipeline.data.rle import decode_labels
 from pipeline.data.submission import group_rows, read_submission
 from pipeline.inference.measure import COLUMNS
-from pipeline.inference.predict import MAX_PNG_LABEL, write_label_image
+from pipeline.inference.predict import write_label_image
 from pipeline.stages.predict import default_out_csv
 
 demo = end_to_end.demo

@@ -44,6 +44,9 @@ NORMALISE_PERCENTILES = (0.5, 99.5)
 
 ImageSource = str | os.PathLike[str] | BinaryIO
 
+#: The largest label a 16-bit PNG label image holds; more nuclei make a 32-bit TIFF.
+MAX_PNG_LABEL = 65535
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_COLOUR_TYPES_WITH_CHANNELS = (2, 4, 6)  # RGB, grey + alpha, RGBA
@@ -274,3 +277,26 @@ def read_image_shape(source: ImageSource) -> tuple[int, int]:
     except _READ_ERRORS as error:
         raise PipelineError(f"{source}: not a readable image ({error})") from error
     return height, width
+
+
+def encode_label_image(labels: np.ndarray) -> tuple[str, bytes]:
+    """An instance label image as a file: ``(suffix, bytes)``.
+
+    A 16-bit grey PNG (0 = background, ``1..n`` the nuclei), or a 32-bit TIFF when a label
+    is above `MAX_PNG_LABEL`. ``predict --labels-out`` and the web page write the same.
+
+    >>> encode_label_image(np.array([[0, 1], [2, 300]]))[0]
+    '.png'
+    >>> encode_label_image(np.array([[0, MAX_PNG_LABEL + 1]]))[0]
+    '.tif'
+    """
+    import io
+
+    buffer = io.BytesIO()
+    if labels.max(initial=0) <= MAX_PNG_LABEL:
+        Image.fromarray(labels.astype(np.uint16)).save(buffer, format="PNG")
+        return ".png", buffer.getvalue()
+    import tifffile
+
+    tifffile.imwrite(buffer, labels.astype(np.uint32))
+    return ".tif", buffer.getvalue()

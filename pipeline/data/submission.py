@@ -170,7 +170,7 @@ class SubmissionWriter:
         if image_id in self._seen:
             raise ValueError(f"{self.path}: image {image_id} added twice")
         rles = encode_labels(labels)
-        self._file.write("".join(f"{image_id},{rle}\n" for rle in rles or [""]))
+        self._file.write(submission_rows(image_id, rles))
         self._seen.add(image_id)
         self.n_images += 1
         self.n_rows += max(len(rles), 1)
@@ -266,6 +266,18 @@ def _image_ids_in_order(path: Path) -> list[str]:
         for line in handle:
             seen.setdefault(line.split(",", 1)[0], None)
     return list(seen)
+
+
+def submission_rows(image_id: str, encodings: Sequence[str]) -> str:
+    """One image's lines of a submission: one per nucleus, or one with an empty
+    ``EncodedPixels`` when it has none.
+
+    >>> submission_rows("a1", ["1 3", "7 2"])
+    'a1,1 3\\na1,7 2\\n'
+    >>> submission_rows("empty", [])
+    'empty,\\n'
+    """
+    return "".join(f"{image_id},{rle}\n" for rle in encodings or [""])
 
 
 def write_submission(path: str | os.PathLike[str], items: Iterable[tuple[str, np.ndarray]]) -> None:

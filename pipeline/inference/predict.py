@@ -283,31 +283,23 @@ def iter_file_predictions(
 
 
 #: The largest label a 16-bit PNG label image can hold; beyond it a 32-bit TIFF is written.
-MAX_PNG_LABEL = 65535
-
-
 def write_label_image(labels_dir: Path, image_id: str, labels: np.ndarray) -> Path:
     """Write one image's instance labels as ``<labels_dir>/<image_id>.png`` (16-bit grey,
     0 = background, ``1..n`` the nuclei), or as ``<image_id>.tif`` (32-bit) when a label is
-    above ``MAX_PNG_LABEL``; atomically. Returns the path written."""
-    from PIL import Image
-
+    above ``MAX_PNG_LABEL`` (`pipeline.data.images.encode_label_image`); atomically.
+    Returns the path written."""
+    from pipeline.data.images import MAX_PNG_LABEL, encode_label_image
     from pipeline.fileio import atomic_path
 
-    top = int(labels.max(initial=0))
-    if top <= MAX_PNG_LABEL:
-        target = Path(labels_dir) / f"{image_id}.png"
-        with atomic_path(target) as tmp:
-            Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
-        return target
-    import tifffile
-
-    target = Path(labels_dir) / f"{image_id}.tif"
-    log.info(
-        "%s: %d nuclei, over a 16-bit PNG's %d: writing a 32-bit TIFF", image_id, top, MAX_PNG_LABEL
-    )
+    suffix, data = encode_label_image(labels)
+    if suffix != ".png":
+        log.info(
+            "%s: %d nuclei, over a 16-bit PNG's %d: writing a 32-bit TIFF",
+            image_id, int(labels.max()), MAX_PNG_LABEL,
+        )  # fmt: skip
+    target = Path(labels_dir) / f"{image_id}{suffix}"
     with atomic_path(target) as tmp:
-        tifffile.imwrite(tmp, labels.astype(np.uint32))
+        tmp.write_bytes(data)
     return target
 
 

@@ -80,17 +80,20 @@ class Segmentation:
 
     def files(self) -> dict[str, str]:
         """The pictures and downloads of the page, base64 (PNGs) or text (CSVs)."""
-        labels_name, labels_bytes = label_image_file(self.labels, image_id_of(self.name))
-        rows = [f"{image_id_of(self.name)},{rle}" for rle in self.encodings or [""]]
+        from pipeline.data.images import encode_label_image
+        from pipeline.data.submission import HEADER, submission_rows
+
+        image_id = image_id_of(self.name)
+        suffix, labels_bytes = encode_label_image(self.labels)
         measurements = self.measurements.copy()
         measurements.insert(0, "image", self.name)
         return {
             "image_png": _base64(_png(display_image(self.image))),
             "outlines_png": _base64(_png(outline_layer(self.labels))),
-            "labels_name": labels_name,
+            "labels_name": f"{image_id}-labels{suffix}",
             "labels_file": _base64(labels_bytes),
             "measurements_csv": measurements.to_csv(index=False),
-            "rle_csv": "ImageId,EncodedPixels\n" + "\n".join(rows) + "\n",
+            "rle_csv": ",".join(HEADER) + "\n" + submission_rows(image_id, self.encodings),
         }
 
 
@@ -112,17 +115,6 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def _base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def label_image_file(labels: np.ndarray, image_id: str) -> tuple[str, bytes]:
-    """The label image as a file: a 16-bit PNG, or a 32-bit TIFF past 65535 nuclei."""
-    if labels.max(initial=0) <= np.iinfo(np.uint16).max:
-        return f"{image_id}-labels.png", _png(labels.astype(np.uint16))
-    import tifffile
-
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, labels.astype(np.uint32))
-    return f"{image_id}-labels.tif", buffer.getvalue()
 
 
 def display_image(image: np.ndarray) -> np.ndarray:
@@ -158,17 +150,12 @@ def check_upload(data: bytes, name: str, max_megapixels: float = MAX_MEGAPIXELS)
     kind = next((k for sig, k in SIGNATURES.items() if data.startswith(sig)), None)
     if kind is None:
         raise UploadError(f"{name}: not a PNG, JPEG or TIFF image", status=415)
-    try:
-        if kind == "TIFF":
-            import tifffile
+    from pipeline.data.images import read_image_shape
 
-            with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-                height, width = tiff.pages[0].shape[:2]
-        else:
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-    except Exception as error:  # noqa: BLE001 - any decoder failure is the file's fault
-        raise UploadError(f"{name}: not a readable {kind} image ({error})") from error
+    try:
+        height, width = read_image_shape(io.BytesIO(data))
+    except PipelineError as error:
+        raise UploadError(f"{name}: {_without_source(str(error))}") from error
     megapixels = height * width / 1e6
     if megapixels > max_megapixels:
         raise UploadError(
