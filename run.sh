@@ -29,19 +29,35 @@ find_python() {
   return 1
 }
 
+venv_runs() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c '' 2>/dev/null
+}
+
 ensure_venv() {
-  if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && cmp -s "$LOCK" "$STAMP"; then
+  if venv_runs && [ -f "$STAMP" ] && cmp -s "$LOCK" "$STAMP"; then
     return 0
   fi
   local python
   python="$(find_python)"
-  if [ ! -x "$VENV/bin/python" ]; then
+  if [ -L "$VENV" ] && [ ! -e "$VENV" ]; then
+    echo "run.sh: $VENV is a link to nowhere; removing it" >&2
+    rm "$VENV"
+  fi
+  if [ ! -e "$VENV" ]; then
     echo "run.sh: creating $VENV (first run; installs the pinned dependencies, a few minutes)" >&2
     "$python" -m venv "$VENV"
+  elif ! venv_runs; then
+    # A copied or moved checkout, or a removed Python, leaves links to nowhere.
+    echo "run.sh: $VENV is broken (its python does not run); making it again" >&2
+    "$python" -m venv --clear "$VENV"
   else
     echo "run.sh: requirements.lock changed; updating $VENV" >&2
   fi
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$LOCK"
+  if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$LOCK"; then
+    echo "run.sh: error: installing requirements.lock into $VENV failed (see above); check" \
+      "the connection to the package index and run again" >&2
+    exit 1
+  fi
   cp "$LOCK" "$STAMP"
 }
 

@@ -6,8 +6,10 @@ Each stage lives in its own module, which provides
 - ``main(args: argparse.Namespace) -> int``: the stage itself, returning the exit status.
 
 Only the chosen stage's module is imported, so ``--help`` and light stages start fast and
-TensorFlow is loaded only by the stages that need it. A ``PipelineError`` is printed as
-``error: ...`` without a traceback (exit status 2).
+TensorFlow is loaded only by the stages that need it. Every failure ends in one line,
+exit status 2: a ``PipelineError`` as ``error: ...``; a file system error (a folder that is
+read-only, a disk that is full) as ``error: FILE: what the system said``; anything else, a
+bug, as ``error: unexpected ...`` with the traceback under ``--verbose``.
 """
 
 from __future__ import annotations
@@ -235,3 +237,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logging.getLogger("pipeline").error("interrupted")
         return 130
+    except OSError as error:
+        logging.getLogger("pipeline").error("error: %s", os_error_message(error))
+        logging.getLogger("pipeline").debug("traceback:", exc_info=True)
+        return 2
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a dump
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        logging.getLogger("pipeline").error(
+            "error: unexpected %s: %s (a bug; ./run.sh %s --verbose shows where)",
+            type(error).__name__,
+            first,
+            stage,
+        )
+        logging.getLogger("pipeline").debug("traceback:", exc_info=True)
+        return 2
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for a file system error: the file, then what the system said.
+
+    >>> os_error_message(PermissionError(13, "Permission denied", "/data/out.csv"))
+    '/data/out.csv: Permission denied'
+    """
+    names = [name for name in (error.filename, error.filename2) if name]
+    what = error.strerror or str(error)
+    return f"{' -> '.join(map(str, names))}: {what}" if names else what

@@ -1,23 +1,74 @@
 """Atomic writes: a file or folder appears complete or not at all.
 
 Every stage writes its outputs through these helpers, so that an interrupted run never
-leaves a half-written CSV, model or unpacked folder behind.
+leaves a half-written CSV, model or unpacked folder behind. A temporary name holds the
+writer's process id (``.<name>.<pid>.<random>.tmp``); the next write of the same name
+removes those of processes that no longer run (`remove_stale_temporaries`), so that a
+killed run's leftovers do not pile up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.errors import PipelineError
 
-def _umask() -> int:
+log = logging.getLogger(__name__)
+
+
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, name: str) -> list[Path]:
+    """Remove ``.<name>.<pid>.*`` files and folders in ``folder`` whose process is gone.
+
+    Returns what was removed. Temporaries of running processes (another run writing the
+    same name) are left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.")
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or _process_running(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        log.info("removed %d leftover(s) of an interrupted run: %s", len(removed), removed[0])
+    return removed
+
+
+def temporary_prefix(name: str) -> str:
+    """The prefix of this process's temporaries for ``name`` (see the module docstring)."""
+    return f".{name}.{os.getpid()}."
 
 
 @contextlib.contextmanager
@@ -33,10 +84,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temporaries(target.parent, target.name)
+    prefix = temporary_prefix(target.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    tmp.chmod(0o666 & ~umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, target)
@@ -60,12 +113,16 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    tmp.chmod(0o777 & ~_umask())
+    remove_stale_temporaries(target.parent, target.name)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists() and not target.exists():
+        os.replace(old, target)  # a run killed between its two renames: the old one back
+    prefix = temporary_prefix(target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~umask())
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)
@@ -76,3 +133,20 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def check_writable_file(path: str | os.PathLike[str], option: str) -> None:
+    """Refuse, before any work, an output file that could not be written: ``path`` is a
+    folder, or its folder cannot be made or written to. ``option`` names the flag."""
+    path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"{path}: is a folder; {option} takes a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise PipelineError(
+            f"{path}: cannot be written ({option}): {error.strerror or error}"
+        ) from error

@@ -101,7 +101,7 @@ def test_left_out_missed_extra_and_unknown(
         ],  # s2 left out: 0
     )
     with caplog.at_level(logging.WARNING):
-        result = score_submission(submission, solution_csv)
+        result = score_submission(submission, solution_csv, checked=False)
     assert result.per_image == {"s1": 0.5, "s2": 0.0, "s4": 0.0}
     assert result.score == pytest.approx(1 / 6, abs=1e-15)
     assert result.tp.tolist() == [1] * 10
@@ -113,11 +113,35 @@ def test_left_out_missed_extra_and_unknown(
     assert not any("s3" in m for m in warnings)
 
 
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([], r"3 of the 3 images have no row \(s1, s2, s4\)"),  # the header alone
+        (["s1,1 1", "s4,"], r"1 of the 3 images have no row \(s2\)"),
+        (
+            ["s1,1 1", "s2,", "s4,", "zz,1 1"],
+            r"1 ImageId\(s\) are not in solution\.csv \(zz\)",
+        ),
+    ],
+)
+def test_a_submission_the_checker_rejects_is_refused_unless_unchecked(
+    tmp_path: Path, solution_csv: Path, lines: list[str], message: str
+) -> None:
+    submission = write_lines(tmp_path / "sub.csv", lines)
+    with pytest.raises(PipelineError, match=r"not a complete submission.*" + message):
+        score_submission(submission, solution_csv)
+    assert set(score_submission(submission, solution_csv, checked=False).per_image) == {
+        "s1",
+        "s2",
+        "s4",
+    }
+
+
 def test_labelled_pairs_decode_both_files_in_solution_order(
     tmp_path: Path, solution_csv: Path
 ) -> None:
     submission = write_lines(tmp_path / "sub.csv", ["s4,1 1", f"s1,{S1_RLES[1]}"])
-    pairs = list(labelled_pairs(submission, solution_csv))
+    pairs = list(labelled_pairs(submission, solution_csv, checked=False))
     assert [image_id for image_id, _ in pairs] == ["s1", "s2", "s4"]  # s3 is Ignored
     (true_s1, pred_s1), (true_s2, pred_s2), (true_s4, pred_s4) = (pair for _, pair in pairs)
     np.testing.assert_array_equal(true_s1, S1)
@@ -153,7 +177,7 @@ def test_an_undecodable_submission_is_refused(
     tmp_path: Path, solution_csv: Path, lines: list[str], message: str
 ) -> None:
     with pytest.raises(PipelineError, match=message):
-        score_submission(write_lines(tmp_path / "sub.csv", lines), solution_csv)
+        score_submission(write_lines(tmp_path / "sub.csv", lines), solution_csv, checked=False)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +204,7 @@ def test_a_bad_solution_is_refused(tmp_path: Path, solution_lines: list[str], me
 def test_score_stage_prints_the_report_json_and_adds_to_the_leaderboard(
     tmp_path: Path, solution_csv: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    submission = write_lines(tmp_path / "sub.csv", [f"s1,{S1_RLES[1]}", "s4,1 1"])
+    submission = write_lines(tmp_path / "sub.csv", [f"s1,{S1_RLES[1]}", "s2,", "s4,1 1"])
     write_submission_metadata(
         submission, {"model": "models/m1", "config": "demo", "commit": "cafe123"}
     )
@@ -220,6 +244,14 @@ def test_score_stage_prints_the_report_json_and_adds_to_the_leaderboard(
     assert cli.main([*argv, "--no-leaderboard"]) == 0
     assert len(read_leaderboard(board)) == 2
     assert cli.main([*argv[:-3], "--worst", "-1"]) == 2
+    capsys.readouterr()
+
+    partial = write_lines(tmp_path / "partial.csv", [f"s1,{S1_RLES[1]}", "s4,1 1"])
+    assert cli.main(["score", str(partial), *argv[2:]]) == 2  # s2 has no row: refused
+    assert "1 of the 3 images have no row (s2)" in capsys.readouterr().err
+    assert cli.main(["score", str(partial), *argv[2:], "--unchecked"]) == 0
+    assert capsys.readouterr().out.startswith("score 0.166667  (3 images)")
+    assert len(read_leaderboard(board)) == 2  # an unchecked score is never ranked
 
 
 def test_score_and_record_returns_the_score_and_adds_one_row(
@@ -229,10 +261,11 @@ def test_score_and_record_returns_the_score_and_adds_one_row(
     from pipeline.paths import REPO_ROOT
 
     monkeypatch.setattr(leaderboard, "git_commit", lambda: "beef456")
-    submission = write_lines(tmp_path / "sub.csv", [f"s1,{S1_RLES[0]}", f"s1,{S1_RLES[1]}"])
+    lines = [f"s1,{S1_RLES[0]}", f"s1,{S1_RLES[1]}", "s2,", "s4,"]
+    submission = write_lines(tmp_path / "sub.csv", lines)
     write_submission_metadata(submission, {"model": str(REPO_ROOT / "models" / "m2")})
     board = tmp_path / "leaderboard.csv"
-    # s1 perfect: 1; s2 left out: 0; s4 left out but without nuclei: nothing to find, 1.
+    # s1 perfect: 1; s2 predicted empty: 0; s4 empty and without nuclei: nothing to find, 1.
     assert score_and_record(submission, solution_csv, board) == pytest.approx(2 / 3, abs=1e-15)
     table = read_leaderboard(board)
     assert table[["model", "commit"]].to_numpy().tolist() == [["models/m2", "beef456"]]
@@ -502,7 +535,8 @@ def test_real_scores_agree_with_an_independent_metric(tmp_path: Path, real_subse
             writer.add(image_id, labels)
             predicted[image_id] = masks_out
     expected = reference_score(truth, predicted)
-    result = score_submission(submission, solution_path)
+    # checked=False: left-out images score as empty predictions, as the reference does
+    result = score_submission(submission, solution_path, checked=False)
     assert list(result.per_image) == list(expected)
     for image_id, score in expected.items():
         assert result.per_image[image_id] == pytest.approx(score, abs=1e-6), image_id

@@ -34,6 +34,7 @@ RUN_OPTIONS = {
         "--labels-out",
         "--measurements",
         "--resume",
+        "--force",
     },
     "evaluate": COMMON | {"--model", "--untuned", "--json"},
 }

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -57,7 +58,13 @@ from pipeline.data.kaggle_api import (
     kaggle_credentials_available as kaggle_credentials_available,  # used by the main job
 )
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_dir, atomic_path
+from pipeline.fileio import (
+    atomic_dir,
+    atomic_path,
+    remove_stale_temporaries,
+    temporary_prefix,
+    umask,
+)
 from pipeline.paths import INPUT_DIR
 
 log = logging.getLogger(__name__)
@@ -202,7 +209,8 @@ def _copy_member(
 def _member_path(info: zipfile.ZipInfo, shown: str) -> PurePosixPath | None:
     """Relative path of a member inside the target folder; None for junk entries.
 
-    Raises PipelineError for names that would leave the folder (absolute, ``..``, drives).
+    Raises PipelineError for names that would leave the folder (absolute, ``..``, drives)
+    and for symbolic links.
     """
     name = info.filename.replace("\\", "/")
     parts = [part for part in name.split("/") if part not in ("", ".")]
@@ -215,6 +223,11 @@ def _member_path(info: zipfile.ZipInfo, shown: str) -> PurePosixPath | None:
         raise PipelineError(
             f"{shown}: refusing to unpack, member {info.filename!r} points outside the folder "
             "it is unpacked into"
+        )
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise PipelineError(
+            f"{shown}: refusing to unpack, member {info.filename!r} is a symbolic link "
+            "(the competition archives hold none)"
         )
     if not parts or _JUNK_PARTS.intersection(parts):
         return None
@@ -244,15 +257,9 @@ def _planned_members(
     return planned
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _make_readable(path: Path) -> None:
     """Give a temporary file or folder the usual permissions (mkstemp/mkdtemp make them private)."""
-    path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask())
 
 
 def _count_files(folder: Path) -> int:
@@ -551,7 +558,9 @@ def _import_bundle(bundle: Path, input_dir: Path, force: bool, already: set[str]
                 log.info("%s: already unpacked from %s, skipped", target, shown)
                 written.append(target)
                 continue
-            with tempfile.TemporaryDirectory(prefix=".bundle.", dir=input_dir) as scratch:
+            remove_stale_temporaries(input_dir, "bundle")
+            scratch_prefix = temporary_prefix("bundle")
+            with tempfile.TemporaryDirectory(prefix=scratch_prefix, dir=input_dir) as scratch:
                 inner = Path(scratch) / file_name
                 _copy_member(archive, info, inner, str(bundle))
                 written.append(_import_file(inner, input_dir, force, shown))

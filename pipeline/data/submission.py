@@ -161,12 +161,9 @@ class SubmissionWriter:
         """
         if self._file is None:
             raise RuntimeError("SubmissionWriter.add called outside its 'with' block")
-        if not isinstance(image_id, str) or not image_id or image_id != image_id.strip():
-            raise ValueError(f"{self.path}: not a valid ImageId: {image_id!r}")
-        if any(char in image_id for char in _FORBIDDEN_IN_ID):
-            raise ValueError(
-                f"{self.path}: ImageId {image_id!r} holds a comma, quote or line break"
-            )
+        problem = image_id_problem(image_id)
+        if problem:
+            raise ValueError(f"{self.path}: {problem}")
         if image_id in self._seen:
             raise ValueError(f"{self.path}: image {image_id} added twice")
         rles = encode_labels(labels)
@@ -266,6 +263,34 @@ def _image_ids_in_order(path: Path) -> list[str]:
         for line in handle:
             seen.setdefault(line.split(",", 1)[0], None)
     return list(seen)
+
+
+def image_id_problem(image_id: object) -> str | None:
+    """What makes ``image_id`` unfit for a submission's ImageId column, or None.
+
+    >>> image_id_problem("plate 1"), image_id_problem("a,b")
+    (None, "ImageId 'a,b' holds a comma, quote or line break")
+    """
+    if not isinstance(image_id, str) or not image_id or image_id != image_id.strip():
+        return f"not a valid ImageId: {image_id!r}"
+    if any(char in image_id for char in _FORBIDDEN_IN_ID):
+        return f"ImageId {image_id!r} holds a comma, quote or line break"
+    return None
+
+
+def check_submission_target(path: str | os.PathLike[str], force: bool = False) -> None:
+    """Refuse, before any work, to write a submission over a file that is not one this
+    pipeline wrote (one without its sidecar ``.json``), unless ``force``; or where the file
+    cannot be written."""
+    from pipeline.fileio import check_writable_file
+
+    path = Path(path)
+    check_writable_file(path, "--out")
+    if path.exists() and not metadata_path(path).is_file() and not force:
+        raise PipelineError(
+            f"{path}: exists and is not a submission written by this pipeline (it has no "
+            f"{metadata_path(path).name}); --force replaces it, or choose another --out"
+        )
 
 
 def submission_rows(image_id: str, encodings: Sequence[str]) -> str:

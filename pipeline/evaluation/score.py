@@ -5,11 +5,12 @@
 the score, the TP/FP/FN totals at each IoU threshold and the worst images; the score is
 added to the local leaderboard (see `pipeline.evaluation.leaderboard`).
 
-Every image of the solution is scored, except rows whose ``Usage`` is ``Ignored``. An
-image that the submission leaves out scores as if nothing was predicted in it (0, for an
-image with nuclei). Submission rows for images that are not in the solution are ignored,
-with a warning. A submission that cannot be decoded (a bad encoding, nuclei that overlap)
-is refused: ``./run.sh check-submission`` lists all of its problems.
+Every image of the solution is scored, except rows whose ``Usage`` is ``Ignored``. A
+submission that ``check-submission`` would reject is refused: one that leaves an image out
+or names an image that is not in the solution, and one that cannot be decoded (a bad
+encoding, nuclei that overlap). With ``checked=False`` (``score --unchecked``) a left-out
+image scores as if nothing was predicted in it and unknown rows are ignored, with
+warnings, and the score is never put on the leaderboard.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def read_solution(
 def score_submission(
     submission_csv: str | os.PathLike[str],
     solution_csv: str | os.PathLike[str] = paths.SOLUTION_CSV,
+    checked: bool = True,
 ) -> SetScore:
     """Score a submission file against a solution file with the competition metric.
 
@@ -120,26 +122,30 @@ def score_submission(
         ``ImageId,EncodedPixels``, one row per nucleus.
     solution_csv : str or Path
         ``ImageId,EncodedPixels,Height,Width,Usage``; ``Ignored`` rows are not scored.
+    checked : bool
+        Refuse a submission that leaves an image of the solution out or names an image
+        that is not in it (the default); False scores a left-out image as an empty
+        prediction and ignores unknown rows, with warnings.
 
     Returns
     -------
     SetScore
         The mean score over the solution's images, each image's score and the TP, FP, FN
-        totals per threshold. An image missing from the submission scores as an empty
-        prediction.
+        totals per threshold.
 
     Raises
     ------
     PipelineError
-        When either file cannot be read or decoded; the message names the file, the line
-        and the problem.
+        When either file cannot be read or decoded, or (``checked``) the submission's
+        images are not the solution's; the message names the file and the problem.
     """
-    return score_images(labelled_pairs(submission_csv, solution_csv))
+    return score_images(labelled_pairs(submission_csv, solution_csv, checked))
 
 
 def labelled_pairs(
     submission_csv: str | os.PathLike[str],
     solution_csv: str | os.PathLike[str] = paths.SOLUTION_CSV,
+    checked: bool = True,
 ) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
     """Decode a submission and its solution, one image at a time, as `score_submission` does.
 
@@ -160,15 +166,17 @@ def labelled_pairs(
     predicted = group_rows(read_submission(submission_csv))
     unknown = [image_id for image_id in predicted if image_id not in solution]
     unknown = [image_id for image_id in unknown if image_id not in ignored]
+    left_out = [image_id for image_id in solution if image_id not in predicted]
+    if checked and (unknown or left_out):
+        raise _incomplete_error(submission_csv, solution_csv, left_out, unknown, len(solution))
     if unknown:
         log.warning(
             "%s: %d ImageId(s) not in the solution %s, ignored: %s",
             submission_csv,
             len(unknown),
             solution_csv,
-            ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else ""),
+            _some(unknown),
         )
-    left_out = [image_id for image_id in solution if image_id not in predicted]
     if left_out:
         log.warning(
             "%s: %d of the %d images have no row; they score as empty predictions",
@@ -177,6 +185,30 @@ def labelled_pairs(
             len(solution),
         )
     return _decoded(solution, predicted, submission_csv, solution_csv)
+
+
+def _some(ids: list[str], most: int = 3) -> str:
+    """
+    >>> _some(["a", "b", "c", "d"])
+    'a, b, c, ...'
+    """
+    return ", ".join(ids[:most]) + (", ..." if len(ids) > most else "")
+
+
+def _incomplete_error(
+    submission: Path, solution: Path, left_out: list[str], unknown: list[str], total: int
+) -> PipelineError:
+    """The refusal of a submission whose ImageIds are not the solution's."""
+    parts = []
+    if left_out:
+        parts.append(f"{len(left_out)} of the {total} images have no row ({_some(left_out)})")
+    if unknown:
+        parts.append(f"{len(unknown)} ImageId(s) are not in {solution.name} ({_some(unknown)})")
+    return PipelineError(
+        f"{submission}: not a complete submission for {solution}: {'; '.join(parts)}. "
+        f"./run.sh check-submission {submission} lists its problems; score --unchecked "
+        "scores it anyway (missing images as empty, off the leaderboard)"
+    )
 
 
 def _decoded(
@@ -209,32 +241,40 @@ def score_and_record(
     The leaderboard row takes ``model``, ``config`` and ``commit`` from the submission's
     sidecar metadata. With ``leaderboard_csv=None`` nothing is recorded.
     """
-    return _score_and_record(submission_csv, solution_csv, leaderboard_csv).score
-
-
-def _score_and_record(
-    submission_csv: str | os.PathLike[str],
-    solution_csv: str | os.PathLike[str],
-    leaderboard_csv: str | os.PathLike[str] | None,
-) -> SetScore:
     result = score_submission(submission_csv, solution_csv)
     if leaderboard_csv is not None:
-        metadata = read_submission_metadata(submission_csv)
-        trained = leaderboard.trained_on_scored_images(metadata, result.per_image)
-        if trained:
-            log.warning(
-                "%s: its model was trained on the labels of %d of the %d scored images: the "
-                "leaderboard marks it %r and does not rank it",
-                submission_csv,
-                trained,
-                len(result.per_image),
-                leaderboard.TRAINED_ON_LABELS,
-            )
+        record_score(result, submission_csv, leaderboard_csv)
+    return result.score
+
+
+def record_score(
+    result: SetScore,
+    submission_csv: str | os.PathLike[str],
+    leaderboard_csv: str | os.PathLike[str],
+) -> None:
+    """Add a checked submission's score to the leaderboard (marked, and not ranked, when its
+    model was trained on the scored images' labels)."""
+    metadata = read_submission_metadata(submission_csv)
+    trained = leaderboard.trained_on_scored_images(metadata, result.per_image)
+    if trained:
+        log.warning(
+            "%s: its model was trained on the labels of %d of the %d scored images: the "
+            "leaderboard marks it %r and does not rank it",
+            submission_csv,
+            trained,
+            len(result.per_image),
+            leaderboard.TRAINED_ON_LABELS,
+        )
+    try:
         leaderboard.append_entry(
             leaderboard_csv, submission_csv, result.score, metadata, trained_on_labels=trained > 0
         )
-        log.info("added to the leaderboard %s", leaderboard_csv)
-    return result
+    except OSError as error:
+        raise PipelineError(
+            f"{leaderboard_csv}: cannot add the score to the leaderboard "
+            f"({error.strerror or error}); the score above stands, --no-leaderboard skips it"
+        ) from error
+    log.info("added to the leaderboard %s", leaderboard_csv)
 
 
 def _decode_error(path: Path, problems: list[Problem]) -> PipelineError:

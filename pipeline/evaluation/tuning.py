@@ -157,6 +157,7 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     from pipeline.learning.model_store import (
         SCORES_FILE,
         THRESHOLDS_FILE,
+        is_complete,
         load_model,
         read_json,
         write_json,
@@ -164,7 +165,8 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
 
     model_dir = Path(model_dir)
     device_module.configure(device, "float32")
-    model, config = load_model(model_dir, tuned=False)
+    # A finished model's weights are checked; training tunes its own before finishing it.
+    model, config = load_model(model_dir, tuned=False, finished=is_complete(model_dir))
     samples = validation_samples(model_dir, images_dir)
     base = postprocess_params(config)
     tuned = _tuned_record(_search_both(model, samples, config, base), samples, config, base)

@@ -413,6 +413,30 @@ def _load_for_prediction(model_dir: Path, overrides: dict | None, device: str, t
     return model, config
 
 
+def check_outputs(
+    image_files: Sequence[ImageFile],
+    out_csv: Path,
+    labels_dir: Path | None,
+    measurements_csv: Path | None,
+    force: bool,
+) -> None:
+    """Refuse, before the model is loaded, what would fail after the work: an image whose
+    name cannot be an ImageId, an output that cannot be written, a file that is not the
+    pipeline's own in the submission's place (`check_submission_target`)."""
+    from pipeline.data.submission import check_submission_target, image_id_problem
+    from pipeline.fileio import check_writable_file
+
+    for image_file in image_files:
+        problem = image_id_problem(image_file.image_id)
+        if problem:
+            raise PipelineError(f"{image_file.path}: {problem} (rename the file)")
+    check_submission_target(out_csv, force)
+    if measurements_csv is not None:
+        check_writable_file(measurements_csv, "--measurements")
+    if labels_dir is not None and Path(labels_dir).exists() and not Path(labels_dir).is_dir():
+        raise PipelineError(f"{labels_dir}: is a file; --labels-out takes a folder")
+
+
 def _run_key(model_dir: Path, config: Config, image_files: Sequence[ImageFile]) -> str:
     """What makes two prediction runs the same: the model, its settings and the images."""
     import hashlib
@@ -439,6 +463,7 @@ def run_prediction(
     labels_dir: Path | None = None,
     measurements_csv: Path | None = None,
     resume: bool = False,
+    force: bool = False,
 ) -> Path:
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
@@ -450,7 +475,8 @@ def run_prediction(
     ``measurements_csv`` one table of measurements (`PredictionOutputs`). With ``resume``
     a run that was interrupted goes on after its last complete image, when the model,
     settings and images are the same (`pipeline.data.submission.ResumableSubmissionWriter`).
-    Returns the CSV path.
+    The outputs are checked before any work (`check_outputs`): ``out_csv`` replaces only a
+    submission this pipeline wrote, unless ``force``. Returns the CSV path.
     """
     from pipeline.learning import device as device_module
 
@@ -460,6 +486,7 @@ def run_prediction(
     from pipeline.provenance import git_commit
 
     found = list_image_files(images_dir)
+    check_outputs(found.files, Path(out_csv), labels_dir, measurements_csv, force)
     model, config = _load_for_prediction(model_dir, overrides, device, tuned)
     log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
     out_csv = Path(out_csv)

@@ -2,6 +2,8 @@
 
 In the order they run after each epoch:
 
+- `DivergenceGuard` stops a training whose loss is not finite, or has grown to more than
+  ``DIVERGED_FACTOR`` times its first epoch's (the caller then refuses to finish it);
 - `TrainingClock` keeps the training time of all epochs (across ``--resume``);
 - `WallClockBudget` stops before an epoch that would end past ``max_minutes``;
 - `ValidationScore` scores the validation images with the competition metric every
@@ -35,6 +37,8 @@ from pipeline.learning.model_store import CHECKPOINT_DIR, WEIGHTS_FILE, read_jso
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+#: A training whose epoch loss grows past this many times its first epoch's has diverged.
+DIVERGED_FACTOR = 2.0
 LAST_MODEL_FILE = "last.keras"
 
 
@@ -49,7 +53,8 @@ class TrainingState:
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     seconds: float = 0.0  # training time of all epochs
-    stopped_by: str | None = None  # "early stopping", "time budget" or None
+    stopped_by: str | None = None  # "early stopping", "time budget", "diverged" or None
+    first_loss: float | None = None  # the first epoch's mean loss (divergence is against it)
 
     @classmethod
     def load(cls, path: Path) -> TrainingState:
@@ -69,6 +74,48 @@ def out_of_time(seconds: float, epochs_done: int, max_minutes: float) -> bool:
     if max_minutes <= 0 or epochs_done <= 0:
         return False
     return seconds + seconds / epochs_done > max_minutes * 60
+
+
+def diverged(loss: float, first_loss: float | None) -> bool:
+    """Whether an epoch's loss says the training diverged.
+
+    >>> diverged(float("nan"), 0.9), diverged(2.5, 0.9), diverged(1.2, 0.9), diverged(3.0, None)
+    (True, True, False, False)
+    """
+    import math
+
+    if not math.isfinite(loss):
+        return True
+    return first_loss is not None and loss > DIVERGED_FACTOR * first_loss
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops at the first batch whose loss is not finite, and after an epoch whose loss
+    says the training diverged (`diverged`); ``state.stopped_by`` is then "diverged"."""
+
+    def __init__(self, state: TrainingState) -> None:
+        super().__init__()
+        self.state = state
+
+    def _stop(self, epoch: int, loss: float) -> None:
+        log.error("epoch %d: the training diverged (loss %s)", epoch, f"{loss:.4g}")
+        self.state.stopped_by = "diverged"
+        self.state.history.append({"epoch": epoch, "loss": loss})
+        self.model.stop_training = True
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if self.state.stopped_by != "diverged" and diverged(loss, None):
+            self._stop(self.state.epoch + 1, loss)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.state.stopped_by == "diverged":
+            return
+        loss = float((logs or {}).get("loss", float("nan")))
+        if self.state.first_loss is None and epoch == 0:
+            self.state.first_loss = loss
+        if diverged(loss, self.state.first_loss):
+            self._stop(epoch + 1, loss)
 
 
 class TrainingClock(keras.callbacks.Callback):
@@ -99,7 +146,8 @@ class WallClockBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # state.seconds: all epochs so far, this one included (TrainingClock).
-        if out_of_time(self.state.seconds, epoch + 1, self.max_minutes):
+        spent = self.state.seconds
+        if self.state.stopped_by != "diverged" and out_of_time(spent, epoch + 1, self.max_minutes):
             log.info(
                 "stopping: %.1f of the %g minutes of the time budget spent, "
                 "not enough for another epoch",
@@ -131,6 +179,8 @@ class ValidationScore(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         from pipeline.evaluation.validation import score_samples
 
+        if self.state.stopped_by == "diverged":
+            return
         logs = logs if logs is not None else {}
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
         if self._due(epoch + 1):
@@ -190,6 +240,8 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self.folder = model_dir / CHECKPOINT_DIR
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.state.stopped_by == "diverged":
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.folder / LAST_MODEL_FILE) as tmp:
             keras_tmp = tmp.with_suffix(".keras")
@@ -203,6 +255,7 @@ def training_callbacks(
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a training, in the order they must run (module docstring)."""
     callbacks: list[keras.callbacks.Callback] = [
+        DivergenceGuard(state),
         TrainingClock(state),
         WallClockBudget(state, config.train.max_minutes),
         ValidationScore(state, model_dir, val_samples, config),

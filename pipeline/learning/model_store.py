@@ -13,20 +13,26 @@
   time taken, the git commit and the command that trained it; the stage1_test score is
   added by the main job;
 - ``history.csv`` and ``curves.png``: the training curves; ``logs/``: TensorBoard logs;
-- ``checkpoint/``: the last epoch's full state, for ``train --resume``.
+- ``checkpoint/``: the last epoch's full state, for ``train --resume``;
+- ``complete.json``: written last, when training and tuning are done: the SHA-256 of
+  ``model.weights.h5`` and whether ``thresholds.json`` was tuned.
 
-``scores.json`` is written last: a folder without it is an unfinished training run.
+A folder without ``complete.json`` is an unfinished run: ``load_model`` refuses it (``train
+--resume`` finishes it), and refuses weights whose checksum is not the recorded one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import TUNABLE, Config, check_section
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -37,6 +43,7 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
+COMPLETE_FILE = "complete.json"
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -53,20 +60,75 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def is_complete(model_dir: Path) -> bool:
-    """Whether ``model_dir`` holds a finished model (config, weights and scores)."""
+    """Whether ``model_dir`` holds a finished model (its ``complete.json`` written last)."""
     model_dir = Path(model_dir)
-    return all((model_dir / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE, SCORES_FILE))
+    return all((model_dir / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE, COMPLETE_FILE))
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, in hex."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def mark_complete(model_dir: Path, tuned: bool) -> None:
+    """Make ``model_dir`` a model: its ``complete.json``, written last, with the weights'
+    checksum and whether ``thresholds.json`` holds tuned settings."""
+    model_dir = Path(model_dir)
+    record = {"weights_sha256": file_sha256(model_dir / WEIGHTS_FILE), "tuned": tuned}
+    write_json(model_dir / COMPLETE_FILE, record)
+
+
+def check_complete(model_dir: Path) -> dict[str, Any]:
+    """``complete.json`` of a finished model whose weights are the recorded ones.
+
+    Raises ``PipelineError`` for an unfinished folder or weights that changed since.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / COMPLETE_FILE).is_file():
+        raise PipelineError(
+            f"{model_dir}: not a finished model ({COMPLETE_FILE} missing: its training or "
+            f"tuning was interrupted); ./run.sh train --resume --out {model_dir} finishes it"
+        )
+    record = read_json(model_dir / COMPLETE_FILE)
+    recorded = record.get("weights_sha256") if isinstance(record, dict) else None
+    if not isinstance(recorded, str):
+        raise PipelineError(f"{model_dir / COMPLETE_FILE}: no weights_sha256 recorded")
+    if file_sha256(model_dir / WEIGHTS_FILE) != recorded:
+        raise PipelineError(
+            f"{model_dir / WEIGHTS_FILE}: damaged or replaced: its SHA-256 is not the one "
+            f"recorded in {COMPLETE_FILE} when the model was finished"
+        )
+    return record
 
 
 def load_config(model_dir: Path, tuned: bool = True) -> Config:
-    """The model's config; with ``tuned``, its ``predict`` settings from thresholds.json."""
-    config = Config.load(Path(model_dir) / CONFIG_FILE)
+    """The model's config; with ``tuned``, its ``predict`` settings from thresholds.json.
+
+    A model recorded as tuned (``complete.json``) whose ``thresholds.json`` is missing is
+    refused rather than silently predicted with untuned settings.
+    """
+    model_dir = Path(model_dir)
+    config = Config.load(model_dir / CONFIG_FILE)
     if tuned:
-        saved = read_json(Path(model_dir) / THRESHOLDS_FILE).get("params", {})
+        thresholds = model_dir / THRESHOLDS_FILE
+        if not thresholds.is_file():
+            if read_json(model_dir / COMPLETE_FILE).get("tuned", False):
+                raise PipelineError(
+                    f"{thresholds}: missing, though the model was tuned; ./run.sh tune "
+                    f"--model {model_dir} tunes it again"
+                )
+            log.warning("%s: no tuned settings; predicting with the defaults", model_dir)
+        saved = read_json(thresholds).get("params", {})
         for key in TUNABLE:
             if key in saved:
                 setattr(config.predict, key, saved[key])
-        check_section("predict", config.predict, str(Path(model_dir) / THRESHOLDS_FILE))
+        check_section("predict", config.predict, str(thresholds))
     return config
 
 
@@ -102,11 +164,13 @@ def target_channels(config: Config) -> tuple[str, ...]:
         ) from None
 
 
-def load_model(model_dir: Path, tuned: bool = True):
+def load_model(model_dir: Path, tuned: bool = True, finished: bool = True):
     """Build the network from ``config.json`` and load ``model.weights.h5``.
 
     Returns ``(model, config)``, the config's ``predict`` settings from thresholds.json
-    when ``tuned``. Raises ``PipelineError`` naming what is missing.
+    when ``tuned``. With ``finished`` (all but training's own steps), the folder must be a
+    finished model whose weights match their recorded checksum. Raises ``PipelineError``
+    naming what is missing or wrong.
     """
     from pipeline.learning.models import build_model
 
@@ -116,15 +180,18 @@ def load_model(model_dir: Path, tuned: bool = True):
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (model_dir / name).is_file():
             raise PipelineError(f"{model_dir}: {name} is missing; is the training finished?")
+    if finished:
+        check_complete(model_dir)
     config = load_config(model_dir, tuned=tuned)
     # No pretrained encoder weights (nor their download): the trained ones replace them.
     model = build_model(config.model, out_channels=len(target_channels(config)), pretrained=False)
     try:
         model.load_weights(model_dir / WEIGHTS_FILE)
-    except (ValueError, OSError) as error:
+    except Exception as error:  # noqa: BLE001 - h5py and Keras raise many kinds
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise PipelineError(
             f"{model_dir / WEIGHTS_FILE}: cannot load these weights into the model of "
-            f"{model_dir / CONFIG_FILE} ({error})"
+            f"{model_dir / CONFIG_FILE} ({type(error).__name__}: {first_line[:200]})"
         ) from error
     return model, config
 
@@ -137,7 +204,7 @@ def compact_weights(model_dir: Path) -> None:
     """
     from pipeline.fileio import atomic_path
 
-    model, _ = load_model(model_dir, tuned=False)
+    model, _ = load_model(model_dir, tuned=False, finished=False)
     with atomic_path(Path(model_dir) / WEIGHTS_FILE) as tmp:
         keras_tmp = tmp.with_suffix(".weights.h5")
         model.save_weights(str(keras_tmp))

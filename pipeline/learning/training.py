@@ -172,11 +172,89 @@ def _write_history(model_dir: Path, history: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+#: What a training writes into its model folder, removed when a run starts over.
+_RUN_FILES = (
+    "config.json",
+    "split.json",
+    "model.weights.h5",
+    "scores.json",
+    "thresholds.json",
+    "history.csv",
+    "curves.png",
+    "complete.json",
+)
+
+
+def folder_state(model_dir: Path) -> str:
+    """What a model folder holds: ``new`` (absent or empty), ``complete`` (a finished
+    model), ``checkpoint`` (an unfinished run that can be resumed), ``started`` (a run
+    stopped before its first checkpoint, or one that diverged) or ``other`` (not a
+    model folder)."""
+    from pipeline.learning.callbacks import LAST_MODEL_FILE
+    from pipeline.learning.model_store import CHECKPOINT_DIR, CONFIG_FILE, is_complete
+
+    if not model_dir.exists() or not any(model_dir.iterdir()):
+        return "new"
+    if (model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE).is_file():
+        return "complete" if is_complete(model_dir) else "checkpoint"
+    if is_complete(model_dir):
+        return "complete"
+    return "started" if (model_dir / CONFIG_FILE).is_file() else "other"
+
+
+def _start_over(model_dir: Path) -> None:
+    """Remove what a stopped run wrote (only the training's own files)."""
+    import shutil
+
+    from pipeline.learning.model_store import CHECKPOINT_DIR, LOGS_DIR
+
+    for name in _RUN_FILES:
+        (model_dir / name).unlink(missing_ok=True)
+    for name in (CHECKPOINT_DIR, LOGS_DIR):
+        shutil.rmtree(model_dir / name, ignore_errors=True)
+
+
+def _resume_or_start(config: Config, model_dir: Path, resume: bool) -> tuple[Config, bool]:
+    """``(config, resume)`` for the folder as it is: a killed run is resumed or started
+    over (saying which); a finished model or a foreign folder is refused."""
+    from pipeline.learning.model_store import CONFIG_FILE
+
+    state = folder_state(model_dir)
+    if state == "checkpoint" or (state == "complete" and resume):
+        if not resume:
+            raise PipelineError(
+                f"{model_dir}: holds an unfinished training; --resume continues it, or "
+                "choose another --out"
+            )
+        return Config.load(model_dir / CONFIG_FILE), True
+    if state == "started":
+        if resume:
+            config = Config.load(model_dir / CONFIG_FILE)
+        log.warning(
+            "%s: a training stopped before its first checkpoint: starting over%s",
+            model_dir,
+            " with its config.json" if resume else "",
+        )
+        _start_over(model_dir)
+        return config, False
+    if state == "complete":
+        raise PipelineError(
+            f"{model_dir}: holds a finished model; choose another --out (or delete it)"
+        )
+    if resume:
+        raise PipelineError(f"{model_dir}: nothing to resume (no training was started there)")
+    if state == "other":
+        raise PipelineError(
+            f"{model_dir}: folder exists, is not empty and is not a model folder; "
+            "choose another --out"
+        )
+    return config, False
+
+
 def _build_or_resume(config: Config, model_dir: Path, resume: bool, device: str):
     """The model to train and its config: a new one, or the checkpoint of a killed run.
 
-    Refuses a non-empty folder without ``resume``, and a ``resume`` with nothing to
-    resume. Returns ``(model, config, device description)``.
+    Returns ``(model, config, resume, device description)``; see `_resume_or_start`.
     """
     from pipeline.learning import device as device_module
 
@@ -184,19 +262,10 @@ def _build_or_resume(config: Config, model_dir: Path, resume: bool, device: str)
     import keras
 
     from pipeline.learning.callbacks import LAST_MODEL_FILE
-    from pipeline.learning.model_store import CHECKPOINT_DIR, CONFIG_FILE, target_channels
+    from pipeline.learning.model_store import CHECKPOINT_DIR, target_channels
     from pipeline.learning.models import build_model
 
-    last = model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE
-    if resume:
-        if not last.is_file():
-            raise PipelineError(f"{model_dir}: nothing to resume (no {CHECKPOINT_DIR}/last.keras)")
-        config = Config.load(model_dir / CONFIG_FILE)
-    elif model_dir.exists() and any(model_dir.iterdir()):
-        raise PipelineError(
-            f"{model_dir}: folder exists and is not empty; use --resume to continue it, "
-            "or --out for a new folder"
-        )
+    config, resume = _resume_or_start(config, model_dir, resume)
     device_description = device_module.configure(device, config.train.precision)
     keras.utils.set_random_seed(config.train.seed)
     if resume:
@@ -204,12 +273,13 @@ def _build_or_resume(config: Config, model_dir: Path, resume: bool, device: str)
         from pipeline.learning.models import custom_objects
 
         losses = {"bce_dice_loss": bce_dice_loss, "soft_dice_loss": soft_dice_loss}
+        last = model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE
         model = keras.saving.load_model(last, custom_objects={**losses, **custom_objects()})
     else:
         # Before anything is written: a model that cannot be built (pretrained weights
         # that cannot be downloaded) leaves no half-made folder behind.
         model = build_model(config.model, out_channels=len(target_channels(config)))
-    return model, config, device_description
+    return model, config, resume, device_description
 
 
 def _stage1_test_samples(images_dir: Path, train_ids: set[str]):
@@ -405,10 +475,10 @@ def train_model(
     model folder, then tune its post-processing on the validation images. Returns the
     contents of the model's ``scores.json``.
     """
-    from pipeline.learning.model_store import SCORES_FILE, read_json
+    from pipeline.learning.model_store import SCORES_FILE, mark_complete, read_json
 
     model_dir = Path(model_dir)
-    model, config, device_description = _build_or_resume(config, model_dir, resume, device)
+    model, config, resume, device_description = _build_or_resume(config, model_dir, resume, device)
     train_samples, val_samples = _split_samples(config, images_dir, model_dir, resume)
     log.info(
         "training on %d images, validating on %d (%s)",
@@ -417,11 +487,34 @@ def train_model(
         device_description,
     )
     state = _fit(model, config, train_samples, val_samples, model_dir, resume)
+    if state.stopped_by == "diverged":
+        _refuse_diverged(model_dir, state, config)
     run = {"device": device_description, "command": command}
     scores = _write_results(model, config, model_dir, state, len(val_samples), run)
-    if val_samples and tune:
+    tuned = bool(val_samples) and tune
+    if tuned:
         from pipeline.evaluation.tuning import tune_model
 
         tune_model(model_dir, images_dir, device)
         scores = read_json(model_dir / SCORES_FILE)
+    mark_complete(model_dir, tuned=tuned)  # last: from now on the folder is a model
     return scores
+
+
+def _refuse_diverged(model_dir: Path, state, config: Config) -> None:
+    """Remove the diverged weights and checkpoint (nothing that looks like a model is
+    left) and raise, saying what to change."""
+    import shutil
+
+    from pipeline.learning.model_store import CHECKPOINT_DIR, WEIGHTS_FILE
+
+    (model_dir / WEIGHTS_FILE).unlink(missing_ok=True)
+    shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)
+    last = state.history[-1] if state.history else {}
+    first = state.first_loss if state.first_loss is not None else float("nan")
+    raise PipelineError(
+        f"{model_dir}: the training diverged at epoch {last.get('epoch', '?')} (loss "
+        f"{last.get('loss', float('nan')):.4g}, first epoch {first:.4g});"
+        f" no model was written. Try a lower --learning-rate than {config.train.learning_rate:g}"
+        " (a rerun into this folder starts over)"
+    )

@@ -5,10 +5,14 @@
    demo set (announced as such), so a newcomer sees every stage work in minutes.
 2. **train**: skipped when a finished model with the same training settings exists
    (``models/default`` is shipped, so a fresh clone goes straight to prediction);
-   an unfinished one is resumed.
-3. **predict** the test images into ``submissions/<model>.csv``, **check** it, **score**
-   it against the solution (a line on the local leaderboard) and record the score in the
-   model's ``scores.json``.
+   an unfinished one is resumed, one stopped before its first checkpoint started over.
+3. **predict** the test images into ``submissions/<model>.csv`` (an interrupted
+   prediction goes on after its last complete image), **check** it, **score** it against
+   the solution (a line on the local leaderboard) and record the score in the model's
+   ``scores.json``.
+
+So ``./run.sh`` after a kill at any point completes on the next call. ``--resume`` says
+that this is what is wanted: it refuses to start anything new when nothing was interrupted.
 """
 
 from __future__ import annotations
@@ -194,7 +198,9 @@ def _predict_step(model_dir: Path, data: JobData, submissions_dir: Path, device:
     submission = submissions_dir / f"{model_dir.name}{suffix}.csv"
     log.info("[predict] %s -> %s", data.test_dir, submission)
     # Stage 2's thousands of images: an interrupted run goes on where it stopped.
-    run_prediction(model_dir, data.test_dir, submission, device=device, resume=data.stage == 2)
+    # An interrupted run goes on where it stopped (same model, settings and images).
+    # submissions/ is the pipeline's own folder: its file there is replaced (force).
+    run_prediction(model_dir, data.test_dir, submission, device=device, resume=True, force=True)
     log.info("[check] %s", submission)
     problems = check_submission(submission, data.test_dir)
     if problems:
@@ -224,6 +230,24 @@ def _score_step(model_dir: Path, data: JobData, submission: Path, leaderboard_cs
     return score
 
 
+def _check_something_to_resume(
+    config: Config, data: JobData, models_dir: Path, submissions_dir: Path
+) -> None:
+    """For ``--resume``: refuse when no training and no prediction was interrupted."""
+    from pipeline.learning.training import folder_state
+
+    model_dir = choose_model_dir(config, models_dir)
+    suffix = "-stage2" if data.stage == 2 else ""
+    partial = submissions_dir / f"{model_dir.name}{suffix}.csv.partial.json"
+    if folder_state(model_dir) in ("checkpoint", "started") or partial.is_file():
+        return
+    raise PipelineError(
+        f"--resume: nothing was interrupted ({_shown(model_dir)} holds no unfinished "
+        f"training, and no prediction into {_shown(submissions_dir)} was left partial); "
+        "run ./run.sh without --resume"
+    )
+
+
 def run_main_job(
     config: Config,
     demo: bool = False,
@@ -235,6 +259,7 @@ def run_main_job(
     leaderboard_csv: Path = paths.LEADERBOARD_CSV,
     command: str | None = None,
     stage: int = 1,
+    resume: bool = False,
 ) -> dict:
     """Run every stage; return ``{"model_dir", "submission", "score"}``.
 
@@ -247,6 +272,8 @@ def run_main_job(
     data = stage2_data(input_dir) if stage == 2 else find_data(demo, input_dir)
     if data.demo and config.name == "default":
         config = preset("demo")
+    if resume:
+        _check_something_to_resume(config, data, models_dir, submissions_dir)
     model_dir = _train_step(config, data, models_dir, retrain, device, command)
     submission = _predict_step(model_dir, data, submissions_dir, device)
     result = {"model_dir": str(model_dir), "submission": str(submission), "score": None}
@@ -287,6 +314,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "submissions/<model>-stage2.csv, checked against the stage-2 sample submission "
         "(resumes an interrupted run; no local score)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run (a plain ./run.sh does so too); refuses to start "
+        "anything new when nothing was interrupted",
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto")
 
 
@@ -298,6 +331,7 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         command=getattr(args, "command_line", None),
         stage=args.stage,
+        resume=args.resume,
     )
     if args.stage == 2:
         print(f"\n{result['submission']}: written and checked; stage 2 is scored by Kaggle")

@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", choices=DEVICES, default="auto")
     run.add_argument("--no-check", action="store_true", help="skip checking the written CSV")
     run.add_argument(
+        "--force",
+        action="store_true",
+        help="let --out replace a file that is not a submission written by this pipeline "
+        "(one without its sidecar .json); without it such a file is refused",
+    )
+    run.add_argument(
         "--resume",
         action="store_true",
         help="go on after the last complete image of an interrupted run with the same model, "
@@ -141,6 +147,7 @@ def main(args: argparse.Namespace) -> int:
         labels_dir=args.labels_out,
         measurements_csv=args.measurements,
         resume=args.resume,
+        force=args.force,
     )
     if not args.no_check:
         _check(Path(out_csv), found)

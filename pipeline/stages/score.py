@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.evaluation.score import _score_and_record, format_report
+from pipeline.evaluation.score import format_report, record_score, score_submission
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument(
         "--no-leaderboard", action="store_true", help="do not add the score to the leaderboard"
     )
+    output.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="score a submission that check-submission rejects (images left out score as "
+        "empty predictions, unknown ones are ignored); never added to the leaderboard",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Score the submission, print the report, add it to the leaderboard."""
     if args.worst < 0:
         raise PipelineError(f"--worst must be 0 or more, got {args.worst}")
-    result = _score_and_record(
-        args.submission, args.solution, None if args.no_leaderboard else args.leaderboard
-    )
+    result = score_submission(args.submission, args.solution, checked=not args.unchecked)
     print(format_report(result, worst=args.worst))
     if args.json:
         print(json.dumps({"score": result.score, "per_image": result.per_image}))
+    if args.unchecked:
+        log.warning("scored --unchecked: not added to the leaderboard")
+    elif not args.no_leaderboard:
+        record_score(result, args.submission, args.leaderboard)
     return 0
