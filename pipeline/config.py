@@ -376,6 +376,11 @@ def check_section(section: str, values: Any, source: str) -> None:
         problem = setting_problem(item, value)
         if problem is not None:
             raise PipelineError(f"{source}: {section}.{item.name} = {value!r} is {problem}")
+    if section == "train" and values.scale_min > values.scale_max:
+        raise PipelineError(
+            f"{source}: train.scale_min {values.scale_min:g} is above train.scale_max "
+            f"{values.scale_max:g}"
+        )
 
 
 @dataclass
@@ -394,12 +399,16 @@ class Config:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
         """Build a config from a dict, refusing unknown keys (a typo must not pass silently)."""
         sections = SECTIONS
+        if not isinstance(data, dict):
+            raise PipelineError(f"{source}: not a config (a JSON object of sections expected)")
         unknown = set(data) - {"name", *sections}
         if unknown:
             raise PipelineError(f"{source}: unknown config keys {sorted(unknown)}")
         kwargs: dict[str, Any] = {"name": str(data.get("name", "default"))}
         for key, section in sections.items():
             values = data.get(key, {})
+            if not isinstance(values, dict):
+                raise PipelineError(f"{source}: '{key}' must be a JSON object of settings")
             names = {f.name for f in dataclasses.fields(section)}
             bad = set(values) - names
             if bad:
@@ -420,7 +429,7 @@ class Config:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as error:
             raise PipelineError(f"{path}: no such config file") from error
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise PipelineError(f"{path}: not valid JSON ({error})") from error
         return cls.from_dict(data, source=str(path))
 

@@ -168,10 +168,23 @@ def _loose_image_paths(root: Path) -> list[Path]:
     )
 
 
+def image_id_problem(image_id: object) -> str | None:
+    """What makes ``image_id`` unfit for a submission's ImageId column, or None.
+
+    >>> image_id_problem("plate 1"), image_id_problem("a,b")
+    (None, "ImageId 'a,b' holds a comma, quote or line break")
+    """
+    if not isinstance(image_id, str) or not image_id or image_id != image_id.strip():
+        return f"not a valid ImageId: {image_id!r}"
+    if any(char in image_id for char in _FORBIDDEN_IN_ID):
+        return f"ImageId {image_id!r} holds a comma, quote or line break"
+    return None
+
+
 def _image_file(path: Path) -> ImageFile:
     """An image file with its ImageId (its name without extension); raise on a bad name."""
     image_id = path.stem
-    if not image_id or image_id != image_id.strip() or any(c in image_id for c in _FORBIDDEN_IN_ID):
+    if image_id_problem(image_id):
         raise PipelineError(
             f"{path}: {image_id!r} cannot be an ImageId (empty, spaces around it, or a comma, "
             "quote or line break in it): rename the file"

@@ -78,7 +78,6 @@ __all__ = [
 ]
 
 HEADER = REQUIRED
-_FORBIDDEN_IN_ID = (",", '"', "\n", "\r")
 
 
 # --------------------------------------------------------------------------- writing
@@ -161,7 +160,7 @@ class SubmissionWriter:
         """
         if self._file is None:
             raise RuntimeError("SubmissionWriter.add called outside its 'with' block")
-        problem = image_id_problem(image_id)
+        problem = dataset.image_id_problem(image_id)
         if problem:
             raise ValueError(f"{self.path}: {problem}")
         if image_id in self._seen:
@@ -263,19 +262,6 @@ def _image_ids_in_order(path: Path) -> list[str]:
         for line in handle:
             seen.setdefault(line.split(",", 1)[0], None)
     return list(seen)
-
-
-def image_id_problem(image_id: object) -> str | None:
-    """What makes ``image_id`` unfit for a submission's ImageId column, or None.
-
-    >>> image_id_problem("plate 1"), image_id_problem("a,b")
-    (None, "ImageId 'a,b' holds a comma, quote or line break")
-    """
-    if not isinstance(image_id, str) or not image_id or image_id != image_id.strip():
-        return f"not a valid ImageId: {image_id!r}"
-    if any(char in image_id for char in _FORBIDDEN_IN_ID):
-        return f"ImageId {image_id!r} holds a comma, quote or line break"
-    return None
 
 
 def check_submission_target(path: str | os.PathLike[str], force: bool = False) -> None:

@@ -414,22 +414,18 @@ def _load_for_prediction(model_dir: Path, overrides: dict | None, device: str, t
 
 
 def check_outputs(
-    image_files: Sequence[ImageFile],
     out_csv: Path,
     labels_dir: Path | None,
     measurements_csv: Path | None,
     force: bool,
 ) -> None:
-    """Refuse, before the model is loaded, what would fail after the work: an image whose
-    name cannot be an ImageId, an output that cannot be written, a file that is not the
-    pipeline's own in the submission's place (`check_submission_target`)."""
-    from pipeline.data.submission import check_submission_target, image_id_problem
+    """Refuse, before the model is loaded, what would fail after the work: an output that
+    cannot be written, a file that is not the pipeline's own in the submission's place
+    (`check_submission_target`). (Image names that cannot be ImageIds are refused when
+    the images are listed, `pipeline.data.dataset.list_image_files`.)"""
+    from pipeline.data.submission import check_submission_target
     from pipeline.fileio import check_writable_file
 
-    for image_file in image_files:
-        problem = image_id_problem(image_file.image_id)
-        if problem:
-            raise PipelineError(f"{image_file.path}: {problem} (rename the file)")
     check_submission_target(out_csv, force)
     if measurements_csv is not None:
         check_writable_file(measurements_csv, "--measurements")
@@ -486,7 +482,7 @@ def run_prediction(
     from pipeline.provenance import git_commit
 
     found = list_image_files(images_dir)
-    check_outputs(found.files, Path(out_csv), labels_dir, measurements_csv, force)
+    check_outputs(Path(out_csv), labels_dir, measurements_csv, force)
     model, config = _load_for_prediction(model_dir, overrides, device, tuned)
     log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
     out_csv = Path(out_csv)

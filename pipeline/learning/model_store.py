@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,14 @@ COMPLETE_FILE = "complete.json"
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PipelineError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: not a JSON object")
+    return data
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -125,6 +129,8 @@ def load_config(model_dir: Path, tuned: bool = True) -> Config:
                 )
             log.warning("%s: no tuned settings; predicting with the defaults", model_dir)
         saved = read_json(thresholds).get("params", {})
+        if not isinstance(saved, dict):
+            raise PipelineError(f"{thresholds}: 'params' must be a JSON object of settings")
         for key in TUNABLE:
             if key in saved:
                 setattr(config.predict, key, saved[key])
@@ -186,12 +192,15 @@ def load_model(model_dir: Path, tuned: bool = True, finished: bool = True):
     # No pretrained encoder weights (nor their download): the trained ones replace them.
     model = build_model(config.model, out_channels=len(target_channels(config)), pretrained=False)
     try:
-        model.load_weights(model_dir / WEIGHTS_FILE)
+        with warnings.catch_warnings():  # Keras warns once per layer it cannot fill
+            warnings.simplefilter("ignore")
+            model.load_weights(model_dir / WEIGHTS_FILE)
     except Exception as error:  # noqa: BLE001 - h5py and Keras raise many kinds
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise PipelineError(
-            f"{model_dir / WEIGHTS_FILE}: cannot load these weights into the model of "
-            f"{model_dir / CONFIG_FILE} ({type(error).__name__}: {first_line[:200]})"
+            f"{model_dir / WEIGHTS_FILE}: cannot load these weights into the network that "
+            f"{model_dir / CONFIG_FILE} describes; is it the config they were trained with? "
+            f"({type(error).__name__}: {first_line[:160]})"
         ) from error
     return model, config
 

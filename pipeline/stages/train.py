@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.cli import add_config_arguments, config_overrides
-from pipeline.config import Config, preset
+from pipeline.config import Config, check_section, preset
 from pipeline.errors import PipelineError
 from pipeline.learning.device import DEVICES
 from pipeline.learning.training import train_model
@@ -64,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         for key, value in config_overrides(args, section).items():
             if value is not None:
                 setattr(getattr(config, section), key, value)
+        check_section(section, getattr(config, section), "the training settings")
     return config
 
 
