@@ -46,16 +46,16 @@ def phase_train(model_dir: Path, precision: str, steps: int, images_dir: Path) -
     from pipeline.learning.losses import get_loss
     from pipeline.learning.model_store import load_config, target_channels
     from pipeline.learning.models import build_model, model_outputs
-    from pipeline.learning.training import make_batch_source
+    from pipeline.learning.training import BatchSource
 
     config = load_config(model_dir)
     description = device.configure("auto", precision)
     ids = list_image_ids(images_dir)[:64]
     samples = load_samples(images_dir, with_labels=True, ids=ids)
     model = build_model(config.model, out_channels=len(target_channels(config)), pretrained=False)
-    batches = make_batch_source(samples, config, steps + 2, seed=0, outputs=model_outputs(model))
+    batches = BatchSource(samples, config, steps + 2, seed=0, outputs=model_outputs(model))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(config.train.loss))
-    data = [batches[i] for i in range(steps + 2)]
+    data = [batches.batch(0, i) for i in range(steps + 2)]
     for x, y in data[:2]:  # warm-up: tracing and memory allocation
         model.train_on_batch(x, y)
     started = time.perf_counter()

@@ -158,3 +158,49 @@ def test_the_main_job_refuses_resume_when_nothing_was_interrupted(tmp_path, monk
             resume=True,
         )
     assert not (tmp_path / "models").exists()
+
+
+def _weights(path: Path) -> dict:
+    import h5py
+
+    found: dict = {}
+    with h5py.File(path) as handle:
+        handle.visititems(
+            lambda name, item: (
+                found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+            )
+        )
+    return found
+
+
+def test_a_resumed_training_gives_the_weights_of_an_uninterrupted_one(
+    tiny_demo, tmp_path, capsys, monkeypatch
+):
+    """Interrupted (Ctrl-C) after its first epoch's checkpoint, then resumed: the same
+    losses and exactly the same weights as a run that was never stopped, dropout
+    included (its random state is in the checkpoint)."""
+    import numpy as np
+
+    from pipeline.learning import callbacks
+
+    flags = ["--epochs", "3", "--dropout", "0.1", "--no-tune"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert run_cli(train_argv(tiny_demo, whole, *flags), capsys)[0] == 0
+    original = callbacks.ResumeCheckpoint.on_epoch_end
+
+    def interrupted(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks.ResumeCheckpoint, "on_epoch_end", interrupted)
+    assert run_cli(train_argv(tiny_demo, stopped, *flags), capsys)[0] == 130
+    monkeypatch.setattr(callbacks.ResumeCheckpoint, "on_epoch_end", original)
+    status, _, err = run_cli(["train", "--out", str(stopped), "--resume", "--no-tune"], capsys)
+    assert status == 0, err
+    assert "resuming after epoch 1" in err
+    history = [(p / "history.csv").read_text() for p in (whole, stopped)]
+    assert history[0] == history[1]
+    expected, resumed = _weights(whole / "model.weights.h5"), _weights(stopped / "model.weights.h5")
+    assert expected.keys() == resumed.keys()
+    for name, values in expected.items():
+        np.testing.assert_array_equal(values, resumed[name], err_msg=name)

@@ -55,6 +55,8 @@ class TrainingState:
     seconds: float = 0.0  # training time of all epochs
     stopped_by: str | None = None  # "early stopping", "time budget", "diverged" or None
     first_loss: float | None = None  # the first epoch's mean loss (divergence is against it)
+    # the random state of each dropout layer: Keras' .keras file leaves it out
+    seed_states: list[list[int]] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> TrainingState:
@@ -63,6 +65,32 @@ class TrainingState:
 
     def save(self, path: Path) -> None:
         write_json(path, dataclasses.asdict(self))
+
+
+def _seed_generators(model: keras.Model) -> list:
+    return [
+        generator
+        for layer in model._flatten_layers()  # noqa: SLF001 - Keras' own layer walk
+        for generator in getattr(layer, "_seed_generators", [])
+    ]
+
+
+def seed_states(model: keras.Model) -> list[list[int]]:
+    """The states of the model's random generators (dropout), for a checkpoint."""
+    return [[int(v) for v in generator.state.numpy()] for generator in _seed_generators(model)]
+
+
+def restore_seed_states(model: keras.Model, states: list[list[int]]) -> None:
+    """Put back the generators' states of `seed_states`, so that a resumed training draws
+    the dropout masks the uninterrupted one would have."""
+    import numpy as np
+
+    generators = _seed_generators(model)
+    if len(states) != len(generators):
+        log.warning("checkpoint without the dropout's random state: it starts afresh")
+        return
+    for generator, state in zip(generators, states, strict=True):
+        generator.state.assign(np.asarray(state, dtype=generator.state.dtype))
 
 
 def out_of_time(seconds: float, epochs_done: int, max_minutes: float) -> bool:
@@ -243,6 +271,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         if self.state.stopped_by == "diverged":
             return
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.state.seed_states = seed_states(self.model)
         with atomic_path(self.folder / LAST_MODEL_FILE) as tmp:
             keras_tmp = tmp.with_suffix(".keras")
             self.model.save(keras_tmp)

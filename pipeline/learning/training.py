@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import logging
 import sys
 import time
@@ -75,63 +76,65 @@ def prepare_training_samples(samples, config: Config):
     raise PipelineError(f"resize_policy must be one of {RESIZE_POLICIES}, got {policy!r}")
 
 
-def make_batch_source(samples, config: Config, steps: int, seed: int, outputs: int = 1):
-    """A ``keras.utils.PyDataset`` of augmented (images, targets) batches, seeded per epoch.
+class BatchSource:
+    """Augmented (images, targets) batches: batch ``index`` of epoch ``epoch`` is a pure
+    function of ``(seed, epoch, index)`` (`batch`), and `stream` yields them in training
+    order from any epoch on.
 
-    For a model with ``outputs`` heads (``pipeline.learning.models.model_outputs``) the targets
-    are repeated, one copy per head.
+    A stream, not a ``keras.utils.PyDataset`` with an epoch counter: Keras fetches a
+    PyDataset's batches ahead and out of order around its ``on_epoch_end``, so that which
+    epoch a batch was drawn for depended on timing, and a resumed training saw other
+    batches than an uninterrupted one. A generator is consumed in order, so a training
+    resumed after epoch ``k`` sees exactly the batches the uninterrupted one saw.
+
+    For a model with ``outputs`` heads (``pipeline.learning.models.model_outputs``) the
+    targets are repeated, one copy per head.
     """
-    import keras
 
-    from pipeline.learning.augment import augment, build_augmentation, dim_nuclei
-    from pipeline.learning.model_store import target_channels
-    from pipeline.learning.preprocess import normalise_image
-    from pipeline.learning.targets import labels_to_targets
+    def __init__(self, samples, config: Config, steps: int, seed: int, outputs: int = 1):
+        from pipeline.learning.augment import build_augmentation
+        from pipeline.learning.model_store import target_channels
 
-    channels = target_channels(config)
-    crop = config.train.crop_size
-    transform = build_augmentation(
-        crop,
-        config.train.augment_strength if config.train.augment else "none",
-        scale_range=(config.train.scale_min, config.train.scale_max),
-    )
-    batch_size = config.train.batch_size
-    dim_share = config.train.dim_nuclei if config.train.augment else 0.0
+        self.samples, self.config, self.steps = samples, config, steps
+        self.seed, self.outputs = seed, outputs
+        self.channels = target_channels(config)
+        train = config.train
+        self.transform = build_augmentation(
+            train.crop_size,
+            train.augment_strength if train.augment else "none",
+            scale_range=(train.scale_min, train.scale_max),
+        )
+        self.dim_share = train.dim_nuclei if train.augment else 0.0
 
-    class Batches(keras.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__()
-            self.epoch = 0
+    def batch(self, epoch: int, index: int):
+        """Batch ``index`` (0-based) of epoch ``epoch`` (0-based)."""
+        from pipeline.learning.augment import augment, dim_nuclei
+        from pipeline.learning.preprocess import normalise_image
+        from pipeline.learning.targets import labels_to_targets
 
-        def __len__(self) -> int:
-            return steps
+        model = self.config.model
+        rng = np.random.default_rng([self.seed, epoch, index])
+        picks = rng.integers(0, len(self.samples), size=self.config.train.batch_size)
+        images, targets = [], []
+        for pick in picks:
+            sample = self.samples[pick]
+            image, labels = augment(
+                self.transform, sample.image, sample.labels, int(rng.integers(2**31))
+            )
+            if self.dim_share and rng.random() < self.dim_share:
+                image = dim_nuclei(image, labels, rng)
+            images.append(normalise_image(image, model.invert_light_background, model.input_space))
+            targets.append(labels_to_targets(labels, self.channels))
+        batch_targets = np.stack(targets)
+        if self.outputs > 1:
+            return np.stack(images), tuple([batch_targets] * self.outputs)
+        return np.stack(images), batch_targets
 
-        def on_epoch_end(self) -> None:
-            self.epoch += 1
-
-        def __getitem__(self, index: int):
-            rng = np.random.default_rng([seed, self.epoch, index])
-            picks = rng.integers(0, len(samples), size=batch_size)
-            images, targets = [], []
-            for pick in picks:
-                sample = samples[pick]
-                image, labels = augment(
-                    transform, sample.image, sample.labels, int(rng.integers(2**31))
-                )
-                if dim_share and rng.random() < dim_share:
-                    image = dim_nuclei(image, labels, rng)
-                images.append(
-                    normalise_image(
-                        image, config.model.invert_light_background, config.model.input_space
-                    )
-                )
-                targets.append(labels_to_targets(labels, channels))
-            batch_targets = np.stack(targets)
-            if outputs > 1:
-                return np.stack(images), tuple([batch_targets] * outputs)
-            return np.stack(images), batch_targets
-
-    return Batches()
+    def stream(self, first_epoch: int = 0):
+        """Every batch from epoch ``first_epoch`` on, in order, without end."""
+        for epoch in itertools.count(first_epoch):
+            for index in range(self.steps):
+                yield self.batch(epoch, index)
 
 
 def _write_history(model_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -372,6 +375,7 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
         STATE_FILE,
         TrainingState,
         out_of_time,
+        restore_seed_states,
         training_callbacks,
     )
     from pipeline.learning.losses import get_loss
@@ -380,13 +384,11 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
 
     train = config.train
     steps = train.steps_per_epoch or max(1, len(train_samples) // train.batch_size)
-    batches = make_batch_source(
-        train_samples, config, steps, train.seed, outputs=model_outputs(model)
-    )
+    batches = BatchSource(train_samples, config, steps, train.seed, outputs=model_outputs(model))
     state = TrainingState()
     if resume:
         state = TrainingState.load(model_dir / CHECKPOINT_DIR / STATE_FILE)
-        batches.epoch = state.epoch
+        restore_seed_states(model, state.seed_states)
         log.info(
             "resuming after epoch %d (best validation score %.4f at epoch %d)",
             state.epoch,
@@ -406,7 +408,8 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
     ):
         state.stopped_by = None  # a resumed run goes on (its budget or patience grew)
         model.fit(
-            batches,
+            batches.stream(first_epoch=state.epoch),
+            steps_per_epoch=steps,
             epochs=train.epochs,
             initial_epoch=state.epoch,
             callbacks=training_callbacks(state, model_dir, val_samples, config),
