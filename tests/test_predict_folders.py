@@ -171,3 +171,30 @@ def test_more_nuclei_than_a_16_bit_png_holds_go_to_a_32_bit_tiff(tmp_path):
     assert small.name == "sparse.png"
     with Image.open(small) as written:
         assert np.asarray(written).tolist() == [[0, 1], [2, 300]]
+
+
+def test_the_progress_bar_moves_image_by_image_within_a_chunk(tiny_model, tiny_demo, monkeypatch):
+    """Half an image when the network is done with it, the other half when its nuclei are
+    found: the bar moves through a chunk of 32 images instead of jumping at its end."""
+    from pipeline.inference import predict
+    from pipeline.learning.model_store import load_model
+
+    positions: list[float] = []
+
+    class Bar:
+        def __init__(self, *args, initial=0, **kwargs):
+            self.n = initial
+
+        def update(self, amount):
+            self.n += amount
+            positions.append(self.n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(predict, "tqdm", Bar)
+    model, config = load_model(tiny_model)
+    files = list_image_files(tiny_demo.test_dir).files
+    at_yield = [positions[-1] for _ in predict.iter_file_predictions(model, files, config)]
+    assert positions == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert at_yield == [2.0, 2.5, 3.0]

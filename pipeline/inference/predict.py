@@ -14,7 +14,7 @@ in batches; only a bounded chunk of images is in memory at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -99,18 +99,28 @@ def _predict_batch(model, batch: np.ndarray, tta: bool, heads: str = "all") -> n
 
 
 def predict_probabilities(
-    model, images: Sequence[np.ndarray], config: Config, tta: bool | None = None
+    model,
+    images: Sequence[np.ndarray],
+    config: Config,
+    tta: bool | None = None,
+    on_image: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
     """Per-pixel probabilities (H, W, C) float32 for each RGB uint8 image, at its own size.
 
     A model with several output heads gives the mean of its heads, or the one head that
     ``config.predict.heads`` names. A model trained with ``resize_policy="nucleus"`` sees
     each image rescaled by its estimated nucleus size (`_predict_nucleus_scaled`).
+    ``on_image`` is called once per image as soon as its probabilities are done (a
+    progress bar's tick).
     """
     tta = config.predict.tta if tta is None else tta
     if config.train.resize_policy == "nucleus":
-        return _predict_nucleus_scaled(model, images, config, tta)
-    return _predict_as_trained(model, images, config, tta)
+        probs = _predict_nucleus_scaled(model, images, config, tta)
+        for _ in probs:
+            if on_image is not None:
+                on_image()
+        return probs
+    return _predict_as_trained(model, images, config, tta, on_image)
 
 
 def _predict_nucleus_scaled(
@@ -157,7 +167,11 @@ def _predict_nucleus_scaled(
 
 
 def _predict_as_trained(
-    model, images: Sequence[np.ndarray], config: Config, tta: bool
+    model,
+    images: Sequence[np.ndarray],
+    config: Config,
+    tta: bool,
+    on_image: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
     """`predict_probabilities` for the ``native`` and ``resize`` policies."""
     from pipeline.inference.tiling import predict_in_tiles
@@ -184,6 +198,8 @@ def _predict_as_trained(
         else:
             prob = crop_to_shape(prob, shape)
         results[i] = np.ascontiguousarray(prob, dtype=np.float32)
+        if on_image is not None:
+            on_image()
 
     tile = config.predict.tile_size // multiple * multiple
     # A margin too wide for the tile is narrowed so that windows still advance.
@@ -240,6 +256,11 @@ def predict_labels(
     return [labels_from_probabilities(prob, config) for prob in probs]
 
 
+#: A prediction's progress bar moves half an image when the network is done with it and
+#: the other half when its nuclei are found, so that it moves image by image through both.
+PROGRESS_FORMAT = "{l_bar}{bar}| {n:.0f}/{total_fmt} img [{elapsed}<{remaining}]"
+
+
 def iter_predictions(
     model, images_dir: Path, ids: Sequence[str], config: Config, progress: bool = True
 ) -> Iterator[tuple[str, np.ndarray]]:
@@ -269,20 +290,21 @@ def iter_file_predictions(
         desc="predict",
         unit="img",
         disable=not progress,
+        bar_format=PROGRESS_FORMAT,
     )
     for start in range(0, len(image_files), CHUNK_IMAGES):
         chunk = image_files[start : start + CHUNK_IMAGES]
         stored = [read_pixels(image_file.path) for image_file in chunk]
         images = [to_rgb_uint8(pixels) for pixels in stored]
-        predicted = predict_labels(model, images, config)
+        probs = predict_probabilities(model, images, config, on_image=lambda: bar.update(0.5))
         del images
-        for image_file, labels, pixels in zip(chunk, predicted, stored, strict=True):
-            bar.update(1)
+        for image_file, prob, pixels in zip(chunk, probs, stored, strict=True):
+            labels = labels_from_probabilities(prob, config)
+            bar.update(0.5)
             yield image_file, labels, pixels
     bar.close()
 
 
-#: The largest label a 16-bit PNG label image can hold; beyond it a 32-bit TIFF is written.
 def write_label_image(labels_dir: Path, image_id: str, labels: np.ndarray) -> Path:
     """Write one image's instance labels as ``<labels_dir>/<image_id>.png`` (16-bit grey,
     0 = background, ``1..n`` the nuclei), or as ``<image_id>.tif`` (32-bit) when a label is
