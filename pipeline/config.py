@@ -541,6 +541,9 @@ PRESETS = {
 def preset(name: str) -> Config:
     """A fresh copy of a named preset configuration."""
     try:
-        return PRESETS[name]()
+        config = PRESETS[name]()
     except KeyError:
         raise PipelineError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None
+    for section in SECTIONS:
+        check_section(section, getattr(config, section), f"preset {name!r}")
+    return config

@@ -211,3 +211,21 @@ def test_tuned_thresholds_out_of_range_are_refused_naming_the_file(tmp_path):
     with pytest.raises(PipelineError, match=r"thresholds.json: predict.threshold = 7.5 is not in"):
         load_config(tmp_path)
     assert load_config(tmp_path, tuned=False).predict.threshold == 0.5
+
+
+def test_a_preset_with_a_value_out_of_range_is_refused_naming_it(monkeypatch):
+    from pipeline import config as config_module
+
+    def broken():
+        made = config_module.Config()
+        made.predict.threshold = 7.5
+        return made
+
+    monkeypatch.setitem(config_module.PRESETS, "broken", broken)
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match=r"preset .broken.: predict.threshold = 7.5 is"):
+        config_module.preset("broken")
+    for name in config_module.PRESETS:
+        if name != "broken":
+            config_module.preset(name)  # the shipped presets are all within range
