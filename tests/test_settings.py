@@ -95,6 +95,8 @@ def test_each_training_flag_sets_its_field(section):
             wanted = "border" if item.name == "targets" else "x"
         else:  # a number in range other than the default
             low, high = item.metadata["low"], item.metadata["high"]
+            if item.name == "scale_max":  # the smallest would be below scale_min: refused
+                low, high = high, low
             wanted = next(v for v in (low, high, default + 1) if v is not None and v != default)
             wanted = type(default)(wanted)
         given = not wanted if item.metadata["negate"] else wanted

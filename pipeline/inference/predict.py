@@ -166,6 +166,20 @@ def _predict_nucleus_scaled(
     return [restore_size(prob, image.shape[:2]) for prob, image in zip(probs, images, strict=True)]
 
 
+def _network_input(image: np.ndarray, config: Config, multiple: int) -> np.ndarray:
+    """An RGB uint8 image as the network takes it: normalised, then resized to the crop
+    size (``resize`` policy) or padded to a multiple of the network's stride."""
+    from pipeline.learning.preprocess import normalise_image, pad_to_multiple
+
+    x = normalise_image(image, config.model.invert_light_background, config.model.input_space)
+    if config.train.resize_policy == "resize":
+        size = config.train.crop_size
+        x = resize(x, (size, size), order=1, preserve_range=True, anti_aliasing=True)
+    else:
+        x = pad_to_multiple(x, multiple)
+    return x.astype(np.float32)
+
+
 def _predict_as_trained(
     model,
     images: Sequence[np.ndarray],
@@ -176,19 +190,11 @@ def _predict_as_trained(
     """`predict_probabilities` for the ``native`` and ``resize`` policies."""
     from pipeline.inference.tiling import predict_in_tiles
     from pipeline.learning.models import input_multiple
-    from pipeline.learning.preprocess import crop_to_shape, normalise_image, pad_to_multiple
+    from pipeline.learning.preprocess import crop_to_shape
 
     batch_size = max(1, config.predict.batch_size)
-    size = config.train.crop_size
     multiple = input_multiple(config.model)
-    prepared: list[np.ndarray] = []
-    for image in images:
-        x = normalise_image(image, config.model.invert_light_background, config.model.input_space)
-        if config.train.resize_policy == "resize":
-            x = resize(x, (size, size), order=1, preserve_range=True, anti_aliasing=True)
-        else:
-            x = pad_to_multiple(x, multiple)
-        prepared.append(x.astype(np.float32))
+    prepared = [_network_input(image, config, multiple) for image in images]
     results: list[np.ndarray | None] = [None] * len(images)
 
     def finish(i: int, prob: np.ndarray) -> None:

@@ -64,7 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the synthetic demo set (input/demo) and its model (models/demo)",
     )
-    run = parser.add_argument_group("run")
+    _add_run_arguments(parser.add_argument_group("run"))
+    add_config_arguments(parser, "predict", "prediction")
+
+
+def _add_run_arguments(run: argparse._ArgumentGroup) -> None:
+    """How the prediction runs: device, checks, overwriting, resuming, tuned settings."""
     run.add_argument("--device", choices=DEVICES, default="auto")
     run.add_argument("--no-check", action="store_true", help="skip checking the written CSV")
     run.add_argument(
@@ -84,7 +89,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ignore the model's thresholds.json (use its config's defaults)",
     )
-    add_config_arguments(parser, "predict", "prediction")
 
 
 def _images_and_model(args: argparse.Namespace) -> tuple[Path, Path]:
