@@ -100,6 +100,12 @@ def test_a_finished_or_foreign_folder_is_refused_and_an_unfinished_one_named(
     status, _, err = run_cli(["train", "--out", str(foreign), "--resume"], capsys)
     assert status == 2
     assert "nothing to resume (no training was started there)" in one_error_line(err)
+    shipped = Path(shutil.copytree(tiny_model, tmp_path / "shipped"))
+    shutil.rmtree(shipped / "checkpoint")  # as models/default is shipped
+    status, _, err = run_cli(["train", "--out", str(shipped), "--resume"], capsys)
+    assert status == 2
+    assert "a finished model without its checkpoint/" in one_error_line(err)
+    assert (shipped / "complete.json").is_file()  # still a model
     unfinished = Path(shutil.copytree(tiny_model, tmp_path / "unfinished"))
     (unfinished / "complete.json").unlink()
     status, _, err = run_cli(train_argv(tiny_demo, unfinished), capsys)

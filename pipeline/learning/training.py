@@ -223,7 +223,10 @@ def _resume_or_start(config: Config, model_dir: Path, resume: bool) -> tuple[Con
     from pipeline.learning.model_store import CONFIG_FILE
 
     state = folder_state(model_dir)
-    if state == "checkpoint" or (state == "complete" and resume):
+    if state == "complete" and resume:
+        _reopen_finished(model_dir)
+        return Config.load(model_dir / CONFIG_FILE), True
+    if state == "checkpoint":
         if not resume:
             raise PipelineError(
                 f"{model_dir}: holds an unfinished training; --resume continues it, or "
@@ -252,6 +255,21 @@ def _resume_or_start(config: Config, model_dir: Path, resume: bool) -> tuple[Con
             "choose another --out"
         )
     return config, False
+
+
+def _reopen_finished(model_dir: Path) -> None:
+    """Make a finished model an unfinished run again, to train it further (``--resume``
+    after raising its epochs): refused without its checkpoint."""
+    from pipeline.learning.callbacks import LAST_MODEL_FILE
+    from pipeline.learning.model_store import CHECKPOINT_DIR, COMPLETE_FILE
+
+    if not (model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE).is_file():
+        raise PipelineError(
+            f"{model_dir}: a finished model without its {CHECKPOINT_DIR}/ (a shipped or "
+            "copied model): nothing to resume"
+        )
+    log.info("%s: continuing a finished model; it is unfinished until this run ends", model_dir)
+    (model_dir / COMPLETE_FILE).unlink()
 
 
 def _build_or_resume(config: Config, model_dir: Path, resume: bool, device: str):
