@@ -113,6 +113,24 @@ def _milestone(share: float, done: int, seconds: float, resident: float, peak: f
     }
 
 
+def with_interval_rates(rows: list[dict]) -> list[dict]:
+    """Each row with the images per second since the row before (the first: since the
+    start, start-up included): whether the run slows down as it goes, which the running
+    mean hides.
+
+    >>> with_interval_rates([{"images": 10, "seconds": 10.0}, {"images": 30, "seconds": 20.0}])
+    [{'images': 10, 'seconds': 10.0, 'interval_images_per_s': 1.0}, \
+{'images': 30, 'seconds': 20.0, 'interval_images_per_s': 2.0}]
+    """
+    before = {"images": 0, "seconds": 0.0}
+    out = []
+    for row in rows:
+        rate = (row["images"] - before["images"]) / (row["seconds"] - before["seconds"])
+        out.append({**row, "interval_images_per_s": round(rate, 2)})
+        before = row
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3019)
@@ -131,16 +149,19 @@ def main() -> int:
     command = [str(ROOT / "run.sh"), "predict", "--model", args.model, "--images",
                str(args.folder), "--out", str(out), "--resume", "--no-check"]  # fmt: skip
     command += ["--no-tta"] if args.no_tta else []
-    rows = watch(command, out.with_name(out.name + ".partial.json"), args.images)
+    rows = with_interval_rates(
+        watch(command, out.with_name(out.name + ".partial.json"), args.images)
+    )
     lines = [
         f"{args.images} synthetic images ({shown(args.folder)}), `{' '.join(command[1:])}`",
         "",
-        "| done | images | seconds | images/s | resident memory | peak so far |",
-        "|---|---|---|---|---|---|",
+        "| done | images | seconds | images/s so far | images/s since the row before"
+        " | resident memory | peak so far |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['done']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | "
-        f"{r['resident_gib']} GiB | {r['peak_so_far_gib']} GiB |"
+        f"{r['interval_images_per_s']} | {r['resident_gib']} GiB | {r['peak_so_far_gib']} GiB |"
         for r in rows
     ]
     result = {"model": args.model, "images": args.images, "tta": not args.no_tta, "rows": rows}
