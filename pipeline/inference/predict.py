@@ -13,6 +13,7 @@ in batches; only a bounded chunk of images is in memory at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -279,10 +280,28 @@ def iter_predictions(
         yield image_file.image_id, labels
 
 
+def progress_bar(total: int, done: int, progress: bool) -> tqdm:
+    """The bar of a prediction run of ``total`` images, ``done`` of them before (a resumed
+    run): it starts there."""
+    return tqdm(
+        total=total,
+        initial=done,
+        desc="predict",
+        unit="img",
+        disable=not progress,
+        bar_format=PROGRESS_FORMAT,
+    )
+
+
 def iter_file_predictions(
-    model, image_files: Sequence[ImageFile], config: Config, progress: bool = True, done: int = 0
+    model,
+    image_files: Sequence[ImageFile],
+    config: Config,
+    progress: bool = True,
+    done: int = 0,
+    chunk_images: int = CHUNK_IMAGES,
 ) -> Iterator[tuple[ImageFile, np.ndarray, np.ndarray]]:
-    """Yield ``(image_file, labels, pixels)`` for each image file, a bounded chunk at a time.
+    """Yield ``(image_file, labels, pixels)`` for each image file, ``chunk_images`` at a time.
 
     ``pixels`` are the image's values as stored (`pipeline.data.images.read_pixels`); the
     network sees their 8-bit RGB version (`pipeline.data.images.to_rgb_uint8`). ``done``
@@ -290,16 +309,9 @@ def iter_file_predictions(
     """
     from pipeline.data.images import read_pixels, to_rgb_uint8
 
-    bar = tqdm(
-        total=done + len(image_files),
-        initial=done,
-        desc="predict",
-        unit="img",
-        disable=not progress,
-        bar_format=PROGRESS_FORMAT,
-    )
-    for start in range(0, len(image_files), CHUNK_IMAGES):
-        chunk = image_files[start : start + CHUNK_IMAGES]
+    bar = progress_bar(done + len(image_files), done, progress)
+    for start in range(0, len(image_files), chunk_images):
+        chunk = image_files[start : start + chunk_images]
         stored = [read_pixels(image_file.path) for image_file in chunk]
         images = [to_rgb_uint8(pixels) for pixels in stored]
         probs = predict_probabilities(model, images, config, on_image=lambda: bar.update(0.5))
@@ -428,7 +440,7 @@ class PredictionOutputs:
         log.info("wrote %s (%d nuclei)", self.measurements_csv, len(table))
 
 
-def _load_for_prediction(model_dir: Path, overrides: dict | None, device: str, tuned: bool):
+def load_for_prediction(model_dir: Path, overrides: dict | None, device: str, tuned: bool):
     """The model and its config, the overrides applied, on the chosen device."""
     from pipeline.learning import device as device_module
     from pipeline.learning.model_store import load_model
@@ -488,6 +500,8 @@ def run_prediction(
     measurements_csv: Path | None = None,
     resume: bool = False,
     force: bool = False,
+    dask: str | None = None,
+    chunk_images: int = CHUNK_IMAGES,
 ) -> Path:
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
@@ -500,7 +514,10 @@ def run_prediction(
     a run that was interrupted goes on after its last complete image, when the model,
     settings and images are the same (`pipeline.data.submission.ResumableSubmissionWriter`).
     The outputs are checked before any work (`check_outputs`): ``out_csv`` replaces only a
-    submission this pipeline wrote, unless ``force``. Returns the CSV path.
+    submission this pipeline wrote, unless ``force``. With ``dask`` (``local:N`` or a
+    scheduler's address) the images are predicted on a Dask cluster's workers
+    (`pipeline.inference.dask_predict`); the outputs are the same. Images go through the
+    network ``chunk_images`` at a time. Returns the CSV path.
     """
     from pipeline.learning import device as device_module
 
@@ -511,13 +528,27 @@ def run_prediction(
 
     found = list_image_files(images_dir)
     check_outputs(Path(out_csv), labels_dir, measurements_csv, force)
-    model, config = _load_for_prediction(model_dir, overrides, device, tuned)
+    model, config = load_for_prediction(model_dir, overrides, device, tuned)
     log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
     out_csv = Path(out_csv)
     key = _run_key(model_dir, config, found.files) if resume else None
-    with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
+    request = (Path(model_dir), overrides or {}, device, tuned)
+    with contextlib.ExitStack() as stack:
+        outputs = stack.enter_context(
+            PredictionOutputs(out_csv, labels_dir, measurements_csv, key)
+        )
         todo = [f for f in found.files if f.image_id not in outputs.done]
-        predictions = iter_file_predictions(model, todo, config, done=len(found.files) - len(todo))
+        done = len(found.files) - len(todo)
+        if dask is None:
+            predictions = iter_file_predictions(model, todo, config, True, done, chunk_images)
+        else:
+            del model  # the workers load their own
+            from pipeline.inference.dask_predict import iter_dask_predictions, open_client
+
+            client = stack.enter_context(open_client(dask))
+            predictions = iter_dask_predictions(
+                client, request, todo, chunk_images, measurements_csv is not None, done
+            )
         for image_file, labels, pixels in predictions:
             outputs.add(image_file.image_id, labels, pixels)
     write_submission_metadata(

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
+import tempfile
 
 from pipeline.errors import PipelineError
 
@@ -23,6 +26,42 @@ def select_device(device: str) -> None:
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import_tensorflow_quietly()
+
+
+# TensorFlow's C++ start-up lines, which TF_CPP_MIN_LOG_LEVEL no longer hides: they are
+# written before its logging is set up.
+STARTUP_NOISE = (
+    re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called"),
+    re.compile(r"I\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on"),
+)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines (`STARTUP_NOISE`) left out of the
+    terminal; anything else it writes while loading (an error) still shows.
+
+    Its standard error is caught in a file while it loads, then passed on without them.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+                caught.seek(0)
+                lines = caught.read().decode("utf-8", "replace").splitlines(keepends=True)
+                sys.stderr.write(
+                    "".join(line for line in lines if not any(p.match(line) for p in STARTUP_NOISE))
+                )
+    finally:
+        os.close(saved)
 
 
 def gpu_available() -> bool:

@@ -248,13 +248,20 @@ def _resume_or_start(config: Config, model_dir: Path, resume: bool) -> tuple[Con
             f"{model_dir}: holds a finished model; choose another --out (or delete it)"
         )
     if resume:
-        raise PipelineError(f"{model_dir}: nothing to resume (no training was started there)")
+        check_resumable(model_dir)
     if state == "other":
         raise PipelineError(
             f"{model_dir}: folder exists, is not empty and is not a model folder; "
             "choose another --out"
         )
     return config, False
+
+
+def check_resumable(model_dir: Path) -> None:
+    """Refuse ``--resume`` on a folder where no training was ever started (checked before
+    anything else, the training images included)."""
+    if folder_state(model_dir) in ("new", "other"):
+        raise PipelineError(f"{model_dir}: nothing to resume (no training was started there)")
 
 
 def _reopen_finished(model_dir: Path) -> None:
@@ -430,6 +437,7 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
             steps_per_epoch=steps,
             epochs=train.epochs,
             initial_epoch=state.epoch,
+            shuffle=False,  # BatchSource shuffles, by (seed, epoch)
             callbacks=training_callbacks(state, model_dir, val_samples, config),
             verbose=1 if sys.stderr.isatty() else 2,
         )

@@ -71,6 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_run_arguments(run: argparse._ArgumentGroup) -> None:
     """How the prediction runs: device, checks, overwriting, resuming, tuned settings."""
     run.add_argument("--device", choices=DEVICES, default="auto")
+    run.add_argument(
+        "--dask",
+        default=None,
+        metavar="ADDRESS",
+        help="spread the images over the workers of a Dask cluster: local:N starts N worker "
+        "processes on this machine for the run, tcp://HOST:PORT uses a running scheduler "
+        "(its workers read the model and images at the same paths); the outputs are the "
+        "same as without it",
+    )
     run.add_argument("--no-check", action="store_true", help="skip checking the written CSV")
     run.add_argument(
         "--force",
@@ -152,6 +161,7 @@ def main(args: argparse.Namespace) -> int:
         measurements_csv=args.measurements,
         resume=args.resume,
         force=args.force,
+        dask=args.dask,
     )
     if not args.no_check:
         _check(Path(out_csv), found)

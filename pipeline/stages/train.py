@@ -76,6 +76,10 @@ def main(args: argparse.Namespace) -> int:
 
         demo = make_demo_dataset(paths.INPUT_DIR / "demo")
         images_dir = images_dir or demo.train_dir
+    if args.resume and args.out is not None:
+        from pipeline.learning.training import check_resumable
+
+        check_resumable(Path(args.out))
     if images_dir is None and args.resume and args.out is not None:
         from pipeline.learning.model_store import training_images_dir
 

@@ -1,0 +1,199 @@
+"""Prediction spread over the workers of a Dask cluster (``predict --dask ADDRESS``).
+
+The ``predict`` process is the client: it cuts the images into the chunks a
+single-process run predicts (`pipeline.inference.predict.CHUNK_IMAGES` images, the same
+boundaries, so the same batches and the same bytes), sends each chunk to a worker as one
+task, and hands the results to the one submission writer in image order as they come
+back. Each worker process loads the model once (`_worker_model`) and keeps it for every
+chunk it is given. At most ``TASKS_PER_WORKER`` chunks per worker are in flight, so the
+client's memory and each worker's stay bounded however many images there are. A worker
+that dies has its chunks re-run on another (Dask reschedules the tasks of a lost worker;
+a chunk that has killed ``distributed.scheduler.allowed-failures`` workers ends the run
+with an error).
+
+``ADDRESS`` is ``local:N`` (a cluster of N worker processes on this machine, started and
+stopped with the run) or a running scheduler's address (``tcp://host:8786``). The workers
+of a remote cluster read the model folder and the images at the same paths as the client
+(a shared file system) and import this package (start them from the repository root:
+``PYTHONPATH=. .venv/bin/dask worker tcp://host:8786``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from pipeline.data.dataset import ImageFile
+
+log = logging.getLogger(__name__)
+
+LOCAL_PREFIX = "local:"
+TASKS_PER_WORKER = 2  # chunks queued on a worker: one running, one ready to start
+CONNECT_SECONDS = 30  # how long to wait for a scheduler, then for its first worker
+
+# One model per worker process, loaded by its first chunk: {request key: (model, config)}.
+_WORKER_MODELS: dict[tuple, tuple] = {}
+
+
+def parse_address(spec: str) -> tuple[str, int]:
+    """``("local", N)`` for ``local:N``, else ``(address, 0)`` for a scheduler's address.
+
+    >>> parse_address("local:2"), parse_address("tcp://10.0.0.5:8786")
+    (('local', 2), ('tcp://10.0.0.5:8786', 0))
+    >>> parse_address("local:0")
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.PipelineError: --dask local:0: the number of workers must be 1 or more
+    """
+    if spec.startswith(LOCAL_PREFIX):
+        count = spec[len(LOCAL_PREFIX) :]
+        if not count.isdigit() or int(count) < 1:
+            raise PipelineError(f"--dask {spec}: the number of workers must be 1 or more")
+        return "local", int(count)
+    if not spec or spec.isspace():
+        raise PipelineError("--dask: give local:N or a scheduler address (tcp://host:8786)")
+    return spec, 0
+
+
+def _local_threads(n_workers: int) -> int:
+    """Threads for each worker's network: this machine's cores shared out, at least one."""
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
+@contextlib.contextmanager
+def open_client(spec: str) -> Iterator[Client]:
+    """A Dask client for ``--dask SPEC``: a local cluster started for the run (and stopped
+    after it), or a connection to a running scheduler that has at least one worker."""
+    from distributed import Client, LocalCluster
+
+    address, n_local = parse_address(spec)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # its start and stop chatter
+    with contextlib.ExitStack() as stack:
+        if n_local:
+            threads = _local_threads(n_local)
+            log.info("starting a local Dask cluster: %d worker processes, %d network threads each", n_local, threads)
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n_local,
+                    threads_per_worker=1,
+                    processes=True,
+                    silence_logs=logging.WARNING,
+                    scheduler_kwargs={"dashboard": False},
+                    env={"OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads)},
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(address, timeout=CONNECT_SECONDS))
+            except (OSError, TimeoutError, ValueError) as error:
+                raise PipelineError(f"--dask {spec}: cannot reach the scheduler ({error})") from None
+        try:
+            client.wait_for_workers(1, timeout=CONNECT_SECONDS)
+        except TimeoutError:
+            raise PipelineError(
+                f"--dask {spec}: the scheduler has no worker after {CONNECT_SECONDS} s"
+            ) from None
+        yield client
+
+
+def _worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> tuple:
+    """The model and config of this worker process, loaded once per request."""
+    import json
+
+    key = (model_dir, json.dumps(overrides, sort_keys=True), device, tuned)
+    if key not in _WORKER_MODELS:
+        from pipeline.inference.predict import load_for_prediction
+        from pipeline.learning import device as device_module
+
+        _WORKER_MODELS.clear()  # one model per worker: a new request replaces the old one
+        device_module.select_device(device)
+        if not Path(model_dir).is_dir():
+            raise PipelineError(
+                f"{model_dir}: no such model folder on Dask worker {os.uname().nodename} "
+                "(the workers read the model at the client's path)"
+            )
+        _WORKER_MODELS[key] = load_for_prediction(Path(model_dir), overrides, device, tuned)
+    return _WORKER_MODELS[key]
+
+
+def predict_chunk(
+    model_dir: str, overrides: dict, device: str, tuned: bool, image_paths: Sequence[str]
+) -> list[np.ndarray]:
+    """The instance labels of one chunk of images, on a worker (a Dask task)."""
+    from pipeline.data.images import read_pixels, to_rgb_uint8
+    from pipeline.inference.predict import labels_from_probabilities, predict_probabilities
+
+    model, config = _worker_model(model_dir, overrides, device, tuned)
+    images = [to_rgb_uint8(read_pixels(Path(path))) for path in image_paths]
+    probs = predict_probabilities(model, images, config)
+    del images
+    return [labels_from_probabilities(prob, config) for prob in probs]
+
+
+def iter_dask_predictions(
+    client: Client,
+    request: tuple[Path, dict, str, bool],
+    image_files: Sequence[ImageFile],
+    chunk_images: int,
+    with_pixels: bool = False,
+    done: int = 0,
+    progress: bool = True,
+) -> Iterator[tuple[ImageFile, np.ndarray, np.ndarray | None]]:
+    """Yield ``(image_file, labels, pixels)`` in the order of ``image_files``, predicted on
+    the cluster's workers a chunk of ``chunk_images`` at a time.
+
+    ``request`` is ``(model_dir, overrides, device, tuned)``, as the workers load the model.
+    ``pixels`` are read here, and only ``with_pixels`` (the measurements need them); else
+    None. ``done`` images of the run were predicted before (a resumed run): the progress
+    bar starts there, and moves as the chunks come back.
+    """
+    from distributed import KilledWorker
+
+    from pipeline.data.images import read_pixels
+    from pipeline.inference.predict import progress_bar
+
+    bar = progress_bar(done + len(image_files), done, progress)
+
+    model_dir, overrides, device, tuned = request
+    chunks = [image_files[i : i + chunk_images] for i in range(0, len(image_files), chunk_images)]
+    n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    limit = TASKS_PER_WORKER * n_workers
+    pending: collections.deque = collections.deque()
+    next_chunk = 0
+    while next_chunk < len(chunks) or pending:
+        while next_chunk < len(chunks) and len(pending) < limit:
+            chunk = chunks[next_chunk]
+            paths = [str(Path(f.path).resolve()) for f in chunk]
+            future = client.submit(
+                predict_chunk, str(Path(model_dir).resolve()), overrides, device, tuned, paths,
+                pure=False,
+            )  # fmt: skip
+            pending.append((chunk, future))
+            next_chunk += 1
+        chunk, future = pending.popleft()
+        try:
+            labels_list = future.result()
+        except KilledWorker as error:
+            raise PipelineError(
+                f"{chunk[0].path}: its chunk of {len(chunk)} images killed Dask workers "
+                f"repeatedly ({error}); predict it without --dask to see why"
+            ) from None
+        finally:
+            future.release()
+        for image_file, labels in zip(chunk, labels_list, strict=True):
+            bar.update(1)
+            yield image_file, labels, read_pixels(image_file.path) if with_pixels else None
+    bar.close()
