@@ -6,8 +6,11 @@ Each phase runs in its own process, so its peak memory (max RSS) is its own:
 
 - ``train-<precision>``: training steps on augmented crops of real training images, with
   the model's config (float32 and mixed bfloat16);
+- ``matmul``: this machine's matrix-multiply peak (float32 GFLOP/s through the backend);
 - ``predict``: the ``predict`` stage's code on every image of ``input/stage1_test``
-  (whole images, at their own size), including post-processing.
+  (whole images, at their own size), including post-processing, with the network's
+  FLOP per pixel (`network_flops_per_pixel`) and the GFLOP/s that makes, as a fraction of
+  the matrix-multiply peak measured in the same run.
 
 Prints a table and writes the numbers to ``bench/results/speed-<host kind>.json``.
 The scores are the ones recorded in the model's ``scores.json`` (validation, by the
@@ -79,6 +82,51 @@ def phase_train(model_dir: Path, precision: str, steps: int, images_dir: Path) -
     }
 
 
+def phase_matmul(size: int = 2048, repeats: int = 20) -> dict:
+    """This machine's matrix-multiply peak: float32 GFLOP/s of ``size``-square products
+    through the Keras backend (the same library and threads prediction uses)."""
+    import keras
+    import numpy as np
+
+    from pipeline.learning import device
+
+    description = device.configure("auto", "float32")
+    rng = np.random.default_rng(0)
+    a, b = (keras.ops.convert_to_tensor(rng.random((size, size), dtype=np.float32)) for _ in "ab")
+    keras.ops.convert_to_numpy(keras.ops.matmul(a, b))  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            product = keras.ops.matmul(a, b)
+        keras.ops.convert_to_numpy(product)
+        best = min(best, time.perf_counter() - started)
+    return {
+        "phase": "matmul",
+        "device": description,
+        "gflop_per_s": round(2 * size**3 * repeats / best / 1e9, 1),
+        "images_per_s": "",
+        "peak_mib": round(_peak_mib()),
+    }
+
+
+def network_flops_per_pixel(model, side: int = 256) -> float:
+    """Multiply-adds (as 2 FLOP) of the network's convolutions per input pixel, counted on
+    a ``side``-square input; the rest (batch norm, activations, pooling) is negligible."""
+    import keras
+
+    clone = keras.models.clone_model(model, input_tensors=keras.Input((side, side, 3)))
+    total = 0
+    for layer in clone._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            kh, kw, c_out, c_in = layer.kernel.shape
+            total += 2 * kh * kw * c_in * c_out * layer.input.shape[1] * layer.input.shape[2]
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw, c_in, c_out = layer.kernel.shape
+            total += 2 * kh * kw * c_in * c_out * layer.output.shape[1] * layer.output.shape[2]
+    return total / side**2
+
+
 def phase_predict(model_dir: Path, images_dir: Path, tta: bool) -> dict:
     """Images per second of the predict stage's code over a folder, post-processing included."""
     from pipeline.data.dataset import list_image_ids
@@ -96,12 +144,15 @@ def phase_predict(model_dir: Path, images_dir: Path, tta: bool) -> dict:
     for _, labels in iter_predictions(model, images_dir, ids, config, progress=False):
         pixels += labels.size
     seconds = time.perf_counter() - started
+    flops = network_flops_per_pixel(model) * (8 if tta else 1)
     return {
         "phase": "predict" + ("-tta" if tta else ""),
         "device": description,
         "images": len(ids),
         "images_per_s": round(len(ids) / seconds, 2),
         "megapixels_per_s": round(pixels / seconds / 1e6, 3),
+        "network_kflop_per_pixel": round(flops / 1e3, 1),
+        "gflop_per_s": round(pixels * flops / seconds / 1e9, 1),
         "seconds": round(seconds, 1),
         "peak_mib": round(_peak_mib()),
     }
@@ -135,13 +186,17 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--train-images", type=Path, default=ROOT / "input" / "stage1_train")
     parser.add_argument("--test-images", type=Path, default=ROOT / "input" / "stage1_test")
-    parser.add_argument("--phases", default="train-float32,train-bfloat16,predict,predict-tta")
+    parser.add_argument(
+        "--phases", default="matmul,train-float32,train-bfloat16,predict,predict-tta"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.phase:
-        if args.phase.startswith("train-"):
+        if args.phase == "matmul":
+            row = phase_matmul()
+        elif args.phase.startswith("train-"):
             row = phase_train(
                 args.model, args.phase.split("-", 1)[1], args.steps, args.train_images
             )
@@ -151,6 +206,11 @@ def main() -> int:
         return 0
 
     rows = [_run_phase(args, phase) for phase in args.phases.split(",")]
+    peak = next((row["gflop_per_s"] for row in rows if row["phase"] == "matmul"), None)
+    for row in rows:
+        if row["phase"].startswith("predict") and peak:
+            # The whole predict stage's work (post-processing included) against the peak.
+            row["fraction_of_matmul_peak"] = round(row["gflop_per_s"] / peak, 3)
     scores = json.loads((args.model / "scores.json").read_text())
     summary = {
         "model": str(args.model.resolve().relative_to(ROOT)),
@@ -163,10 +223,14 @@ def main() -> int:
         "command": "python bench/bench_speed.py " + " ".join(sys.argv[1:]),
     }
     print(f"model {summary['model']} on {summary['machine']}")
-    print(f"{'phase':<16}{'images/s':>10}{'s/epoch':>10}{'peak MiB':>10}  device")
+    print(
+        f"{'phase':<16}{'images/s':>10}{'s/epoch':>10}{'GFLOP/s':>10}{'of peak':>9}"
+        f"{'peak MiB':>10}  device"
+    )
     for row in rows:
         print(
             f"{row['phase']:<16}{row['images_per_s']:>10}{row.get('s_per_epoch', ''):>10}"
+            f"{row.get('gflop_per_s', ''):>10}{row.get('fraction_of_matmul_peak', ''):>9}"
             f"{row['peak_mib']:>10}  {row['device']}"
         )
     print(

@@ -213,3 +213,27 @@ def test_run_sh_makes_a_broken_virtual_environment_again(tmp_path):
         text=True,
     )
     assert rebuilt.stdout == "ok\n"
+
+
+def test_tensorflow_loads_without_its_start_up_lines(tmp_path):
+    """TensorFlow 2.21 writes its oneDNN and absl lines before it reads
+    TF_CPP_MIN_LOG_LEVEL; the pipeline loads it with them filtered out, and whatever else
+    is written still shows."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys\n"
+        "from pipeline.learning import device\n"
+        "device.select_device('cpu')\n"
+        "import keras\n"
+        "print('after loading', file=sys.stderr)\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    environment["KERAS_BACKEND"] = "tensorflow"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "after loading\n"

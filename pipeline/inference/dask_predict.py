@@ -83,7 +83,10 @@ def open_client(spec: str) -> Iterator[Client]:
     with contextlib.ExitStack() as stack:
         if n_local:
             threads = _local_threads(n_local)
-            log.info("starting a local Dask cluster: %d worker processes, %d network threads each", n_local, threads)
+            log.info(
+                "starting a local Dask cluster: %d worker processes, %d network threads each",
+                n_local, threads,
+            )  # fmt: skip
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=n_local,
@@ -99,7 +102,8 @@ def open_client(spec: str) -> Iterator[Client]:
             try:
                 client = stack.enter_context(Client(address, timeout=CONNECT_SECONDS))
             except (OSError, TimeoutError, ValueError) as error:
-                raise PipelineError(f"--dask {spec}: cannot reach the scheduler ({error})") from None
+                message = f"--dask {spec}: cannot reach the scheduler ({error})"
+                raise PipelineError(message) from None
         try:
             client.wait_for_workers(1, timeout=CONNECT_SECONDS)
         except TimeoutError:

@@ -534,9 +534,7 @@ def run_prediction(
     key = _run_key(model_dir, config, found.files) if resume else None
     request = (Path(model_dir), overrides or {}, device, tuned)
     with contextlib.ExitStack() as stack:
-        outputs = stack.enter_context(
-            PredictionOutputs(out_csv, labels_dir, measurements_csv, key)
-        )
+        outputs = stack.enter_context(PredictionOutputs(out_csv, labels_dir, measurements_csv, key))
         todo = [f for f in found.files if f.image_id not in outputs.done]
         done = len(found.files) - len(todo)
         if dask is None:

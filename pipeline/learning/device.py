@@ -19,15 +19,22 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "gpu")
 
 
-def select_device(device: str) -> None:
-    """Apply ``--device`` before Keras loads: ``cpu`` hides every GPU."""
+def select_device(device: str, replicas: int = 1) -> None:
+    """Apply ``--device`` before Keras loads: ``cpu`` hides every GPU. ``replicas`` > 1
+    (``train --devices``) makes a CPU without GPUs show that many virtual devices
+    (`pipeline.learning.distribute`)."""
+    from pipeline.learning import distribute
+
     if device not in DEVICES:
         raise PipelineError(f"unknown device {device!r}; choose from {DEVICES}")
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-        import_tensorflow_quietly()
+    distribute.prepare_host_devices(replicas)
+    # Keras loads TensorFlow for its data adapters on the other backends too, when present.
+    have_tensorflow = import_tensorflow_quietly()
+    if have_tensorflow and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        distribute.split_tensorflow_cpu(replicas)
 
 
 # TensorFlow's C++ start-up lines, which TF_CPP_MIN_LOG_LEVEL no longer hides: they are
@@ -38,14 +45,19 @@ STARTUP_NOISE = (
 )
 
 
-def import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly() -> bool:
     """Import TensorFlow with its C++ start-up lines (`STARTUP_NOISE`) left out of the
-    terminal; anything else it writes while loading (an error) still shows.
+    terminal; anything else it writes while loading (an error) still shows. Returns
+    whether TensorFlow is installed (a machine with JAX alone has none).
 
     Its standard error is caught in a file while it loads, then passed on without them.
     """
+    import importlib.util
+
     if "tensorflow" in sys.modules:
-        return
+        return True
+    if importlib.util.find_spec("tensorflow") is None:
+        return False
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -62,6 +74,7 @@ def import_tensorflow_quietly() -> None:
                 )
     finally:
         os.close(saved)
+    return True
 
 
 def gpu_available() -> bool:

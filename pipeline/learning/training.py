@@ -19,6 +19,7 @@ their sum).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -279,14 +280,25 @@ def _reopen_finished(model_dir: Path) -> None:
     (model_dir / COMPLETE_FILE).unlink()
 
 
-def _build_or_resume(config: Config, model_dir: Path, resume: bool, device: str):
-    """The model to train and its config: a new one, or the checkpoint of a killed run.
+def _build_or_resume(
+    config: Config,
+    model_dir: Path,
+    resume: bool,
+    device: str,
+    devices: int,
+    stack: contextlib.ExitStack,
+):
+    """The model to train and its config: a new one, or the checkpoint of a killed run;
+    on ``devices`` devices (`pipeline.learning.distribute`), whose scope is entered into
+    ``stack`` (the compiling and fitting happen in it).
 
     Returns ``(model, config, resume, device description)``; see `_resume_or_start`.
     """
     from pipeline.learning import device as device_module
+    from pipeline.learning import distribute
 
-    device_module.select_device(device)
+    device_module.select_device(device, devices)
+    distribute.join_processes()
     import keras
 
     from pipeline.learning.callbacks import LAST_MODEL_FILE
@@ -295,6 +307,10 @@ def _build_or_resume(config: Config, model_dir: Path, resume: bool, device: str)
 
     config, resume = _resume_or_start(config, model_dir, resume)
     device_description = device_module.configure(device, config.train.precision)
+    replicas = distribute.choose_devices(devices, config.train.batch_size)
+    if len(replicas) > 1:
+        device_description += f", data-parallel on {len(replicas)} devices"
+    stack.enter_context(distribute.training_scope(replicas))
     keras.utils.set_random_seed(config.train.seed)
     if resume:
         from pipeline.learning.losses import bce_dice_loss, soft_dice_loss
@@ -307,6 +323,7 @@ def _build_or_resume(config: Config, model_dir: Path, resume: bool, device: str)
         # Before anything is written: a model that cannot be built (pretrained weights
         # that cannot be downloaded) leaves no half-made folder behind.
         model = build_model(config.model, out_channels=len(target_channels(config)))
+    distribute.synchronise_batch_norm(model, replicas)
     return model, config, resume, device_description
 
 
@@ -403,6 +420,7 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
         restore_seed_states,
         training_callbacks,
     )
+    from pipeline.learning.distribute import local_batches, process_share
     from pipeline.learning.losses import get_loss
     from pipeline.learning.model_store import CHECKPOINT_DIR
     from pipeline.learning.models import model_outputs
@@ -433,7 +451,7 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
     ):
         state.stopped_by = None  # a resumed run goes on (its budget or patience grew)
         model.fit(
-            batches.stream(first_epoch=state.epoch),
+            local_batches(batches.stream(first_epoch=state.epoch), *process_share()),
             steps_per_epoch=steps,
             epochs=train.epochs,
             initial_epoch=state.epoch,
@@ -497,25 +515,30 @@ def train_model(
     device: str = "auto",
     command: str | None = None,
     tune: bool = True,
+    devices: int = 1,
 ) -> dict[str, Any]:
     """Train ``config`` on the labelled images of ``images_dir`` into ``model_dir``.
 
     The steps: build the model (or resume a killed run), split the images, fit, write the
-    model folder, then tune its post-processing on the validation images. Returns the
+    model folder, then tune its post-processing on the validation images. ``devices``
+    (> 1, or `pipeline.learning.distribute.ALL`) trains data-parallel. Returns the
     contents of the model's ``scores.json``.
     """
     from pipeline.learning.model_store import SCORES_FILE, mark_complete, read_json
 
     model_dir = Path(model_dir)
-    model, config, resume, device_description = _build_or_resume(config, model_dir, resume, device)
-    train_samples, val_samples = _split_samples(config, images_dir, model_dir, resume)
-    log.info(
-        "training on %d images, validating on %d (%s)",
-        len(train_samples),
-        len(val_samples),
-        device_description,
-    )
-    state = _fit(model, config, train_samples, val_samples, model_dir, resume)
+    with contextlib.ExitStack() as stack:
+        model, config, resume, device_description = _build_or_resume(
+            config, model_dir, resume, device, devices, stack
+        )
+        train_samples, val_samples = _split_samples(config, images_dir, model_dir, resume)
+        log.info(
+            "training on %d images, validating on %d (%s)",
+            len(train_samples),
+            len(val_samples),
+            device_description,
+        )
+        state = _fit(model, config, train_samples, val_samples, model_dir, resume)
     if state.stopped_by == "diverged":
         _refuse_diverged(model_dir, state, config)
     run = {"device": device_description, "command": command}

@@ -15,6 +15,7 @@ from pipeline.cli import add_config_arguments, config_overrides
 from pipeline.config import Config, check_section, preset
 from pipeline.errors import PipelineError
 from pipeline.learning.device import DEVICES
+from pipeline.learning.distribute import parse_devices
 from pipeline.learning.training import train_model
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--device", choices=DEVICES, default="auto")
     data.add_argument(
+        "--devices",
+        default="1",
+        metavar="N|all",
+        help="train data-parallel on N devices (all: every GPU the backend sees): each "
+        "step's --batch-size is split evenly over them; the learning rate stays that of "
+        "the global batch (see the README)",
+    )
+    data.add_argument(
         "--no-tune",
         action="store_true",
         help="skip tuning the post-processing on validation at the end",
@@ -69,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def main(args: argparse.Namespace) -> int:
+    devices = parse_devices(args.devices)
     config = config_from_args(args)
     images_dir = args.images
     if args.demo:
@@ -101,5 +111,6 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         command=getattr(args, "command_line", None),
         tune=not args.no_tune,
+        devices=devices,
     )
     return 0
