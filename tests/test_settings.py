@@ -23,7 +23,8 @@ STAGE_SECTIONS = {"train": ("model", "train"), "predict": ("predict",), "evaluat
 #: Options of those stages that are about the run, not a config setting.
 COMMON = {"-h", "--help", "-v", "--verbose", "--device", "--images"}
 RUN_OPTIONS = {
-    "train": COMMON | {"--preset", "--config", "--out", "--demo", "--resume", "--no-tune"},
+    "train": COMMON
+    | {"--preset", "--config", "--out", "--demo", "--resume", "--no-tune", "--devices"},
     "predict": COMMON
     | {
         "--model",
@@ -35,6 +36,7 @@ RUN_OPTIONS = {
         "--measurements",
         "--resume",
         "--force",
+        "--dask",
     },
     "evaluate": COMMON | {"--model", "--untuned", "--json"},
 }

@@ -13,7 +13,6 @@ in batches; only a bounded chunk of images is in memory at once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -489,6 +488,36 @@ def _run_key(model_dir: Path, config: Config, image_files: Sequence[ImageFile]) 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _predict_into(
+    outputs: PredictionOutputs,
+    model,
+    config: Config,
+    image_files: Sequence[ImageFile],
+    request: tuple,
+    dask: str | None,
+    chunk_images: int,
+) -> None:
+    """`run_prediction`'s work: every image not done yet, predicted here or on the Dask
+    cluster ``dask`` names (whose workers load the model as ``request`` says), into
+    ``outputs`` in image order."""
+    todo = [f for f in image_files if f.image_id not in outputs.done]
+    done = len(image_files) - len(todo)
+    if dask is None:
+        for image_file, labels, pixels in iter_file_predictions(
+            model, todo, config, True, done, chunk_images
+        ):
+            outputs.add(image_file.image_id, labels, pixels)
+        return
+    from pipeline.inference.dask_predict import iter_dask_predictions, open_client
+
+    with_pixels = outputs.measurements_csv is not None
+    with open_client(dask) as client:
+        for image_file, labels, pixels in iter_dask_predictions(
+            client, request, todo, chunk_images, with_pixels, done
+        ):
+            outputs.add(image_file.image_id, labels, pixels)
+
+
 def run_prediction(
     model_dir: Path,
     images_dir: Path,
@@ -514,10 +543,9 @@ def run_prediction(
     a run that was interrupted goes on after its last complete image, when the model,
     settings and images are the same (`pipeline.data.submission.ResumableSubmissionWriter`).
     The outputs are checked before any work (`check_outputs`): ``out_csv`` replaces only a
-    submission this pipeline wrote, unless ``force``. With ``dask`` (``local:N`` or a
-    scheduler's address) the images are predicted on a Dask cluster's workers
-    (`pipeline.inference.dask_predict`); the outputs are the same. Images go through the
-    network ``chunk_images`` at a time. Returns the CSV path.
+    submission this pipeline wrote, unless ``force``. With ``dask`` (``local:N`` or an
+    address) the images go to a Dask cluster's workers (`pipeline.inference.dask_predict`),
+    ``chunk_images`` at a time, as here; the outputs are the same. Returns the CSV path.
     """
     from pipeline.learning import device as device_module
 
@@ -533,22 +561,8 @@ def run_prediction(
     out_csv = Path(out_csv)
     key = _run_key(model_dir, config, found.files) if resume else None
     request = (Path(model_dir), overrides or {}, device, tuned)
-    with contextlib.ExitStack() as stack:
-        outputs = stack.enter_context(PredictionOutputs(out_csv, labels_dir, measurements_csv, key))
-        todo = [f for f in found.files if f.image_id not in outputs.done]
-        done = len(found.files) - len(todo)
-        if dask is None:
-            predictions = iter_file_predictions(model, todo, config, True, done, chunk_images)
-        else:
-            del model  # the workers load their own
-            from pipeline.inference.dask_predict import iter_dask_predictions, open_client
-
-            client = stack.enter_context(open_client(dask))
-            predictions = iter_dask_predictions(
-                client, request, todo, chunk_images, measurements_csv is not None, done
-            )
-        for image_file, labels, pixels in predictions:
-            outputs.add(image_file.image_id, labels, pixels)
+    with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
+        _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
     write_submission_metadata(
         out_csv,
         {
