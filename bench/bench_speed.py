@@ -127,14 +127,15 @@ def network_flops_per_pixel(model, side: int = 256) -> float:
     return total / side**2
 
 
-def phase_predict(model_dir: Path, images_dir: Path, tta: bool) -> dict:
-    """Images per second of the predict stage's code over a folder, post-processing included."""
+def phase_predict(model_dir: Path, images_dir: Path, tta: bool, precision: str = "float32") -> dict:
+    """Images per second of the predict stage's code over a folder, post-processing
+    included, in ``precision`` (float32 or bfloat16, `PredictConfig.precision`)."""
     from pipeline.data.dataset import list_image_ids
     from pipeline.inference.predict import iter_predictions
     from pipeline.learning import device
     from pipeline.learning.model_store import load_model
 
-    description = device.configure("auto", "float32")
+    description = device.configure("auto", precision)
     model, config = load_model(model_dir)
     config.predict.tta = tta
     ids = list_image_ids(images_dir)
@@ -146,7 +147,7 @@ def phase_predict(model_dir: Path, images_dir: Path, tta: bool) -> dict:
     seconds = time.perf_counter() - started
     flops = network_flops_per_pixel(model) * (8 if tta else 1)
     return {
-        "phase": "predict" + ("-tta" if tta else ""),
+        "phase": "predict" + ("-tta" if tta else "") + ("-bf16" if precision != "float32" else ""),
         "device": description,
         "images": len(ids),
         "images_per_s": round(len(ids) / seconds, 2),
@@ -187,7 +188,8 @@ def main() -> int:
     parser.add_argument("--train-images", type=Path, default=ROOT / "input" / "stage1_train")
     parser.add_argument("--test-images", type=Path, default=ROOT / "input" / "stage1_test")
     parser.add_argument(
-        "--phases", default="matmul,train-float32,train-bfloat16,predict,predict-tta"
+        "--phases",
+        default="matmul,train-float32,train-bfloat16,predict,predict-tta,predict-bf16",
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -201,7 +203,12 @@ def main() -> int:
                 args.model, args.phase.split("-", 1)[1], args.steps, args.train_images
             )
         else:
-            row = phase_predict(args.model, args.test_images, tta=args.phase == "predict-tta")
+            row = phase_predict(
+                args.model,
+                args.test_images,
+                tta="-tta" in args.phase,
+                precision="bfloat16" if args.phase.endswith("-bf16") else "float32",
+            )
         print(json.dumps(row))
         return 0
 

@@ -282,6 +282,13 @@ class PredictConfig:
         False, "average the 8 flips and rotations", group="post-processing", tunable=True
     )
     batch_size: int = setting(4, "images per batch", low=1, group="run")
+    precision: str = setting(
+        "float32",
+        "the network's arithmetic: float32, or bfloat16 (mixed: bfloat16 compute, float32 "
+        "weights; faster on GPUs and on CPUs with bfloat16 units)",
+        choices=("float32", "bfloat16"),
+        group="run",
+    )
     heads: str = setting(
         "all",
         "models with several output heads (unetpp): average them all (accurate), or use "

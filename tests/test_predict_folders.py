@@ -198,3 +198,23 @@ def test_the_progress_bar_moves_image_by_image_within_a_chunk(tiny_model, tiny_d
     at_yield = [positions[-1] for _ in predict.iter_file_predictions(model, files, config)]
     assert positions == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
     assert at_yield == [2.0, 2.5, 3.0]
+
+
+def test_bfloat16_prediction_writes_a_valid_submission_and_says_so(
+    tiny_demo, tiny_model, tmp_path, capsys
+):
+    """``predict --precision bfloat16`` (mixed: bfloat16 compute, float32 weights)."""
+    import json
+
+    import keras
+    from conftest import run_cli
+
+    out = tmp_path / "bf16.csv"
+    argv = ["predict", "--model", str(tiny_model), "--images", str(tiny_demo.test_dir)]
+    try:
+        status, _, err = run_cli([*argv, "--out", str(out), "--precision", "bfloat16"], capsys)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # for the tests that follow
+    assert status == 0, err
+    assert "device: CPU, bfloat16" in err and "valid submission" in err
+    assert json.loads(out.with_suffix(".json").read_text())["predict"]["precision"] == "bfloat16"

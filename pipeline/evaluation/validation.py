@@ -79,14 +79,10 @@ def evaluate_model(
     from pipeline.learning import device as device_module
 
     device_module.select_device(device)
-    from pipeline.inference.predict import postprocess_params
-    from pipeline.learning.model_store import SPLIT_FILE, load_model, read_json
+    from pipeline.inference.predict import load_for_prediction, postprocess_params
+    from pipeline.learning.model_store import SPLIT_FILE, read_json
 
-    device_module.configure(device, "float32")
-    model, config = load_model(Path(model_dir), tuned=tuned)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            setattr(config.predict, key, value)
+    model, config = load_for_prediction(Path(model_dir), overrides, device, tuned)
     samples = validation_samples(model_dir, images_dir)
     result = score_samples(model, samples, config)
     held_out = read_json(Path(model_dir) / SPLIT_FILE).get("held_out_conditions")
@@ -101,6 +97,7 @@ def evaluate_model(
             **postprocess_params(config),
             "tta": config.predict.tta,
             "heads": config.predict.heads,
+            "precision": config.predict.precision,
         },
         "per_image": result["per_image"],
     }

@@ -440,11 +440,15 @@ class PredictionOutputs:
 
 
 def load_for_prediction(model_dir: Path, overrides: dict | None, device: str, tuned: bool):
-    """The model and its config, the overrides applied, on the chosen device."""
+    """The model and its config, the overrides applied, on the chosen device, in the
+    precision the overrides or the model's config ask for (``predict.precision``)."""
     from pipeline.learning import device as device_module
-    from pipeline.learning.model_store import load_model
+    from pipeline.learning.model_store import load_config, load_model
 
-    device_module.configure(device, "float32")
+    precision = (overrides or {}).get("precision") or load_config(
+        model_dir, tuned=tuned
+    ).predict.precision
+    device_module.configure(device, precision)
     model, config = load_model(model_dir, tuned=tuned)
     for key, value in (overrides or {}).items():
         if value is not None:

@@ -232,11 +232,10 @@ class Segmenter:
         from pipeline.learning import device as device_module
 
         device_module.select_device(device)
-        device_module.configure(device, "float32")
-        from pipeline.learning.model_store import load_model
+        from pipeline.inference.predict import load_for_prediction
 
         self.model_dir = Path(model_dir)
-        self.model, self.config = load_model(self.model_dir)
+        self.model, self.config = load_for_prediction(self.model_dir, None, device, True)
         self.lock = threading.Lock()
 
     def defaults(self) -> dict[str, Any]:
