@@ -139,7 +139,12 @@ def _weights(path: Path) -> dict[str, bytes]:
 def test_two_processes_train_one_model_together(tiny_demo, tmp_path):
     """Multi-host training as the README gives it, with both hosts on this machine: two
     JAX processes of one CPU device each join on a coordinator address, each feeds its
-    half of every global batch, and both end with the same weights."""
+    half of every global batch; both end with the weights of one process training on 2
+    devices, process 1 in its own ``-process1`` folder beside the shared ``--out``."""
+    common = ["-m", "pipeline", "train", "--preset", "demo", *TINY_FLAGS, "--epochs", "1",
+              "--images", str(tiny_demo.train_dir), "--no-tune"]  # fmt: skip
+    alone = _run([*common, "--devices", "2", "--out", str(tmp_path / "alone")], "jax", tmp_path)
+    assert alone.returncode == 0, alone.stderr
     port, processes = _free_port(), []
     for index in range(2):
         environment = _environment("jax")
@@ -148,9 +153,7 @@ def test_two_processes_train_one_model_together(tiny_demo, tmp_path):
             KERAS_DISTRIBUTION_NUM_PROCESSES="2",
             KERAS_DISTRIBUTION_PROCESS_ID=str(index),
         )
-        argv = [sys.executable, "-m", "pipeline", "train", "--preset", "demo", *TINY_FLAGS,
-                "--epochs", "1", "--images", str(tiny_demo.train_dir), "--devices", "all",
-                "--out", str(tmp_path / f"model{index}"), "--no-tune"]  # fmt: skip
+        argv = [sys.executable, *common, "--devices", "all", "--out", str(tmp_path / "model")]
         processes.append(
             subprocess.Popen(
                 argv,
@@ -166,6 +169,14 @@ def test_two_processes_train_one_model_together(tiny_demo, tmp_path):
         assert process.returncode == 0, err
     assert "process 1 of 2 joined" in errors[1]
     assert "data-parallel training on 2 devices" in errors[0]
-    first, second = (_weights(tmp_path / f"model{i}" / "model.weights.h5") for i in range(2))
-    assert first.keys() == second.keys() and len(first) > 10
+    first, second, one = (
+        _weights(tmp_path / name / "model.weights.h5")
+        for name in ("model", "model-process1", "alone")
+    )
+    assert first.keys() == second.keys() == one.keys() and len(first) > 10
     assert first == second
+    import numpy as np
+
+    for name, data in one.items():
+        a, b = (np.frombuffer(d, dtype=np.float32) for d in (data, first[name]))
+        assert np.allclose(a, b, atol=1e-4), name

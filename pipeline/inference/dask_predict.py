@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,8 +45,10 @@ LOCAL_PREFIX = "local:"
 TASKS_PER_WORKER = 2  # chunks queued on a worker: one running, one ready to start
 CONNECT_SECONDS = 30  # how long to wait for a scheduler, then for its first worker
 
-# One model per worker process, loaded by its first chunk: {request key: (model, config)}.
+# One model per worker process, loaded by its first chunk: {request key: (model, config)};
+# the lock keeps a worker that runs several threads from loading it twice at once.
 _WORKER_MODELS: dict[tuple, tuple] = {}
+_WORKER_LOCK = threading.Lock()
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -76,28 +80,13 @@ def _local_threads(n_workers: int) -> int:
 def open_client(spec: str) -> Iterator[Client]:
     """A Dask client for ``--dask SPEC``: a local cluster started for the run (and stopped
     after it), or a connection to a running scheduler that has at least one worker."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     address, n_local = parse_address(spec)
     logging.getLogger("distributed").setLevel(logging.WARNING)  # its start and stop chatter
     with contextlib.ExitStack() as stack:
         if n_local:
-            threads = _local_threads(n_local)
-            log.info(
-                "starting a local Dask cluster: %d worker processes, %d network threads each",
-                n_local, threads,
-            )  # fmt: skip
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=n_local,
-                    threads_per_worker=1,
-                    processes=True,
-                    silence_logs=logging.WARNING,
-                    scheduler_kwargs={"dashboard": False},
-                    env={"OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads)},
-                )
-            )
-            client = stack.enter_context(Client(cluster))
+            client = stack.enter_context(Client(stack.enter_context(_local_cluster(n_local))))
         else:
             try:
                 client = stack.enter_context(Client(address, timeout=CONNECT_SECONDS))
@@ -113,24 +102,59 @@ def open_client(spec: str) -> Iterator[Client]:
         yield client
 
 
+def _local_cluster(n_workers: int):
+    """A cluster of ``n_workers`` processes on this machine, one task at a time each, the
+    cores shared out among their networks."""
+    from distributed import LocalCluster
+
+    threads = _local_threads(n_workers)
+    log.info(
+        "starting a local Dask cluster: %d worker processes, %d network threads each",
+        n_workers, threads,
+    )  # fmt: skip
+    try:
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            silence_logs=logging.WARNING,
+            scheduler_kwargs={"dashboard": False},
+            env={
+                "OMP_NUM_THREADS": str(threads),
+                "TF_NUM_INTRAOP_THREADS": str(threads),
+                # several processes share a GPU: none takes all its memory at the start
+                "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+            },
+        )
+    except Exception as error:  # noqa: BLE001 - any failure to start is one message
+        raise PipelineError(
+            f"--dask local:{n_workers}: cannot start the local cluster: "
+            f"{type(error).__name__}: {error}"
+        ) from None
+
+
 def _worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> tuple:
     """The model and config of this worker process, loaded once per request."""
-    import json
-
     key = (model_dir, json.dumps(overrides, sort_keys=True), device, tuned)
-    if key not in _WORKER_MODELS:
-        from pipeline.inference.predict import load_for_prediction
-        from pipeline.learning import device as device_module
+    with _WORKER_LOCK:
+        if key not in _WORKER_MODELS:
+            _WORKER_MODELS.clear()  # one model per worker: a new request replaces the old
+            _WORKER_MODELS[key] = _load_worker_model(model_dir, overrides, device, tuned)
+        return _WORKER_MODELS[key]
 
-        _WORKER_MODELS.clear()  # one model per worker: a new request replaces the old one
-        device_module.select_device(device)
-        if not Path(model_dir).is_dir():
-            raise PipelineError(
-                f"{model_dir}: no such model folder on Dask worker {os.uname().nodename} "
-                "(the workers read the model at the client's path)"
-            )
-        _WORKER_MODELS[key] = load_for_prediction(Path(model_dir), overrides, device, tuned)
-    return _WORKER_MODELS[key]
+
+def _load_worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> tuple:
+    from pipeline.inference.predict import load_for_prediction
+    from pipeline.learning import device as device_module
+
+    device_module.select_device(device)
+    if not Path(model_dir).is_dir():
+        raise PipelineError(
+            f"{model_dir}: no such model folder on Dask worker {os.uname().nodename} "
+            "(the workers read the model at the client's path)"
+        )
+    return load_for_prediction(Path(model_dir), overrides, device, tuned)
 
 
 def predict_chunk(
@@ -164,8 +188,6 @@ def iter_dask_predictions(
     None. ``done`` images of the run were predicted before (a resumed run): the progress
     bar starts there, and moves as the chunks come back.
     """
-    from distributed import KilledWorker
-
     from pipeline.data.images import read_pixels
     from pipeline.inference.predict import progress_bar
 
@@ -189,15 +211,31 @@ def iter_dask_predictions(
             next_chunk += 1
         chunk, future = pending.popleft()
         try:
-            labels_list = future.result()
-        except KilledWorker as error:
-            raise PipelineError(
-                f"{chunk[0].path}: its chunk of {len(chunk)} images killed Dask workers "
-                f"repeatedly ({error}); predict it without --dask to see why"
-            ) from None
+            labels_list = _chunk_result(future, chunk)
         finally:
             future.release()
         for image_file, labels in zip(chunk, labels_list, strict=True):
             bar.update(1)
             yield image_file, labels, read_pixels(image_file.path) if with_pixels else None
     bar.close()
+
+
+def _chunk_result(future, chunk: Sequence[ImageFile]) -> list[np.ndarray]:
+    """A chunk's labels; what went wrong on the cluster as one `PipelineError` naming the
+    chunk (a message the worker raised as one is passed on as it is)."""
+    from distributed import KilledWorker
+
+    try:
+        return future.result()
+    except PipelineError:
+        raise
+    except KilledWorker as error:
+        raise PipelineError(
+            f"{chunk[0].path}: its chunk of {len(chunk)} images killed Dask workers "
+            f"repeatedly ({error}); predict it without --dask to see why"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - whatever a remote worker or the cluster raised
+        raise PipelineError(
+            f"{chunk[0].path}: its chunk of {len(chunk)} images failed on the Dask cluster: "
+            f"{type(error).__name__}: {error}"
+        ) from None

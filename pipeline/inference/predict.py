@@ -439,20 +439,28 @@ class PredictionOutputs:
         log.info("wrote %s (%d nuclei)", self.measurements_csv, len(table))
 
 
-def load_for_prediction(model_dir: Path, overrides: dict | None, device: str, tuned: bool):
-    """The model and its config, the overrides applied, on the chosen device, in the
-    precision the overrides or the model's config ask for (``predict.precision``)."""
-    from pipeline.learning import device as device_module
-    from pipeline.learning.model_store import load_config, load_model
+def prediction_config(model_dir: Path, overrides: dict | None, tuned: bool) -> Config:
+    """The config a prediction with a finished model runs with: the model's (its tuned
+    ``predict`` settings when ``tuned``), the overrides applied."""
+    from pipeline.learning.model_store import check_complete, load_config
 
-    precision = (overrides or {}).get("precision") or load_config(
-        model_dir, tuned=tuned
-    ).predict.precision
-    device_module.configure(device, precision)
-    model, config = load_model(model_dir, tuned=tuned)
+    check_complete(model_dir)
+    config = load_config(model_dir, tuned=tuned)
     for key, value in (overrides or {}).items():
         if value is not None:
             setattr(config.predict, key, value)
+    return config
+
+
+def load_for_prediction(model_dir: Path, overrides: dict | None, device: str, tuned: bool):
+    """The model and its config (`prediction_config`) on the chosen device, in the
+    precision the config asks for (``predict.precision``)."""
+    from pipeline.learning import device as device_module
+    from pipeline.learning.model_store import load_model
+
+    config = prediction_config(model_dir, overrides, tuned)
+    device_module.configure(device, config.predict.precision)
+    model, _ = load_model(model_dir, tuned=tuned)
     return model, config
 
 
@@ -560,7 +568,10 @@ def run_prediction(
 
     found = list_image_files(images_dir)
     check_outputs(Path(out_csv), labels_dir, measurements_csv, force)
-    model, config = load_for_prediction(model_dir, overrides, device, tuned)
+    if dask is None:
+        model, config = load_for_prediction(model_dir, overrides, device, tuned)
+    else:  # the workers load the model; here only its settings are needed
+        model, config = None, prediction_config(model_dir, overrides, tuned)
     log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
     out_csv = Path(out_csv)
     key = _run_key(model_dir, config, found.files) if resume else None

@@ -174,8 +174,12 @@ class WallClockBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # state.seconds: all epochs so far, this one included (TrainingClock).
+        from pipeline.learning.distribute import agree
+
         spent = self.state.seconds
-        if self.state.stopped_by != "diverged" and out_of_time(spent, epoch + 1, self.max_minutes):
+        late = out_of_time(spent, epoch + 1, self.max_minutes)
+        # Several processes stop together, when the first says so: clocks differ.
+        if self.state.stopped_by != "diverged" and agree(late):
             log.info(
                 "stopping: %.1f of the %g minutes of the time budget spent, "
                 "not enough for another epoch",

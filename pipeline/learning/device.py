@@ -50,7 +50,9 @@ def import_tensorflow_quietly() -> bool:
     terminal; anything else it writes while loading (an error) still shows. Returns
     whether TensorFlow is installed (a machine with JAX alone has none).
 
-    Its standard error is caught in a file while it loads, then passed on without them.
+    Its standard error is caught in a file while it loads, then passed on without them
+    (so a process killed while TensorFlow loads, by a CPU it cannot run on, loses that
+    output; `pipeline.learning.device` is then the place to look, with ``--verbose``).
     """
     import importlib.util
 

@@ -4,7 +4,8 @@ Every device holds a copy of the weights; each step's global batch (``--batch-si
 split evenly across them and their gradients are averaged, so that a step on N devices
 computes what a step on one device computes on the same global batch. Batch
 normalisation uses the statistics of the whole global batch on both backends, so the
-equality holds for the U-Net as it is (a test checks it to float tolerance).
+equality holds for the U-Net without dropout (a test checks it to float tolerance); with
+dropout, the random masks differ from one device's.
 
 - JAX backend: Keras 3's distribution API (`keras.distribution.DataParallel`), which
   shards each batch over a one-axis device mesh.
@@ -131,6 +132,31 @@ def process_share() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
+def agree(decision: bool) -> bool:
+    """The first process's ``decision``, in every process of a training over several
+    (their own would differ where it rests on a clock: one stopping while the others wait
+    for it in the next step would hang them); ``decision`` itself in a single process."""
+    if process_share()[1] <= 1:
+        return decision
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.array(decision)))
+
+
+def process_model_dir(model_dir):
+    """Where this process writes its model: ``model_dir`` for the first process (or a
+    single one), ``<model_dir>-process<K>`` for process K of several, so that processes
+    sharing a disk never write the same folder (each ends with the same weights)."""
+    from pathlib import Path
+
+    text = os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0")
+    processes = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")
+    if not text.isdigit() or not processes.isdigit() or int(processes) <= 1 or text == "0":
+        return Path(model_dir)
+    return Path(model_dir).with_name(f"{Path(model_dir).name}-process{int(text)}")
+
+
 def local_batches(batches: Iterator, process: int, processes: int) -> Iterator:
     """This process's share of each global batch: its contiguous 1/``processes`` of the
     rows (the processes' devices come in process order on the mesh, and the backend puts
@@ -180,6 +206,12 @@ def choose_devices(requested: int, batch_size: int) -> list[str]:
     if requested != ALL and batch_size % requested:
         _refuse_uneven(requested, batch_size)
     devices = available_devices()
+    processes = process_share()[1]
+    if processes > 1 and requested not in (ALL, len(devices)):
+        raise PipelineError(
+            f"--devices {requested}: a training over {processes} processes uses every "
+            f"device of every process ({len(devices)}): give --devices all"
+        )
     if requested == ALL:
         requested = len(devices)
     if requested > 1 and _backend() not in ("jax", "tensorflow"):

@@ -524,9 +524,10 @@ def train_model(
     (> 1, or `pipeline.learning.distribute.ALL`) trains data-parallel. Returns the
     contents of the model's ``scores.json``.
     """
+    from pipeline.learning.distribute import process_model_dir
     from pipeline.learning.model_store import SCORES_FILE, mark_complete, read_json
 
-    model_dir = Path(model_dir)
+    model_dir = process_model_dir(model_dir)
     with contextlib.ExitStack() as stack:
         model, config, resume, device_description = _build_or_resume(
             config, model_dir, resume, device, devices, stack
