@@ -91,3 +91,21 @@ def test_bad_address_is_one_error_line(address, message, tiny_demo, tiny_model, 
     assert status == 2
     assert one_error_line(err).startswith(f"error: {message}")
     assert not out.exists()
+
+
+def test_a_failure_on_a_worker_is_one_error_line(tiny_demo, tiny_model, tmp_path, capsys):
+    """A damaged image is found by the worker that reads it: its message comes back as
+    the run's one error line, and no submission is written."""
+    import shutil
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    first = next(iter(sorted(tiny_demo.test_dir.iterdir())))
+    shutil.copy(first / "images" / f"{first.name}.png", folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    out = tmp_path / "out.csv"
+    argv = ["predict", "--model", str(tiny_model), "--images", str(folder), "--out", str(out)]
+    status, _, err = run_cli([*argv, "--dask", "local:1"], capsys)
+    assert status == 2
+    assert "broken.png" in one_error_line(err)
+    assert not out.exists()

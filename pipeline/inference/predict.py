@@ -75,9 +75,18 @@ def _run_model(model, batch: np.ndarray, heads: str = "all") -> np.ndarray:
     # graph on TensorFlow, whose convolutions, batch norms and activations are fused; jit
     # on JAX), 1.2 to 1.4 times as fast as running it op by op (bench/bench_speed.py).
     # A new image size costs one tracing (TensorFlow generalises the sizes after a few).
+    # Within a data-parallel training (its validation), predict_on_batch would split the
+    # batch over the devices: the network is called directly there.
+    from pipeline.learning.distribute import distributing
     from pipeline.learning.models import select_heads
 
-    outputs = select_heads(model, heads).predict_on_batch(batch)
+    network = select_heads(model, heads)
+    if distributing():
+        outputs = network(batch, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        outputs = [keras_to_numpy(output) for output in outputs]
+    else:
+        outputs = network.predict_on_batch(batch)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
     total = None
@@ -85,6 +94,13 @@ def _run_model(model, batch: np.ndarray, heads: str = "all") -> np.ndarray:
         prob = np.asarray(output, dtype=np.float32)
         total = prob if total is None else total + prob
     return total / len(outputs) if len(outputs) > 1 else total
+
+
+def keras_to_numpy(tensor) -> np.ndarray:
+    """A backend tensor as a NumPy array."""
+    import keras
+
+    return keras.ops.convert_to_numpy(tensor)
 
 
 def _predict_batch(model, batch: np.ndarray, tta: bool, heads: str = "all") -> np.ndarray:
@@ -530,6 +546,26 @@ def _predict_into(
             outputs.add(image_file.image_id, labels, pixels)
 
 
+def _write_metadata(
+    out_csv: Path, model_dir: Path, config: Config, images_dir: Path, layout: str
+) -> None:
+    """The submission's sidecar ``.json``: the model, config, commit, images, settings."""
+    from pipeline.data.submission import write_submission_metadata
+    from pipeline.provenance import git_commit
+
+    write_submission_metadata(
+        out_csv,
+        {
+            "model": str(model_dir),
+            "config": config.name,
+            "commit": git_commit(),
+            "images": str(images_dir),
+            "layout": layout,
+            "predict": vars(config.predict),
+        },
+    )
+
+
 def run_prediction(
     model_dir: Path,
     images_dir: Path,
@@ -563,8 +599,6 @@ def run_prediction(
 
     device_module.select_device(device)
     from pipeline.data.dataset import list_image_files
-    from pipeline.data.submission import write_submission_metadata
-    from pipeline.provenance import git_commit
 
     found = list_image_files(images_dir)
     check_outputs(Path(out_csv), labels_dir, measurements_csv, force)
@@ -578,17 +612,7 @@ def run_prediction(
     request = (Path(model_dir), overrides or {}, device, tuned)
     with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
         _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
-    write_submission_metadata(
-        out_csv,
-        {
-            "model": str(model_dir),
-            "config": config.name,
-            "commit": git_commit(),
-            "images": str(images_dir),
-            "layout": found.layout,
-            "predict": vars(config.predict),
-        },
-    )
+    _write_metadata(out_csv, model_dir, config, images_dir, found.layout)
     log.info("wrote %s", out_csv)
     if labels_dir is not None:
         log.info("wrote %d label images into %s", len(found.files), labels_dir)

@@ -263,6 +263,20 @@ def training_scope(devices: list[str]) -> Iterator[None]:
         yield
 
 
+def distributing() -> bool:
+    """Whether a data-parallel training is running here (inside `training_scope` with
+    several devices): the network's batches are then split over its devices."""
+    if _backend() == "jax":
+        import keras
+
+        return keras.distribution.distribution() is not None
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.has_strategy()
+    return False
+
+
 def _jax_name(keras_device: str) -> str:
     """Keras' name of a JAX device (``cpu:0``, ``gpu:1``) as `available_devices` gives it.
 
