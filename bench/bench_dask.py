@@ -19,6 +19,7 @@ Writes ``bench/results/dask-cpu.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -131,7 +132,7 @@ def main() -> int:
     rows = scaling(rows)
     lines = [
         f"{args.images} synthetic images ({shown(args.folder)}), `{' '.join(base[1:])}`"
-        f" and `--dask local:N`; this machine: {_cpus()} CPU cores",
+        f" and `--dask local:N`; this machine: {os.cpu_count()} CPU cores",
         "",
         "| run | seconds | images/s | speed-up | efficiency | client peak | client CPU s"
         " | peak per worker | CSV identical |",
@@ -148,12 +149,6 @@ def main() -> int:
     result = {"model": args.model, "images": args.images, "tta": not args.no_tta, "rows": rows}
     publish(ROOT / "bench" / "results" / "dask-cpu.json", result, "\n".join(lines))
     return 0 if all(r["csv_identical"] for r in rows) else 1
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

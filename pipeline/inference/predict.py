@@ -77,30 +77,23 @@ def _run_model(model, batch: np.ndarray, heads: str = "all") -> np.ndarray:
     # A new image size costs one tracing (TensorFlow generalises the sizes after a few).
     # Within a data-parallel training (its validation), predict_on_batch would split the
     # batch over the devices: the network is called directly there.
+    import keras
+
     from pipeline.learning.distribute import distributing
     from pipeline.learning.models import select_heads
 
     network = select_heads(model, heads)
     if distributing():
         outputs = network(batch, training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        outputs = [keras_to_numpy(output) for output in outputs]
     else:
         outputs = network.predict_on_batch(batch)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
     total = None
     for output in outputs:
-        prob = np.asarray(output, dtype=np.float32)
+        prob = keras.ops.convert_to_numpy(output).astype(np.float32)
         total = prob if total is None else total + prob
     return total / len(outputs) if len(outputs) > 1 else total
-
-
-def keras_to_numpy(tensor) -> np.ndarray:
-    """A backend tensor as a NumPy array."""
-    import keras
-
-    return keras.ops.convert_to_numpy(tensor)
 
 
 def _predict_batch(model, batch: np.ndarray, tta: bool, heads: str = "all") -> np.ndarray:

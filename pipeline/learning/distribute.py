@@ -95,25 +95,38 @@ PROCESS_VARIABLES = (
 )
 
 
+def _declared_processes() -> tuple[int, int]:
+    """``(process id, number of processes)`` as the `PROCESS_VARIABLES` declare them
+    (``(0, 1)`` when they do not)."""
+    values = []
+    for name, default in (
+        ("KERAS_DISTRIBUTION_PROCESS_ID", "0"),
+        ("KERAS_DISTRIBUTION_NUM_PROCESSES", "1"),
+    ):
+        text = os.environ.get(name) or default
+        if not text.isdigit():
+            raise PipelineError(f"{name}={text}: not a number")
+        values.append(int(text))
+    return values[0], values[1]
+
+
 def join_processes() -> tuple[int, int]:
     """``(this process's index, the number of processes)``: with
     ``KERAS_DISTRIBUTION_NUM_PROCESSES`` above 1 (and the two other `PROCESS_VARIABLES`),
     this process joins the others first (`keras.distribution.initialize`, which calls
     ``jax.distributed.initialize``), so that the devices are those of every process.
     JAX only. Must come before the backend lists its devices."""
-    text = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")
-    if not text.isdigit():
-        raise PipelineError(f"KERAS_DISTRIBUTION_NUM_PROCESSES={text}: not a number")
-    if int(text) <= 1:
+    _, count = _declared_processes()
+    if count <= 1:
         return 0, 1
     if _backend() != "jax":
         raise PipelineError(
-            f"KERAS_DISTRIBUTION_NUM_PROCESSES={text}: training over several processes "
+            f"KERAS_DISTRIBUTION_NUM_PROCESSES={count}: training over several processes "
             "needs KERAS_BACKEND=jax"
         )
     missing = [name for name in PROCESS_VARIABLES if not os.environ.get(name)]
     if missing:
-        raise PipelineError(f"training over {text} processes: set {', '.join(missing)} too")
+        raise PipelineError(f"training over {count} processes: set {', '.join(missing)} too")
     import jax
     import keras
 
@@ -150,11 +163,10 @@ def process_model_dir(model_dir):
     sharing a disk never write the same folder (each ends with the same weights)."""
     from pathlib import Path
 
-    text = os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0")
-    processes = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")
-    if not text.isdigit() or not processes.isdigit() or int(processes) <= 1 or text == "0":
+    process, count = _declared_processes()
+    if count <= 1 or process == 0:
         return Path(model_dir)
-    return Path(model_dir).with_name(f"{Path(model_dir).name}-process{int(text)}")
+    return Path(model_dir).with_name(f"{Path(model_dir).name}-process{process}")
 
 
 def local_batches(batches: Iterator, process: int, processes: int) -> Iterator:
