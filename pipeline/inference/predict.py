@@ -451,9 +451,9 @@ class PredictionOutputs:
 def prediction_config(model_dir: Path, overrides: dict | None, tuned: bool) -> Config:
     """The config a prediction with a finished model runs with: the model's (its tuned
     ``predict`` settings when ``tuned``), the overrides applied."""
-    from pipeline.learning.model_store import check_complete, load_config
+    from pipeline.learning.model_store import check_finished, load_config
 
-    check_complete(model_dir)
+    check_finished(model_dir)
     config = load_config(model_dir, tuned=tuned)
     for key, value in (overrides or {}).items():
         if value is not None:

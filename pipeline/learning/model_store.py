@@ -170,6 +170,22 @@ def target_channels(config: Config) -> tuple[str, ...]:
         ) from None
 
 
+def _check_model_files(model_dir: Path) -> None:
+    """Refuse a folder that is not there, or lacks the config or the weights."""
+    if not model_dir.is_dir():
+        raise PipelineError(f"{model_dir}: no such model folder (train one with ./run.sh train)")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (model_dir / name).is_file():
+            raise PipelineError(f"{model_dir}: {name} is missing; is the training finished?")
+
+
+def check_finished(model_dir: Path) -> None:
+    """Refuse anything but a finished model: a missing folder or file, an interrupted
+    training or tuning, weights changed since (`check_complete`)."""
+    _check_model_files(Path(model_dir))
+    check_complete(Path(model_dir))
+
+
 def load_model(model_dir: Path, tuned: bool = True, finished: bool = True):
     """Build the network from ``config.json`` and load ``model.weights.h5``.
 
@@ -181,13 +197,10 @@ def load_model(model_dir: Path, tuned: bool = True, finished: bool = True):
     from pipeline.learning.models import build_model
 
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise PipelineError(f"{model_dir}: no such model folder (train one with ./run.sh train)")
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (model_dir / name).is_file():
-            raise PipelineError(f"{model_dir}: {name} is missing; is the training finished?")
     if finished:
-        check_complete(model_dir)
+        check_finished(model_dir)
+    else:
+        _check_model_files(model_dir)
     config = load_config(model_dir, tuned=tuned)
     # No pretrained encoder weights (nor their download): the trained ones replace them.
     model = build_model(config.model, out_channels=len(target_channels(config)), pretrained=False)
