@@ -240,9 +240,10 @@ def test_tensorflow_loads_without_its_start_up_lines(tmp_path):
 
 
 @pytest.mark.parametrize("stage", ["predict", "evaluate"])
-def test_a_model_folder_that_is_not_there_is_named_as_such(stage, tmp_path, capsys):
+def test_a_model_folder_that_is_not_there_is_named_as_such(stage, tiny_demo, tmp_path, capsys):
     missing = tmp_path / "no-model"
-    status, _, err = run_cli([stage, "--model", str(missing)], capsys)
+    images = ["--images", str(tiny_demo.test_dir)] if stage == "predict" else []
+    status, _, err = run_cli([stage, "--model", str(missing), *images], capsys)
     assert status == 2
     assert one_error_line(err) == (
         f"error: {missing}: no such model folder (train one with ./run.sh train)"
