@@ -210,6 +210,15 @@ class TrainConfig:
         high=1,
         metavar="P",
     )
+    stain_tissue: float = setting(
+        0.0,
+        "share of fluorescence training samples re-coloured as H&E-stained tissue "
+        "(hematoxylin from the nuclei's brightness, eosin from a random texture), so that "
+        "stained nuclei are not new to the network (0: never)",
+        low=0,
+        high=1,
+        metavar="P",
+    )
     loss: str = setting("bce_dice", "training loss", choices=LOSSES)
     precision: str = setting(
         "auto", "auto: bfloat16 where it pays off; float32; bfloat16", choices=PRECISIONS
@@ -469,6 +478,7 @@ _FINGERPRINT_NEUTRAL = {
     ("train", "max_minutes"): lambda value, _sections: not value,  # no time budget
     ("train", "augment_strength"): lambda value, _sections: value == "default",
     ("train", "dim_nuclei"): lambda value, _sections: not value,  # never dimmed
+    ("train", "stain_tissue"): lambda value, _sections: not value,  # never re-coloured
     ("train", "split"): lambda value, _sections: value == "random",
     ("model", "input_space"): lambda value, _sections: value == "rgb",
     ("train", "scale_min"): lambda value, _sections: value == 0.75,

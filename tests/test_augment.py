@@ -16,6 +16,7 @@ from pipeline.learning.augment import (
     augment,
     build_augmentation,
     dim_nuclei,
+    stain_like_tissue,
     random_crop,
     save_augmentation_preview,
 )
@@ -393,3 +394,54 @@ def test_dim_nuclei_refuses_bad_settings(share, contrast) -> None:
     image, labels = _two_nuclei(10, 210)
     with pytest.raises(ValueError, match="share|contrast_range"):
         dim_nuclei(image, labels, np.random.default_rng(0), share, contrast)
+
+
+# --- fluorescence re-coloured as stained tissue ----------------------------------------------
+
+
+def test_stain_like_tissue_turns_bright_nuclei_into_hematoxylin_on_a_light_ground() -> None:
+    """With fixed stain levels and no eosin, a nucleus takes skimage's colour of 0.1
+    hematoxylin and the ground (no stain at all) is white, up to the noise (sd 2)."""
+    from skimage.color import hed2rgb
+
+    image, _ = _two_nuclei(10, 210)
+    out = stain_like_tissue(image, np.random.default_rng(0), (0.1, 0.1), (0.0, 0.0), (0.0, 0.0))
+    expected = hed2rgb(np.array([[[0.1, 0.0, 0.0]]]))[0, 0] * 255  # about (99, 49, 158)
+    assert np.abs(out[10:22, 10:22].astype(float).mean(axis=(0, 1)) - expected).max() < 1.0
+    assert np.abs(out[10:22, 10:22].astype(float) - expected).max() <= 10  # 5 sd
+    assert out[30:34].min() >= 245 and out.dtype == np.uint8 and out.shape == image.shape
+
+
+def test_stain_like_tissue_keeps_nuclei_brighter_than_the_ground_in_the_grey_input_space():
+    """In the grey input space a light image is inverted, so the re-coloured nuclei are
+    again brighter than the tissue around them, for every draw of the stains."""
+    from pipeline.learning.preprocess import normalise_image
+
+    image, labels = _two_nuclei(10, 210)
+    for seed in range(20):
+        grey = normalise_image(stain_like_tissue(image, np.random.default_rng(seed)), False, "grey")
+        assert grey[..., 0][labels > 0].mean() > grey[..., 0][labels == 0].mean() + 1.0
+
+
+def test_stain_like_tissue_is_reproducible_and_leaves_light_images_alone() -> None:
+    image, _ = _two_nuclei(10, 210)
+    first = stain_like_tissue(image, np.random.default_rng(3))
+    assert np.array_equal(first, stain_like_tissue(image, np.random.default_rng(3)))
+    assert not np.array_equal(first, stain_like_tissue(image, np.random.default_rng(4)))
+    light, _ = _two_nuclei(200, 100)
+    out = stain_like_tissue(light, np.random.default_rng(0))
+    assert np.array_equal(out, light) and out is not light
+
+
+@pytest.mark.parametrize(
+    ("image", "ranges", "match"),
+    [
+        (np.zeros((8, 8), np.uint8), {}, "uint8 \\(H, W, 3\\)"),
+        (np.zeros((8, 8, 3), np.float32), {}, "uint8 \\(H, W, 3\\)"),
+        (np.zeros((8, 8, 3), np.uint8), {"eosin": (0.1, 0.0)}, "eosin must be"),
+        (np.zeros((8, 8, 3), np.uint8), {"nucleus_hematoxylin": (-1, 0)}, "nucleus_hema"),
+    ],
+)
+def test_stain_like_tissue_refuses_what_it_cannot_colour(image, ranges, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        stain_like_tissue(image, np.random.default_rng(0), **ranges)

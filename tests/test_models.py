@@ -327,6 +327,7 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
         if data["train"]["augment_strength"] == "default":
             del data["train"]["augment_strength"]
         del data["train"]["dim_nuclei"]
+        del data["train"]["stain_tissue"]
         del data["train"]["nucleus_diameter"]
         for key in ("split", "scale_min", "scale_max", "with_stage1_test"):
             del data["train"][key]
@@ -344,6 +345,9 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
     dimmed = preset("default")
     dimmed.train.dim_nuclei = 0.5
     assert dimmed.training_fingerprint() != "a64205032922"
+    stained = preset("default")
+    stained.train.stain_tissue = 0.3
+    assert stained.training_fingerprint() != "a64205032922"
     mobile = preset("default")
     mobile.model.arch = "mobilenetv2_unet"
     frozen = preset("default")

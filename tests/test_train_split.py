@@ -124,3 +124,27 @@ def test_input_space_and_scale_flags_reach_the_config():
         0.75,
         1.5,
     )
+
+
+@pytest.mark.parametrize(("share", "coloured"), [(0.0, 0), (1.0, 4)])
+def test_stain_tissue_recolours_that_share_of_the_fluorescence_samples(share, coloured):
+    """A grey fluorescence sample keeps three equal channels; re-coloured as stained tissue
+    (``--stain-tissue``) its channels differ. With share 1 every sample of a batch is."""
+    import numpy as np
+
+    from pipeline.config import preset
+    from pipeline.data.dataset import Sample
+    from pipeline.learning.training import BatchSource
+
+    image = np.full((64, 64, 3), 12, np.uint8)
+    labels = np.zeros((64, 64), np.int32)
+    labels[20:36, 20:36] = 1
+    image[labels > 0] = 220
+    config = preset("default")
+    config.train.crop_size, config.train.batch_size = 32, 4
+    config.train.stain_tissue = share
+    sample = Sample(image_id="disc", image=image, labels=labels, kind="fluorescence")
+    images, _ = BatchSource([sample], config, steps=1, seed=0).batch(0, 0)
+    assert images.shape == (4, 32, 32, 3)
+    differ = [not np.allclose(one[..., 0], one[..., 2]) for one in images]
+    assert sum(differ) == coloured

@@ -62,6 +62,7 @@ __all__ = [
     "dim_nuclei",
     "random_crop",
     "save_augmentation_preview",
+    "stain_like_tissue",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,13 @@ STRENGTHS = ("none", *AUGMENT_STRENGTHS)
 PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
 DEFAULT_SCALE_RANGE = (0.75, 1.5)
 DIM_CONTRAST_RANGE = (0.1, 0.6)  # kept contrast of a dimmed nucleus (`dim_nuclei`)
+# Stain concentrations of `stain_like_tissue` (skimage's rgb2hed units). The 96 histology
+# images of stage1_train measure about 0.06-0.08 hematoxylin in nuclei and 0.02-0.04 around
+# them, eosin 0.02-0.04 in nuclei and 0-0.005 around them; stage1_test's pink H&E has more
+# eosin, so the ranges reach past both.
+NUCLEUS_HEMATOXYLIN_RANGE = (0.05, 0.14)
+GROUND_HEMATOXYLIN_RANGE = (0.0, 0.04)
+EOSIN_RANGE = (0.0, 0.08)
 
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
 _locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -407,6 +415,74 @@ def dim_nuclei(
     level = np.median(image[background], axis=0).astype(np.float32)
     out = level + factor_map * (image.astype(np.float32) - level)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def stain_like_tissue(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    nucleus_hematoxylin: tuple[float, float] = NUCLEUS_HEMATOXYLIN_RANGE,
+    ground_hematoxylin: tuple[float, float] = GROUND_HEMATOXYLIN_RANGE,
+    eosin: tuple[float, float] = EOSIN_RANGE,
+) -> np.ndarray:
+    """Re-colour a fluorescence image as if it were H&E-stained tissue.
+
+    stage1_train holds 486 fluorescence images and no pink H&E at all, and a network trained
+    on it finds almost nothing in stained tissue (issue 12). Here the image's brightness
+    becomes the hematoxylin concentration (nuclei dark purple-blue), a random smooth
+    texture the eosin of the tissue around them (pink) with a little hematoxylin of its
+    own, and skimage's ``hed2rgb`` turns the stains into colours, so that the network
+    sees nuclei that look like the stained ones, with their labels unchanged. Images with
+    a light background are already brightfield or histology and are returned unchanged.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        uint8 (H, W, 3).
+    rng : np.random.Generator
+        The only source of randomness: the stain levels, the texture and a little noise
+        (standard deviation 2 grey levels).
+    nucleus_hematoxylin, ground_hematoxylin, eosin : tuple of float
+        Ranges of the concentrations drawn: hematoxylin of the brightest nuclei, of the
+        tissue around them (times the texture) and eosin (times the texture, halved in
+        the nuclei), each ``(low, high)`` with ``0 <= low <= high``.
+
+    Returns
+    -------
+    np.ndarray
+        uint8 (H, W, 3), a new array; light where the input was dark.
+    """
+    from skimage.color import hed2rgb
+
+    from pipeline.data.dataset import has_light_background
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    ranges = {"nucleus_hematoxylin": nucleus_hematoxylin, "ground_hematoxylin": ground_hematoxylin}
+    for name, (low, high) in {**ranges, "eosin": eosin}.items():
+        if not 0.0 <= low <= high:
+            raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)}")
+    if image.size == 0 or has_light_background(image):
+        return image.copy()
+    grey = image.astype(np.float32).mean(axis=2)
+    low, high = np.percentile(grey, (1.0, 99.5))
+    brightness = np.clip((grey - low) / max(float(high - low), 1.0), 0.0, 1.0)
+    texture = _smooth_noise(image.shape[:2], rng)
+    nucleus_level = rng.uniform(*nucleus_hematoxylin)
+    ground_level = rng.uniform(*ground_hematoxylin) * texture
+    hematoxylin = ground_level + (nucleus_level - ground_level) * brightness
+    pink = rng.uniform(*eosin) * texture * (1.0 - 0.5 * brightness)
+    stains = np.stack([hematoxylin, pink, np.zeros_like(pink)], axis=-1)
+    colours = hed2rgb(stains) * 255.0 + rng.normal(0.0, 2.0, image.shape)
+    return np.clip(np.rint(colours), 0, 255).astype(np.uint8)
+
+
+def _smooth_noise(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Random texture in [0, 1]: noise blurred at a random scale (2-8 pixels), stretched."""
+    noise = rng.random(shape).astype(np.float32)
+    blurred = cv2.GaussianBlur(noise, (0, 0), sigmaX=float(rng.uniform(2.0, 8.0)))
+    spread = float(blurred.max() - blurred.min())
+    return (blurred - blurred.min()) / spread if spread > 0 else np.full(shape, 0.5, np.float32)
 
 
 def random_crop(

@@ -106,10 +106,11 @@ class BatchSource:
             scale_range=(train.scale_min, train.scale_max),
         )
         self.dim_share = train.dim_nuclei if train.augment else 0.0
+        self.stain_share = train.stain_tissue if train.augment else 0.0
 
     def batch(self, epoch: int, index: int):
         """Batch ``index`` (0-based) of epoch ``epoch`` (0-based)."""
-        from pipeline.learning.augment import augment, dim_nuclei
+        from pipeline.learning.augment import augment, dim_nuclei, stain_like_tissue
         from pipeline.learning.preprocess import normalise_image
         from pipeline.learning.targets import labels_to_targets
 
@@ -124,6 +125,8 @@ class BatchSource:
             )
             if self.dim_share and rng.random() < self.dim_share:
                 image = dim_nuclei(image, labels, rng)
+            if self.stain_share and rng.random() < self.stain_share:
+                image = stain_like_tissue(image, rng)
             images.append(normalise_image(image, model.invert_light_background, model.input_space))
             targets.append(labels_to_targets(labels, self.channels))
         batch_targets = np.stack(targets)
