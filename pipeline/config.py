@@ -29,7 +29,7 @@ SPLITS = ("random", "conditions")
 AUGMENT_STRENGTHS = ("default", "strong")
 LOSSES = ("bce_dice", "bce", "dice")
 PRECISIONS = ("auto", "float32", "bfloat16")
-METHODS = ("components", "watershed")
+METHODS = ("components", "watershed", "random_walker")
 
 
 def setting(
@@ -241,8 +241,9 @@ class PredictConfig:
 
     method: str = setting(
         "components",
-        "how instances are split: components, or watershed (markers from the border "
-        "channel, or from the mask's distance map)",
+        "how instances are split: components, watershed (markers from the border "
+        "channel, or from the mask's distance map), or random_walker (the same markers, "
+        "grown by a random walker instead of flooding)",
         choices=METHODS,
         group="post-processing",
         postprocess=True,

@@ -16,9 +16,9 @@ from pipeline.learning.augment import (
     augment,
     build_augmentation,
     dim_nuclei,
-    stain_like_tissue,
     random_crop,
     save_augmentation_preview,
+    stain_like_tissue,
 )
 
 CROP = 64

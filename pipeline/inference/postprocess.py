@@ -2,7 +2,7 @@
 
 The counterpart of ``pipeline.learning.targets.labels_to_targets``. Tested without a model.
 
-Two methods (``method=``):
+Three methods (``method=``):
 
 ``"components"``
     The connected components (8-connectivity) of ``foreground_prob > threshold``. Two
@@ -22,6 +22,13 @@ Two methods (``method=``):
        ``-(foreground - border_weight * border)``) from the markers, within the mask;
     4. a piece of the mask that holds no marker keeps its own connected component, so no
        nucleus is lost.
+``"random_walker"``
+    The watershed's mask and markers, but step 3 is ``skimage.segmentation.random_walker``
+    on ``foreground_prob`` (the walk crosses where the probability dips between touching
+    nuclei, and shares a flat piece between its markers by distance), run per connected
+    piece of the mask that holds two or more markers (a piece with one marker is that
+    marker's instance). A published DSB2018 ablation (samuelschen/DSB2018) measured it
+    +0.01 over the watershed.
 
 Both then fill holes (optional) and drop instances smaller than ``min_size`` pixels.
 
@@ -56,7 +63,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 from skimage.measure import label as connected_components
-from skimage.segmentation import watershed
+from skimage.segmentation import random_walker, watershed
 from tqdm import tqdm
 
 from pipeline.config import METHODS, POSTPROCESS_DEFAULTS
@@ -192,7 +199,7 @@ class _Maps:
             return ("components", threshold)
         uses_border = self.centre is None and self.border is not None
         return (
-            "watershed",
+            params["method"],
             threshold,
             float(params["marker_threshold"]),
             float(params["border_weight"]) if uses_border else None,
@@ -215,13 +222,50 @@ class _Maps:
             (score > float(params["marker_threshold"])) & mask, connectivity=1
         ).astype(np.int32)
         markers = remove_small_instances(markers, int(params["min_marker_size"]))
-        labels = watershed(-score, markers, mask=mask).astype(np.int32)
+        if params["method"] == "random_walker":
+            labels = _random_walk(self.foreground, markers, self.components(threshold))
+        else:
+            labels = watershed(-score, markers, mask=mask).astype(np.int32)
         # Parts of the mask that no marker reached keep their own component.
         unreached = mask & (labels == 0)
         if unreached.any():
             pieces = connected_components(unreached, connectivity=2).astype(np.int32)
             labels = np.where(pieces > 0, pieces + labels.max(), labels)
         return labels
+
+
+#: The random walker's edge weights are exp(-beta * difference**2) between neighbouring
+#: foreground probabilities (skimage's default beta).
+RANDOM_WALKER_BETA = 130.0
+
+
+def _random_walk(prob: np.ndarray, markers: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Grow the markers over their pieces of the mask by a random walker on ``prob``.
+
+    Each connected piece (``components``) is solved on its own bounding box: a piece with
+    no marker stays unlabelled (the caller gives it its own instance), one with a single
+    marker becomes that marker's instance, and one with several is shared between them.
+    """
+    labels = np.zeros(markers.shape, np.int32)
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        inside = components[box] == index
+        seeds = np.where(inside, markers[box], 0)
+        present = np.unique(seeds[seeds > 0])
+        if len(present) == 0:
+            continue
+        if len(present) == 1:
+            labels[box][inside] = present[0]
+            continue
+        data = prob[box].astype(np.float64)
+        if data.std() == 0:  # skimage scales beta by the spread: nothing to walk on
+            labels[box][inside] = watershed(np.zeros_like(data), seeds, mask=inside)[inside]
+            continue
+        # random_walker numbers its output 1..n in the order of the seeds' sorted values.
+        walked = random_walker(data, np.where(inside, seeds, -1), beta=RANDOM_WALKER_BETA)
+        labels[box][inside] = np.concatenate([[0], present])[np.maximum(walked[inside], 0)]
+    return labels
 
 
 def _check_map(name: str, prob: np.ndarray | None, shape: tuple[int, ...]) -> None:
