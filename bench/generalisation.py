@@ -13,8 +13,9 @@ random``: every kind on both sides), and each is scored with the project's own c
 - ``./run.sh predict --model DIR`` then ``./run.sh score --json --no-leaderboard``: its
   stage1_test score (the leaderboard: looked at, never chosen on).
 
-Each lever is compared with the first row (the shipped default's recipe) on the same split
-by the paired per-image difference of the validation scores: mean and standard error.
+Each lever is compared with its base row (the shipped default's recipe unless it says
+otherwise: a lever added on top of another is compared with that one) on the same split by
+the paired per-image difference of the validation scores: mean and standard error.
 Models live in ``models/generalisation/<lever>-<split>`` (the shipped ``models/default`` is
 the default recipe on the random split). Without ``--train`` a missing model is listed as
 not trained; with it, it is trained (about 20 minutes each on a quiet 2-core CPU, more on
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,43 +42,73 @@ RUN = str(ROOT / "run.sh")
 MODELS = "models/generalisation"
 SPLITS = ("conditions", "random")
 
-#: lever name -> (what it is, ./run.sh train flags on top of the default preset)
-LEVERS: dict[str, tuple[str, list[str]]] = {
-    "default": ("the shipped default's recipe (RGB input)", []),
-    "grey": ("one input space: grey, light backgrounds inverted", ["--input-space", "grey"]),
-    "grey-scale": (
-        "grey + random rescaling 0.5-2x in training",
-        ["--input-space", "grey", "--scale-min", "0.5", "--scale-max", "2"],
-    ),
-    "grey-border": (
+
+@dataclass(frozen=True)
+class Lever:
+    """One row: what it is, its ``./run.sh train`` flags on top of the default preset, and
+    for a post-processing lever the flags of ``evaluate`` and ``predict`` and the row whose
+    models it reuses (``model_of``); each row is compared with row ``base``."""
+
+    what: str
+    train_flags: tuple[str, ...] = ()
+    post_flags: tuple[str, ...] = ()
+    model_of: str | None = None
+    base: str = "default"
+
+
+GREY_SCALE = ("--input-space", "grey", "--scale-min", "0.5", "--scale-max", "2")
+LEVERS: dict[str, Lever] = {
+    "default": Lever("the shipped default's recipe (RGB input)"),
+    "grey": Lever("one input space: grey, light backgrounds inverted", ("--input-space", "grey")),
+    "grey-scale": Lever("grey + random rescaling 0.5-2x in training", GREY_SCALE),
+    "grey-border": Lever(
         "grey + a border channel (watershed markers from foreground - border)",
-        ["--input-space", "grey", "--targets", "border"],
+        ("--input-space", "grey", "--targets", "border"),
+    ),
+    "grey-scale-stain": Lever(
+        "grey-scale + 30% of the fluorescence samples re-coloured as H&E (--stain-tissue 0.3)",
+        (*GREY_SCALE, "--stain-tissue", "0.3"),
+        base="grey-scale",
+    ),
+    "random-walker": Lever(
+        "the default's models, random walker instead of watershed (same markers)",
+        post_flags=("--method", "random_walker"),
+        model_of="default",
+    ),
+    "grey-scale-random-walker": Lever(
+        "grey-scale's models, random walker instead of watershed (same markers)",
+        post_flags=("--method", "random_walker"),
+        model_of="grey-scale",
+        base="grey-scale",
     ),
 }
 
 
 def model_folder(lever: str, split: str) -> str:
     """Where the lever's model for a split lives (the shipped default for its own cell)."""
+    lever = LEVERS[lever].model_of or lever
     if (lever, split) == ("default", "random"):
         return "models/default"
     return f"{MODELS}/{lever}-{split}"
 
 
-def score_model(model: str) -> dict:
+def score_model(model: str, name: str, post_flags: tuple[str, ...]) -> dict:
     """Validation (tuned) and stage1_test scores of one model folder."""
-    validation = last_json(run_command([RUN, "evaluate", "--model", model, "--json"]))
-    csv = f"submissions/generalisation/{Path(model).name}.csv"
-    run_command([RUN, "predict", "--model", model, "--out", csv])
-    test = last_json(run_command([RUN, "score", csv, "--json", "--no-leaderboard"]))
+    evaluate = [RUN, "evaluate", "--model", model, *post_flags, "--json"]
+    validation = last_json(run_command(evaluate))
+    csv = f"submissions/generalisation/{name}.csv"
+    predict = [RUN, "predict", "--model", model, *post_flags, "--out", csv]
+    run_command(predict)
+    score = [RUN, "score", csv, "--json", "--no-leaderboard"]
+    test = last_json(run_command(score))
     return {
         "model": model,
         "validation": validation["score"],
         "validation_per_image": validation["per_image"],
         "stage1_test": test["score"],
+        "stage1_test_per_image": test["per_image"],
         "commands": [
-            f"./run.sh evaluate --model {model} --json",
-            f"./run.sh predict --model {model} --out {csv}",
-            f"./run.sh score {csv} --json --no-leaderboard",
+            " ".join(["./run.sh", *command[1:]]) for command in (evaluate, predict, score)
         ],
     }
 
@@ -104,13 +136,14 @@ def cell(result: dict | None, base: dict | None) -> str:
 
 def table(results: dict[str, dict[str, dict | None]]) -> str:
     lines = [
-        "| lever | held-out conditions | paired vs default | stage1_test | random split"
-        " | paired vs default | stage1_test |",
+        "| lever | held-out conditions | paired vs its base | stage1_test | random split"
+        " | paired vs its base | stage1_test |",
         "|---|---|---|---|---|---|---|",
     ]
     for lever, by_split in results.items():
-        cells = [cell(by_split[s], results["default"][s]) for s in SPLITS]
-        lines.append(f"| {lever}: {LEVERS[lever][0]} | " + " | ".join(cells) + " |")
+        base = results.get(LEVERS[lever].base, {})
+        cells = [cell(by_split[s], base.get(s)) for s in SPLITS]
+        lines.append(f"| {lever}: {LEVERS[lever].what} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -120,19 +153,23 @@ def main() -> int:
     parser.add_argument("--lever", action="append", choices=sorted(LEVERS), help="(repeatable)")
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
-    chosen = ["default", *[name for name in LEVERS if name in (args.lever or LEVERS)]]
+    asked = args.lever or list(LEVERS)
+    chosen = [
+        name for name in LEVERS if name in asked or any(LEVERS[a].base == name for a in asked)
+    ]
     results: dict[str, dict[str, dict | None]] = {}
-    for lever in dict.fromkeys(chosen):
+    for lever in chosen:
         results[lever] = {}
         for split in SPLITS:
             model = model_folder(lever, split)
             if not (ROOT / model / "scores.json").is_file():
-                if not args.train:
+                if not args.train or LEVERS[lever].model_of:
                     results[lever][split] = None
                     continue
-                flags = ["--split", split, *LEVERS[lever][1]]
+                flags = ["--split", split, *LEVERS[lever].train_flags]
                 run_command([RUN, "train", "--out", model, *flags])
-            results[lever][split] = score_model(model)
+            name = f"{lever}-{split}"
+            results[lever][split] = score_model(model, name, LEVERS[lever].post_flags)
     section = "generalisation" if args.update_readme else None
     publish(ROOT / "bench" / "results" / "generalisation.json", results, table(results), section)
     return 0

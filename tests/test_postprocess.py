@@ -112,6 +112,50 @@ def test_watershed_splits_touching_discs_that_components_merge(radius_a, radius_
     assert (iou.max(axis=1) > 0.9).all() and (iou.max(axis=0) > 0.9).all()
 
 
+@pytest.mark.parametrize(("radius_a", "radius_b"), [(10, 10), (6, 12), (5, 5)])
+def test_random_walker_splits_touching_discs_from_the_same_markers(radius_a, radius_b):
+    labels = touching_discs(radius_a, radius_b)
+    maps = _maps(labels, TARGET_SETS["border"])
+    rng = np.random.default_rng(radius_a)
+    maps["foreground_prob"] = np.clip(
+        maps["foreground_prob"] - rng.uniform(0, 0.1, labels.shape), 0, 1
+    )
+    split = probabilities_to_labels(**maps, method="random_walker", min_size=0)
+    assert split.max() == 2
+    iou = iou_matrix(labels, split)
+    assert (iou.max(axis=1) > 0.9).all() and (iou.max(axis=0) > 0.9).all()
+
+
+def test_random_walker_keeps_every_instance_number_of_the_image():
+    """skimage numbers its output 1..n per call; the pieces' own marker numbers stay."""
+    labels = np.zeros((40, 130), np.int32)
+    labels[disk((20, 10), 7)] = 1  # alone
+    labels[disk((20, 45), 8)] = 2  # two touching (columns 52 and 53): markers 2 and 3
+    labels[disk((20, 60), 8)] = 3
+    labels[disk((20, 100), 9)] = 4  # alone again
+    maps = _maps(labels, TARGET_SETS["border"])
+    rng = np.random.default_rng(0)
+    maps["foreground_prob"] = np.clip(
+        maps["foreground_prob"] - rng.uniform(0, 0.1, labels.shape), 0, 1
+    )
+    walked = probabilities_to_labels(**maps, method="random_walker", min_size=0)
+    flooded = probabilities_to_labels(**maps, method="watershed", min_size=0)
+    assert walked.max() == 4 and flooded.max() == 4
+    assert iou_matrix(labels, walked).max(axis=1).min() > 0.9
+    assert iou_matrix(flooded, walked).diagonal().min() > 0.9  # the same numbers
+
+
+def test_random_walker_on_a_flat_probability_shares_the_piece_between_its_markers():
+    foreground = np.ones((12, 20))  # nothing for the walk to follow
+    border = np.zeros_like(foreground)
+    border[:, 9:11] = 1.0  # markers: the two halves
+    labels = probabilities_to_labels(
+        foreground, border_prob=border, method="random_walker", min_size=0
+    )
+    assert labels.max() == 2 and np.count_nonzero(labels) == labels.size
+    assert (labels[:, :9] == labels[0, 0]).all() and (labels[:, 11:] == labels[0, -1]).all()
+
+
 def test_watershed_from_perfect_border_targets_is_exact_on_equal_discs():
     labels = touching_discs(10, 10)
     split = probabilities_to_labels(**_maps(labels, TARGET_SETS["border"]), method="watershed")
@@ -324,7 +368,7 @@ def test_tune_table_equals_scoring_every_setting_directly(channels):
         probs.append(np.clip(noisy, 0, 1))
         truths.append(labels)
     grid = {
-        "method": ["components", "watershed"],
+        "method": ["components", "watershed", "random_walker"],
         "threshold": [0.4, 0.6],
         "marker_threshold": [0.3, 0.6],
         "border_weight": [0.5, 1.0],
@@ -333,7 +377,7 @@ def test_tune_table_equals_scoring_every_setting_directly(channels):
         "min_size": [0, 10],
     }
     best, score, table = tune_postprocess(probs, truths, channels, grid)
-    assert len(table) == 2**7
+    assert len(table) == 3 * 2**6
     for row in table:
         params = {name: row[name] for name in PARAM_NAMES}
         direct = np.mean(

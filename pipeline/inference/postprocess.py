@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -263,7 +264,9 @@ def _random_walk(prob: np.ndarray, markers: np.ndarray, components: np.ndarray) 
             labels[box][inside] = watershed(np.zeros_like(data), seeds, mask=inside)[inside]
             continue
         # random_walker numbers its output 1..n in the order of the seeds' sorted values.
-        walked = random_walker(data, np.where(inside, seeds, -1), beta=RANDOM_WALKER_BETA)
+        with warnings.catch_warnings():  # its solver's tolerance notes, not the user's
+            warnings.simplefilter("ignore", UserWarning)
+            walked = random_walker(data, np.where(inside, seeds, -1), beta=RANDOM_WALKER_BETA)
         labels[box][inside] = np.concatenate([[0], present])[np.maximum(walked[inside], 0)]
     return labels
 
