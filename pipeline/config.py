@@ -210,6 +210,14 @@ class TrainConfig:
         high=1,
         metavar="P",
     )
+    paste_nuclei: float = setting(
+        0.0,
+        "share of training samples into which up to 3 copies of their own nuclei are "
+        "pasted against other nuclei, so that touching nuclei are common (0: never)",
+        low=0,
+        high=1,
+        metavar="P",
+    )
     stain_tissue: float = setting(
         0.0,
         "share of fluorescence training samples re-coloured as H&E-stained tissue "
@@ -480,6 +488,7 @@ _FINGERPRINT_NEUTRAL = {
     ("train", "augment_strength"): lambda value, _sections: value == "default",
     ("train", "dim_nuclei"): lambda value, _sections: not value,  # never dimmed
     ("train", "stain_tissue"): lambda value, _sections: not value,  # never re-coloured
+    ("train", "paste_nuclei"): lambda value, _sections: not value,  # never pasted
     ("train", "split"): lambda value, _sections: value == "random",
     ("model", "input_space"): lambda value, _sections: value == "rgb",
     ("train", "scale_min"): lambda value, _sections: value == 0.75,

@@ -8,6 +8,7 @@ import albumentations as A
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 from skimage.draw import disk
 
 from pipeline.data.synthetic import make_sample
@@ -16,6 +17,7 @@ from pipeline.learning.augment import (
     augment,
     build_augmentation,
     dim_nuclei,
+    paste_touching_nuclei,
     random_crop,
     save_augmentation_preview,
     stain_like_tissue,
@@ -445,3 +447,59 @@ def test_stain_like_tissue_is_reproducible_and_leaves_light_images_alone() -> No
 def test_stain_like_tissue_refuses_what_it_cannot_colour(image, ranges, match) -> None:
     with pytest.raises(ValueError, match=match):
         stain_like_tissue(image, np.random.default_rng(0), **ranges)
+
+
+# --- nuclei pasted against each other ---------------------------------------------------------
+
+
+def _one_disc() -> tuple[np.ndarray, np.ndarray]:
+    """A 60x60 image with one disc of radius 6 (109 pixels), shaded so copies show."""
+
+    labels = np.zeros((60, 60), np.int32)
+    labels[disk((30, 30), 6)] = 1
+    image = np.full((60, 60, 3), 5, np.uint8)
+    image[labels == 1] = 180
+    image[30, 30] = 250
+    return image, labels
+
+
+def test_paste_touching_nuclei_puts_a_copy_against_the_nucleus() -> None:
+    image, labels = _one_disc()
+    out_image, out_labels = paste_touching_nuclei(image, labels, np.random.default_rng(1), 1)
+    assert out_labels.max() == 2 and np.count_nonzero(out_labels == 2) == 109
+    assert np.all(out_image[out_labels == 2] >= 180)  # the nucleus's own pixels
+    assert np.count_nonzero(out_image == 250) == 2 * 3  # its bright centre, copied
+    covered = np.count_nonzero(out_labels == 1)
+    assert 0 < covered <= 109  # the original, partly under the copy
+    centres = [np.argwhere(out_labels == k).mean(axis=0) for k in (1, 2)]
+    radius = np.sqrt(109 / np.pi)
+    gap = np.linalg.norm(centres[1] - np.argwhere(labels == 1).mean(axis=0))
+    assert 0.7 * 2 * radius - 1 <= gap <= 2 * radius + 1  # touching or overlapping a little
+    grown = ndimage.binary_dilation(out_labels == 1)
+    assert np.any(grown & (out_labels == 2))  # the two touch
+
+
+def test_paste_touching_nuclei_is_reproducible_and_leaves_the_input_alone() -> None:
+    image, labels = _one_disc()
+    first = paste_touching_nuclei(image, labels, np.random.default_rng(5), 3)
+    again = paste_touching_nuclei(image, labels, np.random.default_rng(5), 3)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert np.count_nonzero(labels) == 109 and np.count_nonzero(image == 180) == 3 * 108
+    assert set(np.unique(first[1])) <= {0, 1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("case", ["no nuclei", "count 0"])
+def test_paste_touching_nuclei_without_nuclei_or_copies_changes_nothing(case) -> None:
+    image, labels = _one_disc()
+    if case == "no nuclei":
+        labels = np.zeros_like(labels)
+    count = 0 if case == "count 0" else 3
+    out_image, out_labels = paste_touching_nuclei(image, labels, np.random.default_rng(0), count)
+    assert np.array_equal(out_image, image) and np.array_equal(out_labels, labels)
+    assert out_image is not image
+
+
+def test_paste_touching_nuclei_refuses_a_negative_count() -> None:
+    image, labels = _one_disc()
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        paste_touching_nuclei(image, labels, np.random.default_rng(0), -1)

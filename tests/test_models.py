@@ -328,6 +328,7 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
             del data["train"]["augment_strength"]
         del data["train"]["dim_nuclei"]
         del data["train"]["stain_tissue"]
+        del data["train"]["paste_nuclei"]
         del data["train"]["nucleus_diameter"]
         for key in ("split", "scale_min", "scale_max", "with_stage1_test"):
             del data["train"][key]
@@ -348,6 +349,9 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
     stained = preset("default")
     stained.train.stain_tissue = 0.3
     assert stained.training_fingerprint() != "a64205032922"
+    crowded = preset("default")
+    crowded.train.paste_nuclei = 0.5
+    assert crowded.training_fingerprint() != "a64205032922"
     mobile = preset("default")
     mobile.model.arch = "mobilenetv2_unet"
     frozen = preset("default")

@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 from albumentations.core.transforms_interface import DualTransform
 from albumentations.core.type_definitions import Targets
+from scipy import ndimage
 
 from pipeline.config import AUGMENT_STRENGTHS
 from pipeline.fileio import atomic_path
@@ -61,6 +62,7 @@ __all__ = [
     "build_augmentation",
     "dim_nuclei",
     "random_crop",
+    "paste_touching_nuclei",
     "save_augmentation_preview",
     "stain_like_tissue",
 ]
@@ -483,6 +485,77 @@ def _smooth_noise(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     blurred = cv2.GaussianBlur(noise, (0, 0), sigmaX=float(rng.uniform(2.0, 8.0)))
     spread = float(blurred.max() - blurred.min())
     return (blurred - blurred.min()) / spread if spread > 0 else np.full(shape, 0.5, np.float32)
+
+
+def paste_touching_nuclei(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, count: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste copies of the sample's own nuclei against other nuclei, to crowd it.
+
+    Crowded, touching nuclei are where the watershed's splits fail most (stage1_test's
+    crowded small-nucleus groups); a published DSB2018 ablation (samuelschen/DSB2018) gained
+    0.03 by training on images with nuclei pasted against each other. Each of ``count``
+    copies takes a random nucleus of the sample (its pixels and shape, randomly flipped)
+    and places it against another random nucleus, in a random direction, at a distance of
+    0.7 to 1.0 times the sum of their radii (so they touch or overlap a little). The copy
+    lies on top: pixels it covers become its own, under a new label; a nucleus that is left
+    with nothing disappears from the labels. Nothing is pasted where the copy would leave
+    the sample.
+
+    Parameters
+    ----------
+    image, labels : np.ndarray
+        uint8 (H, W, 3) and integer (H, W) instance labels, 0 for background.
+    rng : np.random.Generator
+        The only source of randomness.
+    count : int
+        Copies tried (>= 0); fewer are pasted where they do not fit.
+
+    Returns
+    -------
+    image, labels : np.ndarray
+        New arrays: uint8 (H, W, 3) and int32 (H, W).
+    """
+    image, labels = _check_pair(image, labels)
+    if int(count) < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    image, labels = image.copy(), labels.astype(np.int32)
+    boxes = ndimage.find_objects(labels)
+    present = [index + 1 for index, box in enumerate(boxes) if box is not None]
+    if not present:
+        return image, labels
+    for _ in range(int(count)):
+        source, target = rng.choice(present, 2)
+        box = boxes[source - 1]
+        shape = labels[box] == source
+        pixels = image[box]
+        if rng.random() < 0.5:
+            shape, pixels = shape[:, ::-1], pixels[:, ::-1]
+        if rng.random() < 0.5:
+            shape, pixels = shape[::-1], pixels[::-1]
+        _paste_against(image, labels, shape, pixels, _centre_and_radius(labels, target), rng)
+    return image, labels
+
+
+def _centre_and_radius(labels: np.ndarray, label: int) -> tuple[float, float, float]:
+    rows, columns = np.nonzero(labels == label)
+    return float(rows.mean()), float(columns.mean()), math.sqrt(len(rows) / math.pi)
+
+
+def _paste_against(image, labels, shape, pixels, target, rng) -> None:
+    """Put ``shape`` (with its ``pixels``) at a touching distance from ``target``."""
+    target_row, target_column, target_radius = target
+    radius = math.sqrt(shape.sum() / math.pi)
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    distance = rng.uniform(0.7, 1.0) * (radius + target_radius)
+    top = round(target_row + distance * math.sin(angle) - (shape.shape[0] - 1) / 2)
+    left = round(target_column + distance * math.cos(angle) - (shape.shape[1] - 1) / 2)
+    height, width = labels.shape
+    if top < 0 or left < 0 or top + shape.shape[0] > height or left + shape.shape[1] > width:
+        return
+    window = (slice(top, top + shape.shape[0]), slice(left, left + shape.shape[1]))
+    image[window][shape] = pixels[shape]
+    labels[window][shape] = int(labels.max()) + 1
 
 
 def random_crop(

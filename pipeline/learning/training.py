@@ -107,10 +107,16 @@ class BatchSource:
         )
         self.dim_share = train.dim_nuclei if train.augment else 0.0
         self.stain_share = train.stain_tissue if train.augment else 0.0
+        self.paste_share = train.paste_nuclei if train.augment else 0.0
 
     def batch(self, epoch: int, index: int):
         """Batch ``index`` (0-based) of epoch ``epoch`` (0-based)."""
-        from pipeline.learning.augment import augment, dim_nuclei, stain_like_tissue
+        from pipeline.learning.augment import (
+            augment,
+            dim_nuclei,
+            paste_touching_nuclei,
+            stain_like_tissue,
+        )
         from pipeline.learning.preprocess import normalise_image
         from pipeline.learning.targets import labels_to_targets
 
@@ -123,6 +129,8 @@ class BatchSource:
             image, labels = augment(
                 self.transform, sample.image, sample.labels, int(rng.integers(2**31))
             )
+            if self.paste_share and rng.random() < self.paste_share:
+                image, labels = paste_touching_nuclei(image, labels, rng)
             if self.dim_share and rng.random() < self.dim_share:
                 image = dim_nuclei(image, labels, rng)
             if self.stain_share and rng.random() < self.stain_share:
