@@ -70,6 +70,12 @@ LEVERS: dict[str, Lever] = {
         (*GREY_SCALE, "--stain-tissue", "0.3"),
         base="grey-scale",
     ),
+    "grey-scale-paste": Lever(
+        "grey-scale + copies of nuclei pasted against others in 50% of the samples "
+        "(--paste-nuclei 0.5)",
+        (*GREY_SCALE, "--paste-nuclei", "0.5"),
+        base="grey-scale",
+    ),
     "random-walker": Lever(
         "the default's models, random walker instead of watershed (same markers)",
         post_flags=("--method", "random_walker"),
