@@ -145,6 +145,23 @@ def test_random_walker_keeps_every_instance_number_of_the_image():
     assert iou_matrix(flooded, walked).diagonal().min() > 0.9  # the same numbers
 
 
+def test_random_walker_keeps_the_numbers_of_a_piece_made_only_of_markers():
+    """Two squares that meet at a corner are one piece of the mask (8-connected) but two
+    markers (4-connected); with no pixel left to solve, skimage hands the seeds back as
+    given instead of renumbering them, and the instance numbers must survive that too."""
+    foreground = np.zeros((12, 30))
+    foreground[2:5, 2:5] = 0.9  # instance 1, alone
+    foreground[2:5, 10:13] = 0.9  # a piece of two squares meeting at a corner
+    foreground[5:8, 13:16] = 0.9
+    labels = probabilities_to_labels(
+        foreground, border_prob=np.zeros_like(foreground), method="random_walker",
+        min_size=0, fill_holes=False, min_marker_size=1,
+    )  # fmt: skip
+    assert labels.max() == 3
+    assert (labels[2:5, 2:5] == 1).all()
+    assert (labels[2:5, 10:13] == 2).all() and (labels[5:8, 13:16] == 3).all()
+
+
 def test_random_walker_on_a_flat_probability_shares_the_piece_between_its_markers():
     foreground = np.ones((12, 20))  # nothing for the walk to follow
     border = np.zeros_like(foreground)

@@ -263,10 +263,12 @@ def _random_walk(prob: np.ndarray, markers: np.ndarray, components: np.ndarray) 
         if data.std() == 0:  # skimage scales beta by the spread: nothing to walk on
             labels[box][inside] = watershed(np.zeros_like(data), seeds, mask=inside)[inside]
             continue
-        # random_walker numbers its output 1..n in the order of the seeds' sorted values.
+        # Seeds numbered 1..n: random_walker renumbers them so when it solves, and hands
+        # them back as given when nothing is left to solve; either way 1..n come back.
+        numbered = np.where(seeds > 0, np.searchsorted(present, seeds) + 1, 0)
         with warnings.catch_warnings():  # its solver's tolerance notes, not the user's
             warnings.simplefilter("ignore", UserWarning)
-            walked = random_walker(data, np.where(inside, seeds, -1), beta=RANDOM_WALKER_BETA)
+            walked = random_walker(data, np.where(inside, numbered, -1), beta=RANDOM_WALKER_BETA)
         labels[box][inside] = np.concatenate([[0], present])[np.maximum(walked[inside], 0)]
     return labels
 
