@@ -28,6 +28,7 @@ table goes into docs/experiments.md between its generalisation markers.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -99,24 +100,48 @@ def model_folder(lever: str, split: str) -> str:
 
 
 def score_model(model: str, name: str, post_flags: tuple[str, ...]) -> dict:
-    """Validation (tuned) and stage1_test scores of one model folder."""
-    evaluate = [RUN, "evaluate", "--model", model, *post_flags, "--json"]
+    """Validation (tuned) and stage1_test scores of one model folder.
+
+    Kept in ``submissions/generalisation/<name>.json`` with the model's ``complete.json``
+    and ``thresholds.json``: a later run reuses them while the model and the commands are
+    the same (evaluating and predicting one model takes minutes).
+    """
+    commands = _commands(model, name, post_flags)
+    shown = [" ".join(["./run.sh", *command[1:]]) for command in commands]
+    files = {
+        name: (ROOT / model / name).read_text() for name in ("complete.json", "thresholds.json")
+    }
+    kept = ROOT / "submissions" / "generalisation" / f"{name}.json"
+    if kept.is_file():
+        result = json.loads(kept.read_text())
+        if result.get("model_files") == files and result.get("commands") == shown:
+            print(f"reusing {kept.relative_to(ROOT)}", flush=True)
+            return result
+    evaluate, predict, score = commands
     validation = last_json(run_command(evaluate))
-    csv = f"submissions/generalisation/{name}.csv"
-    predict = [RUN, "predict", "--model", model, *post_flags, "--out", csv]
     run_command(predict)
-    score = [RUN, "score", csv, "--json", "--no-leaderboard"]
     test = last_json(run_command(score))
-    return {
+    result = {
         "model": model,
         "validation": validation["score"],
         "validation_per_image": validation["per_image"],
         "stage1_test": test["score"],
         "stage1_test_per_image": test["per_image"],
-        "commands": [
-            " ".join(["./run.sh", *command[1:]]) for command in (evaluate, predict, score)
-        ],
+        "commands": shown,
+        "model_files": files,
     }
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _commands(model: str, name: str, post_flags: tuple[str, ...]) -> list[list[str]]:
+    csv = f"submissions/generalisation/{name}.csv"
+    return [
+        [RUN, "evaluate", "--model", model, *post_flags, "--json"],
+        [RUN, "predict", "--model", model, *post_flags, "--out", csv],
+        [RUN, "score", csv, "--json", "--no-leaderboard"],
+    ]
 
 
 def paired(row: dict, base: dict | None) -> tuple[float, float] | None:
