@@ -109,7 +109,7 @@ def score_model(model: str, name: str, post_flags: tuple[str, ...]) -> dict:
     commands = _commands(model, name, post_flags)
     shown = [" ".join(["./run.sh", *command[1:]]) for command in commands]
     files = {
-        name: (ROOT / model / name).read_text() for name in ("complete.json", "thresholds.json")
+        file: (ROOT / model / file).read_text() for file in ("complete.json", "thresholds.json")
     }
     kept = ROOT / "submissions" / "generalisation" / f"{name}.json"
     if kept.is_file():
