@@ -488,6 +488,18 @@ def test_paste_touching_nuclei_is_reproducible_and_leaves_the_input_alone() -> N
     assert set(np.unique(first[1])) <= {0, 1, 2, 3, 4}
 
 
+def test_paste_touching_nuclei_copes_with_nuclei_covered_whole() -> None:
+    """Many copies on a crowded sample cover some nuclei whole; later copies must not
+    look for them (the first version did, and a training crashed on a NaN centre)."""
+    for seed in range(30):
+        image, labels = make_sample(np.random.default_rng(seed), 48, 48, "fluorescence")
+        out_image, out_labels = paste_touching_nuclei(
+            image, labels, np.random.default_rng(seed), 20
+        )
+        assert out_image.shape == image.shape and out_labels.shape == labels.shape
+        assert out_labels.max() <= labels.max() + 20
+
+
 @pytest.mark.parametrize("case", ["no nuclei", "count 0"])
 def test_paste_touching_nuclei_without_nuclei_or_copies_changes_nothing(case) -> None:
     image, labels = _one_disc()

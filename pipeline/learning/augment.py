@@ -520,11 +520,12 @@ def paste_touching_nuclei(
     if int(count) < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     image, labels = image.copy(), labels.astype(np.int32)
-    boxes = ndimage.find_objects(labels)
-    present = [index + 1 for index, box in enumerate(boxes) if box is not None]
-    if not present:
-        return image, labels
     for _ in range(int(count)):
+        # Looked up again after each copy: a copy may cover a nucleus whole.
+        boxes = ndimage.find_objects(labels)
+        present = [index + 1 for index, box in enumerate(boxes) if box is not None]
+        if not present:
+            break
         source, target = rng.choice(present, 2)
         box = boxes[source - 1]
         shape = labels[box] == source
