@@ -77,6 +77,11 @@ LEVERS: dict[str, Lever] = {
         (*GREY_SCALE, "--paste-nuclei", "0.5"),
         base="grey-scale",
     ),
+    "longer": Lever(
+        "the default's recipe trained longer: 80 epochs (cosine schedule over 80), patience 10, "
+        "bfloat16 to buy the epochs",
+        ("--epochs", "80", "--patience", "10", "--precision", "bfloat16"),
+    ),
     "random-walker": Lever(
         "the default's models, random walker instead of watershed (same markers)",
         post_flags=("--method", "random_walker"),
