@@ -99,6 +99,21 @@ LEVERS: dict[str, Lever] = {
         base="grey-scale",
         splits=("conditions",),
     ),
+    "scales": Lever(
+        "the default's models, each image predicted at 0.5x, 1x and 2x and the most confident "
+        "kept (--scales 0.5,1,2)",
+        post_flags=("--scales", "0.5,1,2"),
+        model_of="default",
+        # As for the random walker: the RGB model finds nothing on held-out conditions.
+        splits=("random",),
+    ),
+    "grey-scale-scales": Lever(
+        "grey-scale's models, each image predicted at 0.5x, 1x and 2x and the most confident "
+        "kept (--scales 0.5,1,2)",
+        post_flags=("--scales", "0.5,1,2"),
+        model_of="grey-scale",
+        base="grey-scale",
+    ),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,42 @@ def check_heads(heads: str) -> str:
     if heads == "all" or (heads.isdigit() and int(heads) >= 1):
         return heads
     raise PipelineError(f"heads must be 'all' or a head number from 1, got {heads!r}")
+
+
+def check_scales(scales: str) -> str:
+    """``scales`` as ``PredictConfig.scales`` holds it: test-time scale factors, separated by
+    commas, each within `pipeline.inference.scale.FACTOR_LIMITS`, none twice.
+
+    >>> check_scales(" 0.5, 1,2 "), check_scales("1")
+    ('0.5,1,2', '1')
+    """
+    from pipeline.inference.scale import FACTOR_LIMITS
+
+    low, high = FACTOR_LIMITS
+    factors = []
+    for part in str(scales).split(","):
+        try:
+            factor = float(part)
+        except ValueError:
+            factor = math.nan
+        if not low <= factor <= high:
+            raise PipelineError(
+                f"scales must be factors from {low:g} to {high:g} separated by commas, "
+                f"got {scales!r}"
+            )
+        factors.append(factor)
+    if len(set(factors)) < len(factors):
+        raise PipelineError(f"scales must not repeat a factor, got {scales!r}")
+    return ",".join(f"{factor:g}" for factor in factors)
+
+
+def scale_factors(scales: str) -> tuple[float, ...]:
+    """The factors of a `check_scales` text.
+
+    >>> scale_factors("0.5,1,2")
+    (0.5, 1.0, 2.0)
+    """
+    return tuple(float(part) for part in check_scales(scales).split(","))
 
 
 @dataclass
@@ -315,6 +352,15 @@ class PredictConfig:
         parse=check_heads,
         group="network output",
         metavar="all|N",
+    )
+    scales: str = setting(
+        "1",
+        "test-time scales: each image is predicted at every factor given (e.g. 0.5,1,2) "
+        "and the one whose foreground is most confident is kept, image by image "
+        "(pipeline.inference.scale.most_confident); 1: its own size only",
+        parse=check_scales,
+        group="network output",
+        metavar="S[,S...]",
     )
     tile_size: int = setting(
         1024,

@@ -7,6 +7,7 @@ not the point here, every stage working together is.
 import json
 
 import pytest
+from conftest import one_error_line, run_cli
 
 from pipeline.cli import main as cli_main
 from pipeline.data.synthetic import make_demo_dataset
@@ -160,6 +161,27 @@ def test_predict_check_score_and_leaderboard(trained, demo, tmp_path, capsys):
     assert 0.0 <= result["score"] <= 1.0
     assert set(result["per_image"]) == ids
     assert len(leaderboard.read_text().splitlines()) == 2  # header + this scoring
+
+
+def test_several_test_time_scales_predict_a_valid_submission(trained, demo, tmp_path, capsys):
+    submission = tmp_path / "scales.csv"
+    predict = ["predict", "--model", str(trained), "--images", str(demo.test_dir)]
+    assert cli_main([*predict, "--scales", "0.5, 1,2", "--out", str(submission)]) == 0
+    assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
+    assert json.loads(submission.with_suffix(".json").read_text())["predict"]["scales"] == "0.5,1,2"
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--model", str(trained), "--scales", "1,2", "--json"]) == 0
+    assert (
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1])["settings"]["scales"] == "1,2"
+    )
+    status, _, err = run_cli(
+        [*predict, "--scales", "8", "--out", str(tmp_path / "bad.csv")], capsys
+    )
+    assert status == 2
+    assert one_error_line(err).endswith(
+        "argument --scales: scales must be factors from 0.25 to 4 separated by commas, got '8'"
+    )
+    assert not (tmp_path / "bad.csv").exists()
 
 
 def test_resume_continues_from_the_last_checkpoint(demo, tmp_path):

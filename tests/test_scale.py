@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from skimage.draw import disk
+from skimage.measure import label
 
 from pipeline.config import Config
 from pipeline.data.dataset import Sample
@@ -18,6 +19,7 @@ from pipeline.inference.scale import (
     MAX_SCALED_PIXELS,
     limit_factor,
     median_diameter,
+    most_confident,
     next_factor,
     rescale_image,
     rescale_labels,
@@ -39,7 +41,7 @@ def _discs(shape: tuple[int, int], radius: int, spacing: int) -> np.ndarray:
 
 def test_documented_examples_hold():
     result = doctest.testmod(scale, raise_on_error=False)
-    assert result.failed == 0 and result.attempted == 7
+    assert result.failed == 0 and result.attempted == 11
 
 
 @pytest.mark.parametrize(
@@ -263,3 +265,90 @@ def test_train_flags_set_the_policy_and_refuse_an_unknown_one(capsys):
         parser.parse_args(["--resize-policy", "zoom"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'zoom'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("probs", "factors", "expected"),
+    [
+        # 0.9 and 0.1 are decided (0.8), 0.6 and 0.4 are not (0.2).
+        ([[[0.6, 0.4]], [[0.9, 0.1]]], [1.0, 0.5], 1),
+        ([[[0.9, 0.1]], [[0.6, 0.4]]], [2.0, 1.0], 0),
+        # Compared on the union of their foregrounds, both pixels here: (0.8 + 0.4) / 2
+        # against (0.4 + 0.9) / 2; on its own foreground alone the first would win (0.8).
+        ([[[0.9, 0.3]], [[0.7, 0.95]]], [0.5, 2.0], 1),
+        # A tie, or no foreground anywhere, keeps the factor nearest 1.
+        ([[[0.9, 0.1]], [[0.9, 0.1]], [[0.1, 0.9]]], [0.5, 1.0, 2.0], 1),
+        ([[[0.2, 0.1]], [[0.0, 0.3]]], [0.5, 1.0], 1),
+        ([[[0.2, 0.1]], [[0.0, 0.3]]], [2.0, 0.25], 0),
+    ],
+)
+def test_most_confident_compares_the_scales_on_their_common_foreground(probs, factors, expected):
+    assert most_confident([np.array(p) for p in probs], factors) == expected
+
+
+def test_most_confident_reads_the_foreground_channel_only():
+    # Channel 1 (a border) is decided in the first map and not the second: not looked at.
+    first = np.dstack([[[0.6, 0.4]], [[1.0, 0.0]]])
+    second = np.dstack([[[0.9, 0.1]], [[0.5, 0.5]]])
+    assert most_confident([first, second], [1.0, 0.5]) == 1
+
+
+def test_most_confident_refuses_maps_and_factors_that_do_not_pair():
+    with pytest.raises(ValueError, match="2 probability maps for 1 factors"):
+        most_confident([np.zeros((2, 2)), np.zeros((2, 2))], [1.0])
+
+
+def test_prediction_at_several_scales_keeps_the_most_confident_at_the_image_size(monkeypatch):
+    """A stand-in network that is sure of discs 10 pixels across and unsure of others: of
+    the factors 0.5, 1 and 2, an image of discs 20 across is kept at 0.5 and one of discs 10
+    across at 1; both come back at their own size."""
+    from pipeline.inference import predict
+
+    calls: list[tuple[tuple[int, int], bool]] = []
+
+    def sure_of_size_ten(model, images, config, tta):
+        probs = []
+        for image in images:
+            calls.append((image.shape[:2], tta))
+            bright = image[..., :1] > 100
+            diameter = median_diameter(label(bright[..., 0]))
+            sure = diameter is not None and abs(diameter - 10) < 2
+            probs.append(np.where(bright, 0.95 if sure else 0.6, 0.05).astype(np.float32))
+        return probs
+
+    monkeypatch.setattr(predict, "_predict_as_trained", sure_of_size_ten)
+    large = _discs((120, 160), 10, 40)
+    small = _discs((120, 160), 5, 30)
+    images = [
+        np.where(labels[..., None] > 0, 200, 10).astype(np.uint8).repeat(3, axis=2)
+        for labels in (large, small)
+    ]
+    config = Config()
+    config.predict.scales = "0.5,1,2"
+
+    probs = predict.predict_probabilities(None, images, config, tta=True)
+    assert [shape for shape, _ in calls] == [(60, 80)] * 2 + [(120, 160)] * 2 + [(240, 320)] * 2
+    assert all(tta for _, tta in calls)
+    assert [prob.shape for prob in probs] == [(120, 160, 1)] * 2
+    assert [round(float(prob.max()), 2) for prob in probs] == [0.95, 0.95]
+    np.testing.assert_array_equal(probs[1][..., 0] > 0.5, small > 0)
+    # The large discs, found at half size and brought back: all but their edges' pixels.
+    agreement = ((probs[0][..., 0] > 0.5) == (large > 0)).mean()
+    assert agreement > 0.97
+
+
+def test_scales_are_checked_and_need_a_model_of_the_images_own_scale():
+    from pipeline.config import check_scales, scale_factors
+    from pipeline.inference import predict
+
+    assert scale_factors(" 2, 0.5 ,1") == (2.0, 0.5, 1.0)
+    for bad in ("0", "5", "half", "1,,2", ""):
+        with pytest.raises(PipelineError, match=r"scales must be factors from 0\.25 to 4"):
+            check_scales(bad)
+    with pytest.raises(PipelineError, match="must not repeat a factor, got '1,1.0'"):
+        check_scales("1,1.0")
+    config = Config()
+    config.predict.scales = "0.5,1"
+    config.train.resize_policy = "nucleus"
+    with pytest.raises(PipelineError, match="needs a model trained at the images' own scale"):
+        predict.predict_probabilities(None, [np.zeros((8, 8, 3), np.uint8)], config)

@@ -97,6 +97,7 @@ def evaluate_model(
             **postprocess_params(config),
             "tta": config.predict.tta,
             "heads": config.predict.heads,
+            "scales": config.predict.scales,
             "precision": config.predict.precision,
         },
         "per_image": result["per_image"],

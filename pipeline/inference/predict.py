@@ -4,7 +4,8 @@ submission CSV, and on request a label image per input and a table of measuremen
 Per image: normalise, predict (whole image padded to the network's multiple, in
 overlapping tiles when a side is longer than ``tile_size`` (``pipeline.inference.tiling``),
 resized to the training size for ``resize_policy="resize"``, or rescaled by its estimated
-nucleus size for ``resize_policy="nucleus"`` (``pipeline.inference.scale``)), bring the
+nucleus size for ``resize_policy="nucleus"``, or at each of ``--scales`` with the most
+confident kept (``pipeline.inference.scale``)), bring the
 probabilities back to the image's own size, turn them into instances
 (``pipeline.inference.postprocess``) and stream them into the outputs (`PredictionOutputs`:
 the submission writer, label images, measurements). Images of the same size are predicted
@@ -23,7 +24,7 @@ import numpy as np
 from skimage.transform import resize
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config import Config, scale_factors
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -123,6 +124,14 @@ def predict_probabilities(
     progress bar's tick).
     """
     tta = config.predict.tta if tta is None else tta
+    factors = scale_factors(config.predict.scales)
+    if factors != (1.0,):
+        if config.train.resize_policy != "native":
+            raise PipelineError(
+                f"--scales {config.predict.scales} needs a model trained at the images' own "
+                f"scale (resize_policy native); this one's is {config.train.resize_policy}"
+            )
+        return _predict_most_confident_scale(model, images, config, tta, factors, on_image)
     if config.train.resize_policy == "nucleus":
         probs = _predict_nucleus_scaled(model, images, config, tta)
         for _ in probs:
@@ -130,6 +139,39 @@ def predict_probabilities(
                 on_image()
         return probs
     return _predict_as_trained(model, images, config, tta, on_image)
+
+
+def _predict_most_confident_scale(
+    model,
+    images: Sequence[np.ndarray],
+    config: Config,
+    tta: bool,
+    factors: Sequence[float],
+    on_image: Callable[[], None] | None = None,
+) -> list[np.ndarray]:
+    """Probabilities of each image at the most confident of several scales.
+
+    Every image is predicted at each factor (no image enlarged past
+    `pipeline.inference.scale.MAX_SCALED_PIXELS`), the probabilities are brought back to
+    its own size, and `pipeline.inference.scale.most_confident` picks one of them.
+    """
+    from pipeline.inference.scale import limit_factor, most_confident, rescale_image, restore_size
+
+    at_scale = []
+    for factor in factors:
+        limited = [limit_factor(factor, image.shape) for image in images]
+        scaled = [rescale_image(image, f) for image, f in zip(images, limited, strict=True)]
+        probs = _predict_as_trained(model, scaled, config, tta)
+        at_scale.append(
+            [restore_size(prob, image.shape[:2]) for prob, image in zip(probs, images, strict=True)]
+        )
+    chosen = []
+    for i in range(len(images)):
+        candidates = [probs[i] for probs in at_scale]
+        chosen.append(candidates[most_confident(candidates, factors)])
+        if on_image is not None:
+            on_image()
+    return chosen
 
 
 def _predict_nucleus_scaled(

@@ -12,6 +12,11 @@ before the network sees it:
   resized back to the image's own size, so post-processing and the submission work on it
   as for any other model.
 
+A second use, for any model (``--scales``): each image is predicted at a few fixed factors
+and the one whose foreground probabilities are the most decided is kept
+(`most_confident`), so that an image of large nuclei can be seen shrunk and one of small
+crowded nuclei enlarged, without a first pass's guess of the nucleus size.
+
 A factor stays within `FACTOR_LIMITS`, no image is enlarged past `MAX_SCALED_PIXELS`
 (`limit_factor`: time and memory stay bounded), and a change of less than
 `FACTOR_TOLERANCE` (10%) keeps the previous factor, so a well-sized image is predicted at
@@ -26,6 +31,7 @@ its own scale.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -37,6 +43,7 @@ __all__ = [
     "REFINE_PASSES",
     "limit_factor",
     "median_diameter",
+    "most_confident",
     "next_factor",
     "rescale_image",
     "rescale_labelled",
@@ -166,3 +173,32 @@ def restore_size(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return prob
     resized = cv2.resize(prob, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     return resized if resized.ndim == prob.ndim else resized[..., None]
+
+
+def most_confident(probs: Sequence[np.ndarray], factors: Sequence[float]) -> int:
+    """The index of the most confident of one image's probabilities at several scales.
+
+    ``probs`` are (H, W[, C]) probabilities of the same image predicted at each of
+    ``factors`` and brought back to its own size; channel 0 is the foreground. They are
+    compared on one region, the pixels that any of them calls foreground (above 0.5): a
+    scale's confidence is the mean of ``|2p - 1|`` there, 1 where every pixel is 0 or 1
+    and 0 where every pixel is 0.5. A tie, or an image without foreground, keeps the
+    factor nearest 1.
+
+    >>> sure = np.array([[0.95, 0.05], [0.05, 0.05]])
+    >>> unsure = np.array([[0.6, 0.4], [0.1, 0.1]])
+    >>> most_confident([unsure, sure], [1.0, 0.5]), most_confident([sure, unsure], [2.0, 1.0])
+    (1, 0)
+    >>> most_confident([np.zeros((2, 2)), np.zeros((2, 2))], [0.5, 1.0])
+    1
+    """
+    if len(probs) != len(factors) or not probs:
+        raise ValueError(f"{len(probs)} probability maps for {len(factors)} factors")
+    foreground = [np.asarray(prob, dtype=np.float32) for prob in probs]
+    foreground = [prob[..., 0] if prob.ndim == 3 else prob for prob in foreground]
+    region = np.logical_or.reduce([prob > 0.5 for prob in foreground])
+    nearest_one = sorted(range(len(factors)), key=lambda i: abs(math.log(factors[i])))
+    if not region.any():
+        return nearest_one[0]
+    confidence = [float(np.abs(2.0 * prob[region] - 1.0).mean()) for prob in foreground]
+    return max(nearest_one, key=lambda i: confidence[i])
