@@ -107,10 +107,23 @@ LEVERS: dict[str, Lever] = {
         # As for the random walker: the RGB model finds nothing on held-out conditions.
         splits=("random",),
     ),
+    "scales-half": Lever(
+        "the default's models, each image predicted at 0.5x and 1x and the more confident "
+        "kept (--scales 0.5,1)",
+        post_flags=("--scales", "0.5,1"),
+        model_of="default",
+    ),
     "grey-scale-scales": Lever(
         "grey-scale's models, each image predicted at 0.5x, 1x and 2x and the most confident "
         "kept (--scales 0.5,1,2)",
         post_flags=("--scales", "0.5,1,2"),
+        model_of="grey-scale",
+        base="grey-scale",
+    ),
+    "grey-scale-scales-half": Lever(
+        "grey-scale's models, each image predicted at 0.5x and 1x and the more confident "
+        "kept (--scales 0.5,1)",
+        post_flags=("--scales", "0.5,1"),
         model_of="grey-scale",
         base="grey-scale",
     ),

@@ -550,12 +550,14 @@ _FINGERPRINT_NEUTRAL = {
 def _preset_default() -> Config:
     """The best CPU-trainable model by the validation score: native-scale crops, the
     foreground alone, split by a watershed on the mask's distance map (a border channel,
-    inverted light backgrounds and strong augmentation all scored lower on validation)."""
+    inverted light backgrounds and strong augmentation all scored lower on validation);
+    each image predicted at its own size and at half of it, the more confident kept (level
+    on the random split, ahead on held-out conditions: docs/experiments.md)."""
     return Config(
         name="default",
         model=ModelConfig(targets="foreground", invert_light_background=False),
         train=TrainConfig(epochs=40, augment_strength="default"),
-        predict=PredictConfig(method="watershed"),
+        predict=PredictConfig(method="watershed", scales="0.5,1"),
     )
 
 
