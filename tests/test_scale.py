@@ -306,10 +306,12 @@ def test_prediction_at_several_scales_keeps_the_most_confident_at_the_image_size
 
     calls: list[tuple[tuple[int, int], bool]] = []
 
-    def sure_of_size_ten(model, images, config, tta):
+    def sure_of_size_ten(model, images, config, tta, on_image=None):
         probs = []
         for image in images:
             calls.append((image.shape[:2], tta))
+            if on_image is not None:
+                on_image()
             bright = image[..., :1] > 100
             diameter = median_diameter(label(bright[..., 0]))
             sure = diameter is not None and abs(diameter - 10) < 2
@@ -326,7 +328,11 @@ def test_prediction_at_several_scales_keeps_the_most_confident_at_the_image_size
     config = Config()
     config.predict.scales = "0.5,1,2"
 
-    probs = predict.predict_probabilities(None, images, config, tta=True)
+    ticks: list[int] = []  # the progress bar's: once an image, during the last factor
+    probs = predict.predict_probabilities(
+        None, images, config, tta=True, on_image=lambda: ticks.append(len(calls))
+    )
+    assert ticks == [5, 6]
     assert [shape for shape, _ in calls] == [(60, 80)] * 2 + [(120, 160)] * 2 + [(240, 320)] * 2
     assert all(tta for _, tta in calls)
     assert [prob.shape for prob in probs] == [(120, 160, 1)] * 2

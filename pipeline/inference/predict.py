@@ -154,14 +154,16 @@ def _predict_most_confident_scale(
     Every image is predicted at each factor (no image enlarged past
     `pipeline.inference.scale.MAX_SCALED_PIXELS`), the probabilities are brought back to
     its own size, and `pipeline.inference.scale.most_confident` picks one of them.
+    ``on_image`` ticks as each image's last factor is done.
     """
     from pipeline.inference.scale import limit_factor, most_confident, rescale_image, restore_size
 
     at_scale = []
-    for factor in factors:
+    for number, factor in enumerate(factors, start=1):
         limited = [limit_factor(factor, image.shape) for image in images]
         scaled = [rescale_image(image, f) for image, f in zip(images, limited, strict=True)]
-        probs = _predict_as_trained(model, scaled, config, tta)
+        last = number == len(factors)
+        probs = _predict_as_trained(model, scaled, config, tta, on_image if last else None)
         at_scale.append(
             [restore_size(prob, image.shape[:2]) for prob, image in zip(probs, images, strict=True)]
         )
@@ -169,8 +171,6 @@ def _predict_most_confident_scale(
     for i in range(len(images)):
         candidates = [probs[i] for probs in at_scale]
         chosen.append(candidates[most_confident(candidates, factors)])
-        if on_image is not None:
-            on_image()
     return chosen
 
 
