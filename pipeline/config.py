@@ -357,7 +357,8 @@ class PredictConfig:
         "1",
         "test-time scales: each image is predicted at every factor given (e.g. 0.5,1,2) "
         "and the one whose foreground is most confident is kept, image by image "
-        "(pipeline.inference.scale.most_confident); 1: its own size only",
+        "(pipeline.inference.scale.most_confident); 1: its own size only. For models "
+        "trained at native scale: the nucleus and resize policies set the scale themselves",
         parse=check_scales,
         group="network output",
         metavar="S[,S...]",

@@ -344,7 +344,7 @@ def test_time_budget_stops_training_and_evaluates_the_last_epoch(demo, tmp_path)
     assert scores["max_minutes"] == 0.0001 and scores["validation_score"] is not None
 
 
-def test_nucleus_scale_policy_trains_predicts_and_submits(demo, tmp_path):
+def test_nucleus_scale_policy_trains_predicts_and_submits(demo, tmp_path, capsys):
     """``--resize-policy nucleus``: recorded in the model's config, and every stage after
     training (tuning, evaluation, prediction) runs its two-pass scale estimate."""
     model_dir = tmp_path / "nucleus"
@@ -359,6 +359,13 @@ def test_nucleus_scale_policy_trains_predicts_and_submits(demo, tmp_path):
     predict = ["predict", "--model", str(model_dir), "--images", str(demo.test_dir)]
     assert cli_main([*predict, "--out", str(submission)]) == 0
     assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
+    # Fixed test-time scales would fight the policy's own: asked for, they are refused.
+    status, _, err = run_cli([*predict, "--scales", "0.5,1", "--out", str(submission)], capsys)
+    assert status == 2
+    assert one_error_line(err).endswith(
+        "--scales 0.5,1 needs a model trained at the images' own scale (resize_policy native); "
+        "this one's is nucleus, which sets the scale itself"
+    )
 
 
 def test_a_held_out_condition_split_validates_on_conditions_it_never_trained_on(

@@ -343,9 +343,8 @@ def test_prediction_at_several_scales_keeps_the_most_confident_at_the_image_size
     assert agreement > 0.97
 
 
-def test_scales_are_checked_and_need_a_model_of_the_images_own_scale():
+def test_scales_are_checked():
     from pipeline.config import check_scales, scale_factors
-    from pipeline.inference import predict
 
     assert scale_factors(" 2, 0.5 ,1") == (2.0, 0.5, 1.0)
     for bad in ("0", "5", "half", "1,,2", ""):
@@ -353,8 +352,25 @@ def test_scales_are_checked_and_need_a_model_of_the_images_own_scale():
             check_scales(bad)
     with pytest.raises(PipelineError, match="must not repeat a factor, got '1,1.0'"):
         check_scales("1,1.0")
-    config = Config()
-    config.predict.scales = "0.5,1"
+
+
+def test_a_nucleus_policy_model_sets_its_own_scale_whatever_the_presets_scales(monkeypatch):
+    """The default preset predicts at 0.5,1; trained with --resize-policy nucleus, its
+    validation and tuning take the nucleus policy's two passes instead (they used to stop
+    with an error after the first epoch)."""
+    from pipeline.config import preset
+    from pipeline.inference import predict
+
+    calls: list[tuple[int, int]] = []
+
+    def nothing(model, images, config, tta):
+        calls.extend(image.shape[:2] for image in images)
+        return [np.zeros((*image.shape[:2], 1), np.float32) for image in images]
+
+    monkeypatch.setattr(predict, "_predict_as_trained", nothing)
+    config = preset("default")
+    assert config.predict.scales == "0.5,1"
     config.train.resize_policy = "nucleus"
-    with pytest.raises(PipelineError, match="needs a model trained at the images' own scale"):
-        predict.predict_probabilities(None, [np.zeros((8, 8, 3), np.uint8)], config)
+    (prob,) = predict.predict_probabilities(None, [np.zeros((33, 47, 3), np.uint8)], config)
+    assert calls == [(33, 47), (33, 47)]  # the nucleus policy's passes, no 0.5x one
+    assert prob.shape == (33, 47, 1)

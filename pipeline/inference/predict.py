@@ -125,12 +125,9 @@ def predict_probabilities(
     """
     tta = config.predict.tta if tta is None else tta
     factors = scale_factors(config.predict.scales)
-    if factors != (1.0,):
-        if config.train.resize_policy != "native":
-            raise PipelineError(
-                f"--scales {config.predict.scales} needs a model trained at the images' own "
-                f"scale (resize_policy native); this one's is {config.train.resize_policy}"
-            )
+    # Test-time scales are for models trained at the images' own scale; the other
+    # policies set the scale themselves (`prediction_config` refuses --scales for them).
+    if factors != (1.0,) and config.train.resize_policy == "native":
         return _predict_most_confident_scale(model, images, config, tta, factors, on_image)
     if config.train.resize_policy == "nucleus":
         probs = _predict_nucleus_scaled(model, images, config, tta)
@@ -500,6 +497,13 @@ def prediction_config(model_dir: Path, overrides: dict | None, tuned: bool) -> C
     for key, value in (overrides or {}).items():
         if value is not None:
             setattr(config.predict, key, value)
+    asked = (overrides or {}).get("scales")
+    policy = config.train.resize_policy
+    if asked is not None and scale_factors(asked) != (1.0,) and policy != "native":
+        raise PipelineError(
+            f"{model_dir}: --scales {asked} needs a model trained at the images' own scale "
+            f"(resize_policy native); this one's is {policy}, which sets the scale itself"
+        )
     return config
 
 
