@@ -178,6 +178,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, section: str, title: s
                 options["choices"] = meta["choices"]
             if meta["metavar"]:
                 options["metavar"] = meta["metavar"]
+            if meta["repeat"]:
+                options["action"] = "append"
         groups[name].add_argument(flag_of(item), **options)
 
 
@@ -195,6 +197,8 @@ def config_overrides(args: argparse.Namespace, section: str) -> dict[str, Any]:
         value = getattr(args, item.name, None)
         if value is not None and item.metadata["negate"]:
             value = not value
+        if value is not None and item.metadata["repeat"]:
+            value = ",".join(value)
         overrides[item.name] = value
     return overrides
 

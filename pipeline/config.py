@@ -31,6 +31,7 @@ AUGMENT_STRENGTHS = ("default", "strong")
 LOSSES = ("bce_dice", "bce", "dice")
 PRECISIONS = ("auto", "float32", "bfloat16")
 METHODS = ("components", "watershed", "random_walker")
+SOURCE_WEIGHTINGS = ("sqrt", "size", "equal")
 
 
 def setting(
@@ -47,6 +48,7 @@ def setting(
     metavar: str | None = None,
     tunable: bool = False,
     postprocess: bool = False,
+    repeat: bool = False,
 ) -> Any:
     """A config field with everything declared about it, in one place.
 
@@ -67,6 +69,9 @@ def setting(
     tunable, postprocess
         Saved in a model's ``thresholds.json`` by ``tune``; passed to the post-processing
         (``pipeline.inference.postprocess``) as a parameter.
+    repeat
+        A text setting whose flag may be given several times; the values are kept joined
+        by commas (`split_list`).
     """
     metadata = {
         "help": help,
@@ -80,6 +85,7 @@ def setting(
         "metavar": metavar,
         "tunable": tunable or postprocess,
         "postprocess": postprocess,
+        "repeat": repeat,
     }
     return field(default=default, metadata=metadata)
 
@@ -121,6 +127,27 @@ def check_scales(scales: str) -> str:
     if len(set(factors)) < len(factors):
         raise PipelineError(f"scales must not repeat a factor, got {scales!r}")
     return ",".join(f"{factor:g}" for factor in factors)
+
+
+def check_extra(extra: str) -> str:
+    """``extra`` as ``TrainConfig.extra`` holds it: entries separated by commas, none twice.
+
+    >>> check_extra(" lpc, my_cells.zip ")
+    'lpc,my_cells.zip'
+    """
+    entries = split_list(extra)
+    if len(set(entries)) < len(entries):
+        raise PipelineError(f"extra must not name a set twice, got {extra!r}")
+    return ",".join(entries)
+
+
+def split_list(text: str) -> list[str]:
+    """The entries of a comma-separated setting, stripped, empty ones left out.
+
+    >>> split_list("a, b,,c"), split_list("")
+    (['a', 'b', 'c'], [])
+    """
+    return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
 def scale_factors(scales: str) -> tuple[float, ...]:
@@ -219,6 +246,27 @@ class TrainConfig:
         "validation split: random (stratified by kind) or conditions (whole acquisition "
         "conditions, size and kind, held out: measures generalisation to unseen ones)",
         choices=SPLITS,
+    )
+    extra: str = setting(
+        "",
+        "extra annotated sets that join the training side (repeatable): a known set's name "
+        "(cpm15, monuseg, lpc: read from input/external/<name>, where ./run.sh download "
+        "--from DIR unpacks them), or a folder or zip in Kaggle layout, of images with "
+        "name_masks label images beside them, or of images/ + labels/ "
+        "(pipeline.data.extra). Validation that chooses stays on --images; each set keeps "
+        "a held-out share scored beside it",
+        parse=check_extra,
+        repeat=True,
+        metavar="SET",
+    )
+    source_weighting: str = setting(
+        "sqrt",
+        "with --extra: how often each source (the --images set and each extra set) is drawn "
+        "per epoch: sqrt (in proportion to the square root of its number of training "
+        "images, the tiles of one image counted once), size (every image alike) or equal "
+        "(every source alike); an epoch stays one pass over the --images set's training "
+        "images unless --steps-per-epoch",
+        choices=SOURCE_WEIGHTINGS,
     )
     with_stage1_test: bool = setting(
         False,
@@ -541,6 +589,8 @@ _FINGERPRINT_NEUTRAL = {
     ("train", "scale_min"): lambda value, _sections: value == 0.75,
     ("train", "scale_max"): lambda value, _sections: value == 1.5,
     ("train", "with_stage1_test"): lambda value, _sections: not value,  # stage1_train alone
+    ("train", "source_weighting"): lambda _value, sections: not sections["train"]["extra"],
+    ("train", "extra"): lambda value, _sections: not value,  # no extra set
     # used by resize_policy "nucleus" only
     ("train", "nucleus_diameter"): lambda _value, sections: (
         sections["train"]["resize_policy"] != "nucleus"

@@ -24,7 +24,7 @@ STAGE_SECTIONS = {"train": ("model", "train"), "predict": ("predict",), "evaluat
 COMMON = {"-h", "--help", "-v", "--verbose", "--device", "--images"}
 RUN_OPTIONS = {
     "train": COMMON
-    | {"--preset", "--config", "--out", "--demo", "--resume", "--no-tune", "--devices"},
+    | {"--preset", "--config", "--out", "--demo", "--resume", "--no-tune", "--devices", "--init"},
     "predict": COMMON
     | {
         "--model",

@@ -276,7 +276,7 @@ def read_mask_labels(sample_dir: str | Path, shape: tuple[int, int] | None = Non
         log.warning("%s: the masks folder holds no mask PNG", sample_dir)
         return labels
     overlapping = sum(
-        _paint_mask(labels, label, path, image_id) for label, path in enumerate(paths, start=1)
+        paint_mask(labels, label, path, image_id) for label, path in enumerate(paths, start=1)
     )
     if overlapping:
         log.warning(
@@ -288,7 +288,7 @@ def read_mask_labels(sample_dir: str | Path, shape: tuple[int, int] | None = Non
     return labels
 
 
-def _paint_mask(labels: np.ndarray, label: int, path: Path, image_id: str) -> int:
+def paint_mask(labels: np.ndarray, label: int, path: Path, image_id: str) -> int:
     """Give ``label`` to the pixels of one mask PNG that no earlier mask took.
 
     Returns the number of the mask's pixels that an earlier mask took (they keep its label).
@@ -576,12 +576,16 @@ class Sample:
         int32 instance labels (H, W) from the masks, or None when not loaded.
     kind : str
         One of ``KINDS`` (see `image_kind`).
+    source : str
+        The annotated set it comes from: "" for the images being trained on (``--images``),
+        an extra set's name for ``train --extra`` (`pipeline.data.extra`).
     """
 
     image_id: str
     image: np.ndarray
     labels: np.ndarray | None
     kind: str
+    source: str = ""
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -30,23 +30,21 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import os
 import shutil
-import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from pipeline.data.dataset import image_path
+from pipeline.data.extra import EXTERNAL_DIR_NAME, KNOWN_SETS
 from pipeline.data.kaggle_api import (
     COMPETITION,
     authenticated_api,
@@ -57,6 +55,7 @@ from pipeline.data.kaggle_api import (
 from pipeline.data.kaggle_api import (
     kaggle_credentials_available as kaggle_credentials_available,  # used by the main job
 )
+from pipeline.data.zips import JUNK_PARTS, open_zip, safe_member_path
 from pipeline.errors import PipelineError
 from pipeline.fileio import (
     atomic_dir,
@@ -74,8 +73,6 @@ MARKER_NAME = ".unpacked.json"
 # Archives with at least this many members get a progress bar while unpacking.
 PROGRESS_MIN_MEMBERS = 200
 _CHUNK = 1 << 20
-# Names in zips that are never data (macOS resource forks, Finder files).
-_JUNK_PARTS = {"__MACOSX", ".DS_Store"}
 
 
 def download_from_kaggle(input_dir: str | Path = INPUT_DIR, force: bool = False) -> list[Path]:
@@ -164,32 +161,19 @@ def _archive_name(zip_name: str) -> str:
     return zip_name[: -len(".zip")] if zip_name.lower().endswith(".zip") else zip_name
 
 
+def archive_target(input_dir: Path, zip_name: str) -> Path:
+    """Where an image archive is unpacked: ``<input_dir>/<name>``, or for a known extra
+    annotated set (`pipeline.data.extra.KNOWN_SETS`) ``<input_dir>/external/<name>``.
+
+    >>> archive_target(Path("input"), "lpc.zip"), archive_target(Path("input"), "stage1_test.zip")
+    (PosixPath('input/external/lpc'), PosixPath('input/stage1_test'))
+    """
+    name = _archive_name(zip_name)
+    return input_dir / EXTERNAL_DIR_NAME / name if name in KNOWN_SETS else input_dir / name
+
+
 def _is_csv_zip(name: str) -> bool:
     return name.lower().endswith(".csv.zip")
-
-
-@contextlib.contextmanager
-def _open_zip(path: Path, shown: str) -> Iterator[zipfile.ZipFile]:
-    """Open a zip, turning a damaged or missing file into a PipelineError naming ``shown``."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as error:
-        raise PipelineError(
-            f"{shown}: not a valid zip file ({error}); it is damaged or was not downloaded "
-            "completely"
-        ) from None
-    except OSError as error:
-        raise PipelineError(f"{shown}: cannot read ({error})") from None
-    with archive:
-        # zipfile finds the last end-of-archive record in a file; in a truncated zip of
-        # stored zips that can be an inner zip's, which would pass for the whole file.
-        members = archive.infolist()
-        if members and min(info.header_offset for info in members) != 0:
-            raise PipelineError(
-                f"{shown}: not a valid zip file (it does not start with its first member); "
-                "it is damaged or was not downloaded completely"
-            )
-        yield archive
 
 
 def _copy_member(
@@ -206,34 +190,6 @@ def _copy_member(
         ) from None
 
 
-def _member_path(info: zipfile.ZipInfo, shown: str) -> PurePosixPath | None:
-    """Relative path of a member inside the target folder; None for junk entries.
-
-    Raises PipelineError for names that would leave the folder (absolute, ``..``, drives)
-    and for symbolic links.
-    """
-    name = info.filename.replace("\\", "/")
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if (
-        name.startswith("/")
-        or ".." in parts
-        or (parts and ":" in parts[0])
-        or any("\0" in part for part in parts)
-    ):
-        raise PipelineError(
-            f"{shown}: refusing to unpack, member {info.filename!r} points outside the folder "
-            "it is unpacked into"
-        )
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise PipelineError(
-            f"{shown}: refusing to unpack, member {info.filename!r} is a symbolic link "
-            "(the competition archives hold none)"
-        )
-    if not parts or _JUNK_PARTS.intersection(parts):
-        return None
-    return PurePosixPath(*parts)
-
-
 def _planned_members(
     archive: zipfile.ZipFile, name: str, shown: str
 ) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
@@ -244,7 +200,7 @@ def _planned_members(
     """
     planned = []
     for info in archive.infolist():
-        relative = _member_path(info, shown)
+        relative = safe_member_path(info, shown)
         if relative is not None:
             planned.append((info, relative))
     tops = {relative.parts[0] for _, relative in planned}
@@ -305,7 +261,7 @@ def _unpack_into(target: Path, zip_path: Path, fingerprint: _Fingerprint, shown:
     Every member's path is checked before anything is written (see `_planned_members`).
     Logs what was unpacked, with a warning when it holds no image in Kaggle layout.
     """
-    with _open_zip(zip_path, shown) as archive:
+    with open_zip(zip_path, shown) as archive:
         planned = _planned_members(archive, target.name, shown)
         with atomic_dir(target) as tmp:
             n_files = _extract_members(archive, planned, tmp, zip_path.name, shown)
@@ -407,7 +363,7 @@ def unpack_archive(
     shown = display_name or str(zip_path)
     if not zip_path.is_file():
         raise PipelineError(f"{shown}: no such file")
-    target = Path(input_dir) / _archive_name(zip_path.name)
+    target = archive_target(Path(input_dir), zip_path.name)
     fingerprint = _fingerprint(zip_path)
     if not force and _is_unpacked(target, fingerprint):
         log.info("%s: already unpacked from %s, skipped", target, shown)
@@ -457,13 +413,13 @@ def unpack_csv(
     if not zip_path.is_file():
         raise PipelineError(f"{shown}: no such file")
     target = Path(input_dir) / _archive_name(zip_path.name)
-    with _open_zip(zip_path, shown) as archive:
+    with open_zip(zip_path, shown) as archive:
         members = [
             info
             for info in archive.infolist()
             if not info.is_dir()
             and info.filename.lower().endswith(".csv")
-            and not _JUNK_PARTS.intersection(info.filename.replace("\\", "/").split("/"))
+            and not JUNK_PARTS.intersection(info.filename.replace("\\", "/").split("/"))
         ]
         if len(members) != 1:
             found = ", ".join(info.filename for info in members) or "none"
@@ -518,7 +474,7 @@ def _import_file(path: Path, input_dir: Path, force: bool, shown: str | None = N
 
 def _is_bundle(path: Path) -> bool:
     """Whether a zip holds competition files (zips, CSVs) rather than images."""
-    with _open_zip(path, str(path)) as archive:
+    with open_zip(path, str(path)) as archive:
         names = [info.filename.lower() for info in archive.infolist() if not info.is_dir()]
     return any(name.endswith((".zip", ".csv")) for name in names) and not any(
         name.endswith(".png") for name in names
@@ -533,10 +489,10 @@ def _import_bundle(bundle: Path, input_dir: Path, force: bool, already: set[str]
     others are extracted to a temporary folder in ``input_dir`` and unpacked from there.
     """
     written: list[Path] = []
-    with _open_zip(bundle, str(bundle)) as archive:
+    with open_zip(bundle, str(bundle)) as archive:
         members = []
         for info in archive.infolist():
-            relative = _member_path(info, str(bundle))
+            relative = safe_member_path(info, str(bundle))
             if relative is None or info.is_dir():
                 continue
             output = _output_name(relative.name)
@@ -551,8 +507,12 @@ def _import_bundle(bundle: Path, input_dir: Path, force: bool, already: set[str]
             raise PipelineError(f"{bundle}: holds no competition files (.zip or .csv)")
         for info, file_name in members:
             shown = f"{bundle}:{info.filename}"
-            target = input_dir / _output_name(file_name)
             is_image_archive = file_name.lower().endswith(".zip") and not _is_csv_zip(file_name)
+            target = (
+                archive_target(input_dir, file_name)
+                if is_image_archive
+                else input_dir / _output_name(file_name)
+            )
             fingerprint = _Fingerprint(file_name, info.file_size, info.CRC)
             if is_image_archive and not force and _is_unpacked(target, fingerprint):
                 log.info("%s: already unpacked from %s, skipped", target, shown)
@@ -673,7 +633,13 @@ def describe_input(input_dir: str | Path = INPUT_DIR) -> list[str]:
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         if path.name.startswith("."):
             continue
-        if path.is_dir() and (path / "synthetic_dataset.json").is_file():
+        if path.is_dir() and path.name == EXTERNAL_DIR_NAME:
+            lines += [
+                f"{EXTERNAL_DIR_NAME}/{line}"
+                for line in describe_input(path)
+                if not line.startswith(f"{EXTERNAL_DIR_NAME}/")
+            ]
+        elif path.is_dir() and (path / "synthetic_dataset.json").is_file():
             lines.append(f"{path.name}/: the synthetic demo set (./run.sh --demo)")
         elif path.is_dir():
             n_images = count_images(path)

@@ -102,3 +102,58 @@ def evaluate_model(
         },
         "per_image": result["per_image"],
     }
+
+
+def score_extra_sets(
+    model_dir: Path, tuned: bool = True, device: str = "auto", overrides: dict | None = None
+) -> dict[str, dict[str, Any]]:
+    """Score a model on each extra set's held-out images (``split.json``'s ``extra_val``).
+
+    These scores are reported beside the validation score and never used to choose. A set
+    held out whole (``held_out_sources``, the conditions split) says so.
+
+    Returns
+    -------
+    dict
+        Set name -> ``{"score", "images", "held_out_whole", "per_image"}``.
+    """
+    from pipeline.learning import device as device_module
+
+    device_module.select_device(device)
+    from pipeline.data.extra import load_extra_set
+    from pipeline.inference.predict import load_for_prediction
+    from pipeline.learning.model_store import SPLIT_FILE, read_json
+
+    split = read_json(Path(model_dir) / SPLIT_FILE)
+    held_val = split.get("extra_val", {})
+    if not held_val:
+        return {}
+    model, config = load_for_prediction(Path(model_dir), overrides, device, tuned)
+    records = {item["name"]: item for item in split.get("extra_sets", [])}
+    results = {}
+    for name, ids in sorted(held_val.items()):
+        if not ids:
+            continue
+        extra_set = load_extra_set(_recorded_location(records.get(name, {"entry": name})))
+        by_id = {sample.image_id: sample for sample in extra_set.samples}
+        samples = [by_id[image_id] for image_id in ids if image_id in by_id]
+        result = score_samples(model, samples, config)
+        results[name] = {
+            "score": result["score"],
+            "images": len(samples),
+            "held_out_whole": name in split.get("held_out_sources", []),
+            "per_image": result["per_image"],
+        }
+        log.info("extra set %s, held-out images: %.4f (%d)", name, result["score"], len(samples))
+    return results
+
+
+def _recorded_location(record: dict) -> str:
+    """Where to read a recorded extra set again: a known set by its name (it lives in
+    ``input/external``), another by its recorded path (relative to the repository)."""
+    from pipeline import paths
+    from pipeline.data.extra import KNOWN_SETS
+
+    if record["entry"] in KNOWN_SETS:
+        return record["entry"]
+    return str(paths.REPO_ROOT / record.get("location", record["entry"]))

@@ -90,3 +90,71 @@ def make_split(samples, val_fraction: float, seed: int, kind: str = "random") ->
         conditions = {s.image_id: condition_of(s) for s in samples}
         return split_by_condition(conditions, val_fraction, seed)
     return split_ids({s.image_id: s.kind for s in samples}, val_fraction, seed)
+
+
+def split_groups(groups: dict[str, str], val_fraction: float, seed: int) -> dict[str, list[str]]:
+    """A seeded split of image ids that keeps each group (the tiles of one image) on one
+    side; about ``val_fraction`` of the groups, at least one when there are two or more.
+
+    >>> groups = {"a_tile1": "a", "a_tile2": "a", "b": "b", "c": "c", "d": "d"}
+    >>> split = split_groups(groups, 0.25, seed=0)
+    >>> held = {groups[i] for i in split["val"]}
+    >>> len(held), held & {groups[i] for i in split["train"]}
+    (1, set())
+    """
+    names = sorted(set(groups.values()))
+    rng = np.random.default_rng(seed)
+    order = [names[i] for i in rng.permutation(len(names))]
+    n_val = int(round(len(names) * val_fraction))
+    n_val = min(max(n_val, 1), len(names) - 1) if len(names) >= 2 else 0
+    held = set(order[:n_val])
+    return {
+        "train": sorted(i for i, g in groups.items() if g not in held),
+        "val": sorted(i for i, g in groups.items() if g in held),
+    }
+
+
+def split_extra(
+    sources: dict[str, dict[str, str]],
+    kinds: dict[str, str],
+    val_fraction: float,
+    seed: int,
+    kind: str = "random",
+) -> dict:
+    """The split of extra annotated sets (`pipeline.data.extra`): each source keeps a
+    held-out share of its own (whole groups, `split_groups`), scored beside the validation
+    but never used to choose.
+
+    With the ``conditions`` split, whole sources are conditions too: of the sources of one
+    image kind (their majority), when there are two or more, one (in a seeded order) is held
+    out entirely, so that "a stain it has never seen" stays measurable.
+
+    Parameters
+    ----------
+    sources
+        Source name -> {image id: group} (`pipeline.data.extra.group_of`).
+    kinds
+        Source name -> its image kind.
+
+    Returns
+    -------
+    dict
+        ``{"train": [ids], "val": {source: [ids]}, "held_out_sources": [names]}``.
+    """
+    held_out: list[str] = []
+    if kind == "conditions":
+        rng = np.random.default_rng(seed)
+        for image_kind in sorted(set(kinds.values())):
+            names = sorted(name for name in sources if kinds[name] == image_kind)
+            if len(names) >= 2:
+                held_out.append(names[int(rng.integers(len(names)))])
+    train: list[str] = []
+    val: dict[str, list[str]] = {}
+    for index, (name, groups) in enumerate(sorted(sources.items())):
+        if name in held_out:
+            val[name] = sorted(groups)
+            continue
+        part = split_groups(groups, val_fraction, seed + 1 + index)
+        train += part["train"]
+        val[name] = part["val"]
+    return {"train": sorted(train), "val": val, "held_out_sources": sorted(held_out)}

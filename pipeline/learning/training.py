@@ -77,6 +77,38 @@ def prepare_training_samples(samples, config: Config):
     raise PipelineError(f"resize_policy must be one of {RESIZE_POLICIES}, got {policy!r}")
 
 
+def source_probabilities(
+    sources: list[str], weighting: str, groups: list[str] | None = None
+) -> np.ndarray | None:
+    """How likely each training image is to be drawn, from the source it comes from
+    (``TrainConfig.source_weighting``); None when all come from one source.
+
+    A source of ``n`` images is drawn in proportion to ``sqrt(n)`` (sqrt), ``n`` (size) or
+    ``1`` (equal), its images alike within it. With ``groups`` (the image each sample was
+    cut from, `pipeline.data.extra.group_of`), ``n`` counts source images, not tiles: the
+    9 tiles of one image are not 9 independent images.
+
+    >>> source_probabilities(["", "", "", "", "x"], "equal").round(3).tolist()
+    [0.125, 0.125, 0.125, 0.125, 0.5]
+    >>> source_probabilities(["", "x", "x"], "size", ["a", "b", "b"]).round(3).tolist()
+    [0.5, 0.25, 0.25]
+    >>> source_probabilities(["", ""], "sqrt") is None
+    True
+    """
+    names, inverse, counts = np.unique(sources, return_inverse=True, return_counts=True)
+    if len(names) < 2:
+        return None
+    images = counts.astype(float)
+    if groups is not None:
+        pairs = set(zip(sources, groups, strict=True))
+        images = np.array([sum(1 for source, _ in pairs if source == name) for name in names])
+    weight = {"sqrt": np.sqrt(images), "size": images.astype(float), "equal": np.ones(len(names))}
+    if weighting not in weight:
+        raise PipelineError(f"source_weighting must be one of {sorted(weight)}, got {weighting!r}")
+    share = weight[weighting] / weight[weighting].sum()
+    return share[inverse] / counts[inverse]
+
+
 class BatchSource:
     """Augmented (images, targets) batches: batch ``index`` of epoch ``epoch`` is a pure
     function of ``(seed, epoch, index)`` (`batch`), and `stream` yields them in training
@@ -105,6 +137,13 @@ class BatchSource:
             train.augment_strength if train.augment else "none",
             scale_range=(train.scale_min, train.scale_max),
         )
+        from pipeline.data.extra import group_of
+
+        self.probabilities = source_probabilities(
+            [sample.source for sample in samples],
+            train.source_weighting,
+            [group_of(sample.image_id) for sample in samples],
+        )
         self.dim_share = train.dim_nuclei if train.augment else 0.0
         self.stain_share = train.stain_tissue if train.augment else 0.0
         self.paste_share = train.paste_nuclei if train.augment else 0.0
@@ -122,7 +161,11 @@ class BatchSource:
 
         model = self.config.model
         rng = np.random.default_rng([self.seed, epoch, index])
-        picks = rng.integers(0, len(self.samples), size=self.config.train.batch_size)
+        size = self.config.train.batch_size
+        if self.probabilities is None:  # one source: every image alike (as before sources)
+            picks = rng.integers(0, len(self.samples), size=size)
+        else:
+            picks = rng.choice(len(self.samples), size=size, p=self.probabilities)
         images, targets = [], []
         for pick in picks:
             sample = self.samples[pick]
@@ -298,6 +341,7 @@ def _build_or_resume(
     device: str,
     devices: int,
     stack: contextlib.ExitStack,
+    init: Path | None = None,
 ):
     """The model to train and its config: a new one, or the checkpoint of a killed run;
     on ``devices`` devices (`pipeline.learning.distribute`), whose scope is entered into
@@ -334,8 +378,36 @@ def _build_or_resume(
         # Before anything is written: a model that cannot be built (pretrained weights
         # that cannot be downloaded) leaves no half-made folder behind.
         model = build_model(config.model, out_channels=len(target_channels(config)))
+        if init is not None:
+            from pipeline.learning.model_store import WEIGHTS_FILE
+
+            model.load_weights(str(Path(init) / WEIGHTS_FILE))
+            log.info("starting from the weights of %s", init)
     distribute.synchronise_batch_norm(model, replicas)
     return model, config, resume, device_description
+
+
+#: Model settings a fine-tuning (``--init``) may change: they shape no weight.
+_INIT_FREE = ("dropout", "encoder_weights", "encoder_trainable")
+
+
+def check_init(config: Config, init: Path) -> None:
+    """Refuse, in one line, to start ``config``'s training from the finished model ``init``
+    unless its network is the same (architecture, size, input space, targets)."""
+    from pipeline.learning.model_store import check_finished, load_config
+
+    check_finished(init)
+    theirs = load_config(init, tuned=False).model
+    for item in dataclasses.fields(theirs):
+        if item.name in _INIT_FREE:
+            continue
+        mine, other = getattr(config.model, item.name), getattr(theirs, item.name)
+        if mine != other:
+            raise PipelineError(
+                f"--init {init}: its {item.name} is {other!r}, this training's is {mine!r}: "
+                "a model can only start from one of the same network (leave the model "
+                "settings out to take them from it)"
+            )
 
 
 def _stage1_test_samples(images_dir: Path, train_ids: set[str]):
@@ -380,6 +452,77 @@ def _stage1_test_samples(images_dir: Path, train_ids: set[str]):
     return samples, record
 
 
+def load_extra_sets(config: Config, taken: set[str]):
+    """The extra annotated sets of ``config.train.extra`` (`pipeline.data.extra`), read;
+    refused when two share a name or an image id is already taken."""
+    from pipeline.config import split_list
+    from pipeline.data.extra import load_extra_set
+
+    extra_sets = []
+    for entry in split_list(config.train.extra):
+        extra_set = load_extra_set(entry)
+        if any(earlier.name == extra_set.name for earlier in extra_sets):
+            raise PipelineError(
+                f"--extra {entry}: a second set named {extra_set.name!r} (rename its folder)"
+            )
+        for sample in extra_set.samples:
+            if sample.image_id in taken:
+                raise PipelineError(
+                    f"--extra {entry}: image id {sample.image_id!r} is already a training "
+                    "image (an extra set must hold other images)"
+                )
+            taken.add(sample.image_id)
+        extra_sets.append(extra_set)
+    return extra_sets
+
+
+def _extra_split(extra_sets, config: Config, own_train: list[str]) -> dict:
+    """What ``split.json`` adds for extra sets: their training ids joined to ``own_train``,
+    each set's held-out ids (``extra_val``), the wholly held-out sets and each set's record."""
+    from collections import Counter
+
+    from pipeline.data.extra import group_of
+    from pipeline.learning.model_store import portable_path
+    from pipeline.learning.splits import split_extra
+
+    sources = {
+        item.name: {s.image_id: group_of(s.image_id) for s in item.samples} for item in extra_sets
+    }
+    kinds = {
+        item.name: Counter(s.kind for s in item.samples).most_common(1)[0][0] for item in extra_sets
+    }
+    train = config.train
+    part = split_extra(sources, kinds, train.val_fraction, train.seed, train.split)
+    for item in extra_sets:
+        log.info(
+            "extra set %s: %d images train, %d held out%s",
+            item.name,
+            len(item.samples) - len(part["val"][item.name]),
+            len(part["val"][item.name]),
+            " (the whole set: a held-out source)" if item.name in part["held_out_sources"] else "",
+        )
+    return {
+        "train": sorted([*own_train, *part["train"]]),
+        "extra_val": part["val"],
+        "held_out_sources": part["held_out_sources"],
+        "extra_sets": [
+            {**item.record(), "location": portable_path(item.location)} for item in extra_sets
+        ],
+    }
+
+
+def _check_same_extra_sets(split: dict, extra_sets, model_dir: Path) -> None:
+    """A resumed run must see the extra sets it started with, file for file."""
+    recorded = {item["name"]: item["sha256"] for item in split.get("extra_sets", [])}
+    current = {item.name: item.sha256 for item in extra_sets}
+    if recorded != current:
+        changed = sorted(set(recorded.items()) ^ set(current.items()))
+        raise PipelineError(
+            f"{model_dir}: the extra sets differ from those the run started with "
+            f"({changed[0][0]} changed, added or missing); start again without --resume"
+        )
+
+
 def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bool):
     """The training and validation samples; a new run saves its config and split first.
 
@@ -401,21 +544,28 @@ def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bo
     extra, extra_record = [], None
     if config.train.with_stage1_test:
         extra, extra_record = _stage1_test_samples(images_dir, {s.image_id for s in samples})
+    extra_sets = load_extra_sets(config, {s.image_id for s in [*samples, *extra]})
+    others = [sample for extra_set in extra_sets for sample in extra_set.samples]
     if resume:
         split = read_json(model_dir / SPLIT_FILE)
+        _check_same_extra_sets(split, extra_sets, model_dir)
     else:
         train = config.train
         split = make_split(samples, train.val_fraction, train.seed, train.split)
         if extra_record is not None:
             split = {**split, "train": sorted([*split["train"], *extra_record["ids"]])}
             split["stage1_test"] = extra_record
+        if extra_sets:
+            split = {**split, **_extra_split(extra_sets, config, split["train"])}
         config.save(model_dir / CONFIG_FILE)
-        kinds = {s.image_id: s.kind for s in [*samples, *extra]}
+        kinds = {s.image_id: s.kind for s in [*samples, *extra, *others]}
         record = {"seed": train.seed, "images_dir": portable_path(images_dir), **split}
         write_json(model_dir / SPLIT_FILE, {**record, "kinds": kinds})
     if split.get("held_out_conditions"):
         log.info("held-out conditions: %s", ", ".join(split["held_out_conditions"]))
-    by_id = {s.image_id: s for s in [*samples, *extra]}
+    if split.get("held_out_sources"):
+        log.info("held-out extra sets: %s", ", ".join(split["held_out_sources"]))
+    by_id = {s.image_id: s for s in [*samples, *extra, *others]}
     train_samples = prepare_training_samples([by_id[i] for i in split["train"]], config)
     return train_samples, [by_id[i] for i in split["val"]]
 
@@ -437,7 +587,10 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
     from pipeline.learning.models import model_outputs
 
     train = config.train
-    steps = train.steps_per_epoch or max(1, len(train_samples) // train.batch_size)
+    # An epoch is one pass over the --images set's training images: extra sets change what
+    # is drawn, not how long an epoch takes.
+    own = sum(1 for sample in train_samples if not sample.source) or len(train_samples)
+    steps = train.steps_per_epoch or max(1, own // train.batch_size)
     batches = BatchSource(train_samples, config, steps, train.seed, outputs=model_outputs(model))
     state = TrainingState()
     if resume:
@@ -510,6 +663,14 @@ def _write_results(model, config: Config, model_dir: Path, state, n_val: int, ru
         "command": run["command"],
         "validation_per_image": best.get("per_image", {}),
     }
+    if run.get("init") is not None:
+        from pipeline.learning.model_store import WEIGHTS_FILE, file_sha256, portable_path
+
+        init = Path(run["init"])
+        scores["init"] = {
+            "model": portable_path(init),
+            "weights_sha256": file_sha256(init / WEIGHTS_FILE),
+        }
     if config.train.with_stage1_test:
         scores["trained_on_stage1_test"] = True  # its stage1_test score is not a test
     write_json(model_dir / SCORES_FILE, scores)
@@ -527,21 +688,26 @@ def train_model(
     command: str | None = None,
     tune: bool = True,
     devices: int = 1,
+    init: Path | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` on the labelled images of ``images_dir`` into ``model_dir``.
 
     The steps: build the model (or resume a killed run), split the images, fit, write the
-    model folder, then tune its post-processing on the validation images. ``devices``
-    (> 1, or `pipeline.learning.distribute.ALL`) trains data-parallel. Returns the
-    contents of the model's ``scores.json``.
+    model folder, then tune its post-processing on the validation images, and score each
+    extra set's held-out images (``config.train.extra``). ``devices`` (> 1, or
+    `pipeline.learning.distribute.ALL`) trains data-parallel; ``init``, a finished model
+    folder of the same network (`check_init`), gives the starting weights (fine-tuning).
+    Returns the contents of the model's ``scores.json``.
     """
     from pipeline.learning.distribute import process_model_dir
-    from pipeline.learning.model_store import SCORES_FILE, mark_complete, read_json
+    from pipeline.learning.model_store import SCORES_FILE, mark_complete, read_json, write_json
 
     model_dir = process_model_dir(model_dir)
     with contextlib.ExitStack() as stack:
+        if init is not None and not resume:
+            check_init(config, Path(init))
         model, config, resume, device_description = _build_or_resume(
-            config, model_dir, resume, device, devices, stack
+            config, model_dir, resume, device, devices, stack, None if resume else init
         )
         train_samples, val_samples = _split_samples(config, images_dir, model_dir, resume)
         log.info(
@@ -553,7 +719,7 @@ def train_model(
         state = _fit(model, config, train_samples, val_samples, model_dir, resume)
     if state.stopped_by == "diverged":
         _refuse_diverged(model_dir, state, config)
-    run = {"device": device_description, "command": command}
+    run = {"device": device_description, "command": command, "init": init}
     scores = _write_results(model, config, model_dir, state, len(val_samples), run)
     tuned = bool(val_samples) and tune
     if tuned:
@@ -561,7 +727,16 @@ def train_model(
 
         tune_model(model_dir, images_dir, device)
         scores = read_json(model_dir / SCORES_FILE)
-    mark_complete(model_dir, tuned=tuned)  # last: from now on the folder is a model
+    if config.train.extra or init is not None:
+        from pipeline.learning.data_card import write_data_card
+
+        write_data_card(model_dir)
+    mark_complete(model_dir, tuned=tuned)  # from now on the folder is a model
+    if config.train.extra:  # measured on the finished model, reported beside validation
+        from pipeline.evaluation.validation import score_extra_sets
+
+        scores["extra_validation"] = score_extra_sets(model_dir, tuned=tuned, device=device)
+        write_json(model_dir / SCORES_FILE, scores)
     return scores
 
 

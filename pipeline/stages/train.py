@@ -45,6 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
+    data.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="fine-tune: start from the weights of a finished model folder (same network; "
+        "without --preset or --config its settings are the starting point, so give only "
+        "what changes, e.g. --images MY_LABELLED --learning-rate 1e-4 --epochs 20 "
+        "--max-minutes 10; default --out: models/<its name>-finetuned)",
+    )
     data.add_argument("--device", choices=DEVICES, default="auto")
     data.add_argument(
         "--devices",
@@ -67,6 +77,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The config a ``train`` command line asks for: preset or file, then the flags."""
     if args.config is not None:
         config = Config.load(args.config)
+    elif args.init is not None and args.preset is None:
+        from pipeline.learning.model_store import check_finished, load_config
+
+        check_finished(args.init)
+        config = load_config(args.init, tuned=False)
+        config.name = f"{args.init.name}-finetuned"
     else:
         config = preset(args.preset or ("demo" if args.demo else "default"))
     for section in ("model", "train"):
@@ -86,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
 
         demo = make_demo_dataset(paths.INPUT_DIR / "demo")
         images_dir = images_dir or demo.train_dir
+    if args.init is not None and args.demo:
+        raise PipelineError("--init and --demo do not go together (--demo trains a new model)")
     if args.resume and args.out is not None:
         from pipeline.learning.training import check_resumable
 
@@ -103,6 +121,8 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise PipelineError("--resume needs --out: the model folder to continue")
     model_dir = Path(args.out or paths.MODELS_DIR / config.name)
+    if args.init is not None and model_dir.resolve() == args.init.resolve():
+        raise PipelineError(f"--init {args.init}: --out must be another folder than the model")
     train_model(
         config,
         images_dir,
@@ -112,5 +132,6 @@ def main(args: argparse.Namespace) -> int:
         command=getattr(args, "command_line", None),
         tune=not args.no_tune,
         devices=devices,
+        init=args.init,
     )
     return 0
