@@ -359,3 +359,16 @@ def test_the_real_cpm15_zip_reads_as_its_readme_says():
     assert (record["samples"], record["nuclei"], record["files"]) == (20, 2929, 20 + 2929)
     assert {s.kind for s in extra.samples} == {"histology"}
     assert len({group_of(s.image_id) for s in extra.samples}) == 15  # image10 in 6 tiles
+
+
+def test_train_images_may_be_a_plain_folder_of_name_masks_pairs(tmp_path, capsys):
+    folder = _masks_folder(tmp_path / "mine", names=[f"c{i}" for i in range(6)])
+    out = tmp_path / "model"
+    argv = ["train", "--preset", "demo", *TINY_FLAGS, "--epochs", "1", "--images", str(folder)]
+    status, _, err = run_cli([*argv, "--out", str(out)], capsys)
+    assert status == 0, err
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 6 and len(split["val"]) == 1
+    status, out_text, err = run_cli(["evaluate", "--model", str(out), "--json"], capsys)
+    assert status == 0, err
+    assert json.loads(out_text.strip().splitlines()[-1])["images"] == 1

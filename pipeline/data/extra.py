@@ -398,3 +398,30 @@ def _read_all(members: Members, plan: _Plan, shown: str, name: str, digest) -> l
         sample = _read_sample(members, image_id, plan[image_id], shown, digest)
         samples.append(replace(sample, source=name))
     return samples
+
+
+def load_labelled(location: str | Path, ids: list[str] | None = None) -> list[Sample]:
+    """The labelled images of a training folder (``train --images``), in any layout an
+    extra set may have: Kaggle layout is read as `pipeline.data.dataset.load_samples` reads
+    it; a plain folder of ``name`` + ``name_masks`` images, ``images/`` + ``labels/`` or a
+    zip as `load_extra_set` reads them, with their source left empty (the set being
+    trained on). With ``ids``: only those, in that order.
+    """
+    from pipeline.data.dataset import list_image_ids, load_samples
+
+    location = Path(location)
+    if location.is_dir():
+        try:
+            list_image_ids(location)
+        except PipelineError:
+            pass  # not Kaggle layout: read below as another layout
+        else:
+            return load_samples(location, with_labels=True, ids=ids)
+    samples = [replace(s, source="") for s in load_extra_set(location).samples]
+    if ids is None:
+        return samples
+    by_id = {sample.image_id: sample for sample in samples}
+    missing = [image_id for image_id in ids if image_id not in by_id]
+    if missing:
+        raise PipelineError(f"{location}: {len(missing)} image(s) not found, such as {missing[0]}")
+    return [by_id[image_id] for image_id in ids]

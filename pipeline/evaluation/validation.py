@@ -54,18 +54,18 @@ def score_samples(model, samples: Sequence, config) -> dict[str, Any]:
 
 def validation_samples(model_dir: Path, images_dir: Path | None = None) -> list:
     """The labelled validation images of a model, as its ``split.json`` records them."""
-    from pipeline.data.dataset import load_samples
+    from pipeline.data.extra import load_labelled
     from pipeline.learning.model_store import SPLIT_FILE, read_json, training_images_dir
 
     split = read_json(Path(model_dir) / SPLIT_FILE)
     if not split.get("val"):
         raise PipelineError(f"{Path(model_dir) / SPLIT_FILE}: no validation split recorded")
     images_dir = Path(images_dir or training_images_dir(model_dir))
-    if not images_dir.is_dir():
+    if not images_dir.exists():
         raise PipelineError(
             f"{images_dir}: the training images of {model_dir} are not there (--images DIR)"
         )
-    return load_samples(images_dir, with_labels=True, ids=split["val"])
+    return load_labelled(images_dir, ids=split["val"])
 
 
 def evaluate_model(

@@ -153,7 +153,7 @@ def training_images_dir(model_dir: Path) -> Path:
     recorded = read_json(Path(model_dir) / SPLIT_FILE).get("images_dir")
     if recorded:
         candidate = REPO_ROOT / recorded  # an absolute path stays absolute
-        if candidate.is_dir():
+        if candidate.exists():  # a folder, or a zip of labelled images
             return candidate
     return TRAIN_DIR
 

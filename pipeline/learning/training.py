@@ -529,7 +529,7 @@ def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bo
     With ``with_stage1_test`` the stage-1 test images join the training side after the
     split of ``images_dir`` is drawn, so the validation images are the same as without.
     """
-    from pipeline.data.dataset import load_samples
+    from pipeline.data.extra import load_labelled
     from pipeline.learning.model_store import (
         CONFIG_FILE,
         SPLIT_FILE,
@@ -540,7 +540,7 @@ def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bo
     from pipeline.learning.splits import make_split
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    samples = load_samples(images_dir, with_labels=True)
+    samples = load_labelled(images_dir)
     extra, extra_record = [], None
     if config.train.with_stage1_test:
         extra, extra_record = _stage1_test_samples(images_dir, {s.image_id for s in samples})

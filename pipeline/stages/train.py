@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--images",
         type=Path,
         default=None,
-        help="training images in Kaggle layout (default: input/stage1_train)",
+        help="labelled training images (default: input/stage1_train): a folder in Kaggle "
+        "layout, of images with name_masks label images beside them, or of images/ + "
+        "labels/, or a zip of one",
     )
     data.add_argument(
         "--out", type=Path, default=None, help="model folder (default: models/<config name>)"
@@ -113,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
 
         images_dir = training_images_dir(Path(args.out))
     images_dir = Path(images_dir or paths.TRAIN_DIR)
-    if not images_dir.is_dir():
+    if not images_dir.exists():
         raise PipelineError(
             f"{images_dir}: no training images (./run.sh download fetches them; "
             "--demo trains on the synthetic set)"
