@@ -372,3 +372,19 @@ def test_train_images_may_be_a_plain_folder_of_name_masks_pairs(tmp_path, capsys
     status, out_text, err = run_cli(["evaluate", "--model", str(out), "--json"], capsys)
     assert status == 0, err
     assert json.loads(out_text.strip().splitlines()[-1])["images"] == 1
+
+
+def test_a_resumed_run_refuses_extra_sets_that_changed(tmp_path):
+    from pipeline.learning.training import _check_same_extra_sets
+
+    extra = load_extra_set(_masks_folder(tmp_path / "s"))
+    split = {"extra_sets": [extra.record()]}
+    _check_same_extra_sets(split, [extra], tmp_path)  # the same files: goes on
+    image, labels = _disc_image(1)
+    labels[labels == 1] = 0
+    tifffile.imwrite(tmp_path / "s" / "b_masks.tif", labels)
+    changed = load_extra_set(tmp_path / "s")
+    with pytest.raises(PipelineError, match=r"extra sets differ .* \(s changed"):
+        _check_same_extra_sets(split, [changed], tmp_path)
+    with pytest.raises(PipelineError, match=r"\(s changed, added or missing\)"):
+        _check_same_extra_sets(split, [], tmp_path)
