@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from pipeline.config import Config, scale_factors
 from pipeline.errors import PipelineError
+from pipeline.inference.output_checks import check_outputs, record_label_folder
+from pipeline.locks import output_locks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -519,26 +521,6 @@ def load_for_prediction(model_dir: Path, overrides: dict | None, device: str, tu
     return model, config
 
 
-def check_outputs(
-    out_csv: Path,
-    labels_dir: Path | None,
-    measurements_csv: Path | None,
-    force: bool,
-) -> None:
-    """Refuse, before the model is loaded, what would fail after the work: an output that
-    cannot be written, a file that is not the pipeline's own in the submission's place
-    (`check_submission_target`). (Image names that cannot be ImageIds are refused when
-    the images are listed, `pipeline.data.dataset.list_image_files`.)"""
-    from pipeline.data.submission import check_submission_target
-    from pipeline.fileio import check_writable_file
-
-    check_submission_target(out_csv, force)
-    if measurements_csv is not None:
-        check_writable_file(measurements_csv, "--measurements")
-    if labels_dir is not None and Path(labels_dir).exists() and not Path(labels_dir).is_dir():
-        raise PipelineError(f"{labels_dir}: is a file; --labels-out takes a folder")
-
-
 def _run_key(model_dir: Path, config: Config, image_files: Sequence[ImageFile]) -> str:
     """What makes two prediction runs the same: the model, its settings and the images."""
     import hashlib
@@ -640,18 +622,24 @@ def run_prediction(
     from pipeline.data.dataset import list_image_files
 
     found = list_image_files(images_dir)
-    check_outputs(Path(out_csv), labels_dir, measurements_csv, force)
-    if dask is None:
-        model, config = load_for_prediction(model_dir, overrides, device, tuned)
-    else:  # the workers load the model; here only its settings are needed
-        model, config = None, prediction_config(model_dir, overrides, tuned)
-    log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
     out_csv = Path(out_csv)
-    key = _run_key(model_dir, config, found.files) if resume else None
-    request = (Path(model_dir), overrides or {}, device, tuned)
-    with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
-        _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
-    _write_metadata(out_csv, model_dir, config, images_dir, found.layout)
+    ids = [image_file.image_id for image_file in found.files]
+    inputs = [(images_dir, "--images"), (model_dir, "the model")]
+    check_outputs(out_csv, labels_dir, measurements_csv, force, inputs, ids)
+    locks = [(out_csv, "--out"), (measurements_csv, "--measurements"), (labels_dir, "--labels-out")]
+    with output_locks(locks):
+        if dask is None:
+            model, config = load_for_prediction(model_dir, overrides, device, tuned)
+        else:  # the workers load the model; here only its settings are needed
+            model, config = None, prediction_config(model_dir, overrides, tuned)
+        log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
+        key = _run_key(model_dir, config, found.files) if resume else None
+        request = (Path(model_dir), overrides or {}, device, tuned)
+        if labels_dir is not None:
+            record_label_folder(labels_dir, ids)
+        with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
+            _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
+        _write_metadata(out_csv, model_dir, config, images_dir, found.layout)
     log.info("wrote %s", out_csv)
     if labels_dir is not None:
         log.info("wrote %d label images into %s", len(found.files), labels_dir)

@@ -17,6 +17,8 @@ from pipeline.errors import PipelineError
 from pipeline.learning.device import DEVICES
 from pipeline.learning.distribute import parse_devices
 from pipeline.learning.training import train_model
+from pipeline.locks import output_lock
+from pipeline.outputs import check_not_input
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +125,17 @@ def main(args: argparse.Namespace) -> int:
     model_dir = Path(args.out or paths.MODELS_DIR / config.name)
     if args.init is not None and model_dir.resolve() == args.init.resolve():
         raise PipelineError(f"--init {args.init}: --out must be another folder than the model")
-    train_model(
-        config,
-        images_dir,
-        model_dir,
-        resume=args.resume,
-        device=args.device,
-        command=getattr(args, "command_line", None),
-        tune=not args.no_tune,
-        devices=devices,
-        init=args.init,
-    )
+    check_not_input(model_dir, "--out", [(images_dir, "--images"), (args.init, "--init")])
+    with output_lock(model_dir, "--out"):
+        train_model(
+            config,
+            images_dir,
+            model_dir,
+            resume=args.resume,
+            device=args.device,
+            command=getattr(args, "command_line", None),
+            tune=not args.no_tune,
+            devices=devices,
+            init=args.init,
+        )
     return 0
