@@ -36,6 +36,7 @@ RUN_OPTIONS = {
         "--measurements",
         "--resume",
         "--force",
+        "--force-edited",
         "--dask",
     },
     "evaluate": COMMON | {"--model", "--untuned", "--json"},

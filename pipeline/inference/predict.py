@@ -489,12 +489,15 @@ class PredictionOutputs:
         log.info("wrote %s (%d nuclei)", self.measurements_csv, len(table))
 
 
-def prediction_config(model_dir: Path, overrides: dict | None, tuned: bool) -> Config:
+def prediction_config(
+    model_dir: Path, overrides: dict | None, tuned: bool, edited_ok: bool = False
+) -> Config:
     """The config a prediction with a finished model runs with: the model's (its tuned
-    ``predict`` settings when ``tuned``), the overrides applied."""
+    ``predict`` settings when ``tuned``), the overrides applied. ``edited_ok``: a config
+    or thresholds file edited since the model was finished is taken, with a warning."""
     from pipeline.learning.model_store import check_finished, load_config
 
-    check_finished(model_dir)
+    check_finished(model_dir, edited_ok)
     config = load_config(model_dir, tuned=tuned)
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -509,15 +512,17 @@ def prediction_config(model_dir: Path, overrides: dict | None, tuned: bool) -> C
     return config
 
 
-def load_for_prediction(model_dir: Path, overrides: dict | None, device: str, tuned: bool):
+def load_for_prediction(
+    model_dir: Path, overrides: dict | None, device: str, tuned: bool, edited_ok: bool = False
+):
     """The model and its config (`prediction_config`) on the chosen device, in the
     precision the config asks for (``predict.precision``)."""
     from pipeline.learning import device as device_module
     from pipeline.learning.model_store import load_model
 
-    config = prediction_config(model_dir, overrides, tuned)
+    config = prediction_config(model_dir, overrides, tuned, edited_ok)
     device_module.configure(device, config.predict.precision)
-    model, _ = load_model(model_dir, tuned=tuned)
+    model, _ = load_model(model_dir, tuned=tuned, edited_ok=edited_ok)
     return model, config
 
 
@@ -587,6 +592,18 @@ def _write_metadata(
     )
 
 
+def _model_and_config(
+    model_dir: Path, overrides: dict | None, device: str, tuned: bool, dask, edited_ok: bool
+) -> tuple:
+    """`load_for_prediction`; with ``dask`` the workers load the model, and only its
+    settings are needed here (the model is None)."""
+    if dask is None:
+        return load_for_prediction(model_dir, overrides, device, tuned, edited_ok)
+    if edited_ok:
+        raise PipelineError("--force-edited does not reach Dask workers: leave out --dask")
+    return None, prediction_config(model_dir, overrides, tuned)
+
+
 def run_prediction(
     model_dir: Path,
     images_dir: Path,
@@ -600,6 +617,7 @@ def run_prediction(
     force: bool = False,
     dask: str | None = None,
     chunk_images: int = CHUNK_IMAGES,
+    edited_ok: bool = False,
 ) -> Path:
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
@@ -614,7 +632,9 @@ def run_prediction(
     The outputs are checked before any work (`check_outputs`): ``out_csv`` replaces only a
     submission this pipeline wrote, unless ``force``. With ``dask`` (``local:N`` or an
     address) the images go to a Dask cluster's workers (`pipeline.inference.dask_predict`),
-    ``chunk_images`` at a time, as here; the outputs are the same. Returns the CSV path.
+    ``chunk_images`` at a time, as here; the outputs are the same. ``edited_ok``: a model
+    whose config or thresholds were edited since it was finished is used, with a warning
+    (`pipeline.learning.model_store.check_complete`). Returns the CSV path.
     """
     from pipeline.learning import device as device_module
 
@@ -628,10 +648,7 @@ def run_prediction(
     check_outputs(out_csv, labels_dir, measurements_csv, force, inputs, ids)
     locks = [(out_csv, "--out"), (measurements_csv, "--measurements"), (labels_dir, "--labels-out")]
     with output_locks(locks):
-        if dask is None:
-            model, config = load_for_prediction(model_dir, overrides, device, tuned)
-        else:  # the workers load the model; here only its settings are needed
-            model, config = None, prediction_config(model_dir, overrides, tuned)
+        model, config = _model_and_config(model_dir, overrides, device, tuned, dask, edited_ok)
         log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
         key = _run_key(model_dir, config, found.files) if resume else None
         request = (Path(model_dir), overrides or {}, device, tuned)

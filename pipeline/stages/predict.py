@@ -94,6 +94,13 @@ def _add_run_arguments(run: argparse._ArgumentGroup) -> None:
         "settings and images (its rows are kept in OUT.partial until the end)",
     )
     run.add_argument(
+        "--force-edited",
+        action="store_true",
+        help="predict with a model whose config.json or thresholds.json was edited since it "
+        "was finished (their checksums in complete.json differ); without it such a model "
+        "is refused",
+    )
+    run.add_argument(
         "--untuned",
         action="store_true",
         help="ignore the model's thresholds.json (use its config's defaults)",
@@ -162,6 +169,7 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume,
         force=args.force,
         dask=args.dask,
+        edited_ok=args.force_edited,
     )
     if not args.no_check:
         _check(Path(out_csv), found)
