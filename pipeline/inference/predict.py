@@ -14,6 +14,7 @@ in batches; only a bounded chunk of images is in memory at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -358,18 +359,22 @@ def iter_file_predictions(
     """
     from pipeline.data.images import read_pixels, to_rgb_uint8
 
+    # The bar is closed however the loop ends (an image that cannot be read, an error in
+    # the caller that closes this generator), so that an error is a line of its own.
     bar = progress_bar(done + len(image_files), done, progress)
-    for start in range(0, len(image_files), chunk_images):
-        chunk = image_files[start : start + chunk_images]
-        stored = [read_pixels(image_file.path) for image_file in chunk]
-        images = [to_rgb_uint8(pixels) for pixels in stored]
-        probs = predict_probabilities(model, images, config, on_image=lambda: bar.update(0.5))
-        del images
-        for image_file, prob, pixels in zip(chunk, probs, stored, strict=True):
-            labels = labels_from_probabilities(prob, config)
-            bar.update(0.5)
-            yield image_file, labels, pixels
-    bar.close()
+    try:
+        for start in range(0, len(image_files), chunk_images):
+            chunk = image_files[start : start + chunk_images]
+            stored = [read_pixels(image_file.path) for image_file in chunk]
+            images = [to_rgb_uint8(pixels) for pixels in stored]
+            probs = predict_probabilities(model, images, config, on_image=lambda: bar.update(0.5))
+            del images
+            for image_file, prob, pixels in zip(chunk, probs, stored, strict=True):
+                labels = labels_from_probabilities(prob, config)
+                bar.update(0.5)
+                yield image_file, labels, pixels
+    finally:
+        bar.close()
 
 
 def write_label_image(labels_dir: Path, image_id: str, labels: np.ndarray) -> Path:
@@ -557,19 +562,19 @@ def _predict_into(
     todo = [f for f in image_files if f.image_id not in outputs.done]
     done = len(image_files) - len(todo)
     if dask is None:
-        for image_file, labels, pixels in iter_file_predictions(
-            model, todo, config, True, done, chunk_images
-        ):
-            outputs.add(image_file.image_id, labels, pixels)
+        predictions = iter_file_predictions(model, todo, config, True, done, chunk_images)
+        with contextlib.closing(predictions):  # its bar closed before an error is shown
+            for image_file, labels, pixels in predictions:
+                outputs.add(image_file.image_id, labels, pixels)
         return
     from pipeline.inference.dask_predict import iter_dask_predictions, open_client
 
     with_pixels = outputs.measurements_csv is not None
     with open_client(dask) as client:
-        for image_file, labels, pixels in iter_dask_predictions(
-            client, request, todo, chunk_images, with_pixels, done
-        ):
-            outputs.add(image_file.image_id, labels, pixels)
+        predictions = iter_dask_predictions(client, request, todo, chunk_images, with_pixels, done)
+        with contextlib.closing(predictions):
+            for image_file, labels, pixels in predictions:
+                outputs.add(image_file.image_id, labels, pixels)
 
 
 def _write_metadata(
