@@ -126,13 +126,16 @@ def test_each_prediction_flag_gives_its_override():
     [
         (["predict", "--threshold", "7.5"], "--threshold: 7.5 is not in [0, 1]"),
         (["predict", "--threshold", "-1"], "--threshold: -1 is not in [0, 1]"),
-        (["predict", "--threshold", "nan"], "--threshold: nan is not in [0, 1]"),
+        (["predict", "--threshold", "nan"], "--threshold: 'nan' is not a finite number"),
         (["predict", "--min-size", "-3"], "--min-size: expected a whole number >= 0, got '-3'"),
         (["predict", "--batch-size", "0"], "--batch-size: expected a whole number >= 1, got '0'"),
         (["predict", "--heads", "0"], "--heads: heads must be 'all' or a head number from 1"),
         (["train", "--epochs", "0"], "--epochs: expected a whole number >= 1, got '0'"),
         (["train", "--learning-rate", "-1"], "--learning-rate: -1 is not in [1e-07, 1]"),
-        (["train", "--crop-size", "7"], "--crop-size: expected a whole number >= 16, got '7'"),
+        (
+            ["train", "--crop-size", "7"],
+            "--crop-size: expected a whole number in [16, 2048], got '7'",
+        ),
         (["train", "--seed", "x"], "--seed: expected a whole number, got 'x'"),
         (["train", "--split", "kfold"], "--split: invalid choice: 'kfold'"),
     ],

@@ -259,6 +259,8 @@ def _predict_as_trained(
             on_image()
 
     tile = config.predict.tile_size // multiple * multiple
+    if config.predict.tile_size > 0:  # a tile smaller than the network's multiple: one multiple
+        tile = max(tile, multiple)
     # A margin too wide for the tile is narrowed so that windows still advance.
     margin = max(0, min(config.predict.tile_margin, (tile - multiple) // 2))
     by_shape: dict[tuple[int, ...], list[int]] = {}

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.cli import add_config_arguments, config_overrides
+from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
 from pipeline.data.dataset import ImageFiles, list_image_files
 from pipeline.errors import PipelineError
 from pipeline.inference.predict import run_prediction
@@ -109,6 +109,7 @@ def _add_run_arguments(run: argparse._ArgumentGroup) -> None:
 
 def _images_and_model(args: argparse.Namespace) -> tuple[Path, Path]:
     """The images to predict and the model folder, ``--demo`` taken into account."""
+    refuse_conflicts(args, [("--demo", "demo"), ("--images", "images")])
     images, model_dir = args.images, args.model
     if args.demo:
         from pipeline.data.synthetic import make_demo_dataset

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.cli import finite_float
 from pipeline.errors import PipelineError
 from pipeline.learning.device import DEVICES
 
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument(
         "--max-megapixels",
-        type=float,
+        type=finite_float,
         default=50.0,
         help="images larger than this are refused (413)",
     )

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.cli import add_config_arguments, config_overrides
-from pipeline.config import Config, check_section, preset
+from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
+from pipeline.config import Config, check_network_fits, check_section, preset
 from pipeline.errors import PipelineError
 from pipeline.learning.device import DEVICES
 from pipeline.learning.distribute import parse_devices
@@ -77,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The config a ``train`` command line asks for: preset or file, then the flags."""
+    refuse_conflicts(args, [("--preset", "preset"), ("--config", "config")])
+    for other in ("preset", "images", "config"):  # --demo chooses the demo set and preset
+        refuse_conflicts(args, [("--demo", "demo"), (f"--{other}", other)])
     if args.config is not None:
         config = Config.load(args.config)
     elif args.init is not None and args.preset is None:
@@ -92,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             if value is not None:
                 setattr(getattr(config, section), key, value)
         check_section(section, getattr(config, section), "the training settings")
+    check_network_fits(config, "the training settings")
     return config
 
 
