@@ -29,12 +29,14 @@ def check_not_input(
     output: str | os.PathLike[str] | None,
     option: str,
     inputs: Iterable[tuple[str | os.PathLike[str] | None, str]],
+    skip_missing: bool = True,
 ) -> None:
     """Refuse an output that is an input, lies inside an input folder, or is a folder that
     holds an input. Paths are resolved (links followed) before they are compared.
 
     ``inputs`` are ``(path, what)`` pairs, ``what`` naming the input in the message
-    (``--images``, ``the model``); None paths and paths that do not exist are skipped.
+    (``--images``, ``the model``); None paths are skipped, and with ``skip_missing``
+    paths that do not exist (not for other outputs, which a run has not written yet).
 
     >>> check_not_input("/tmp/out.csv", "--out", [("/usr", "--images")])
     >>> check_not_input("/tmp/a.csv", "--out", [("/tmp", "--images")])  # doctest: +ELLIPSIS
@@ -46,8 +48,8 @@ def check_not_input(
         return
     target = Path(output).resolve()
     for path, what in inputs:
-        if path is None or not Path(path).exists():  # a missing input is refused as such
-            continue
+        if path is None or (skip_missing and not Path(path).exists()):
+            continue  # a missing input is refused as such; other outputs are not there yet
         source = Path(path).resolve()
         if _inside(target, source) or _inside(source, target):
             where = "is" if target == source else "inside" if _inside(target, source) else "holds"

@@ -107,7 +107,8 @@ def check_outputs(
     ]
     for number, (output, option) in enumerate(outputs):
         others = [(path, f"the {what} output") for path, what in outputs[:number]]
-        check_not_input(output, option, [*inputs, *others])
+        check_not_input(output, option, inputs)
+        check_not_input(output, option, others, skip_missing=False)
     if measurements_csv is not None and Path(measurements_csv).exists():
         check_replaceable(
             Path(measurements_csv),
