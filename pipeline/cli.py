@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import math
 import os
 import shlex
 import sys
@@ -138,16 +139,43 @@ def value_parser(item: dataclasses.Field) -> Callable[[str], Any]:
                 raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
             return value
         if item.type == "float":
-            try:
-                value = float(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            value = finite_float(text)
             if (low, high) != (None, None) and not _in_range(value, low, high):
                 raise argparse.ArgumentTypeError(f"{text} is not {_range_text(low, high)}")
             return value
         return text
 
     return parse
+
+
+def finite_float(text: str) -> float:
+    """The argparse ``type`` of every number flag: a float, never NaN nor infinite (a
+    limit of NaN could never refuse anything).
+
+    >>> finite_float("2.5")
+    2.5
+    >>> finite_float("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 'nan' is not a finite number
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def refuse_conflicts(args: argparse.Namespace, flags: Sequence[tuple[str, str]]) -> None:
+    """Refuse two or more of ``flags`` (``(flag, dest)`` pairs) given together: each one
+    says where the run's data or settings come from, and one would silently win."""
+    given = [flag for flag, dest in flags if getattr(args, dest, None) not in (None, False)]
+    if len(given) > 1:
+        raise PipelineError(
+            f"{' and '.join(given)} do not go together: each says what to use; give one"
+        )
 
 
 def flag_of(item: dataclasses.Field) -> str:

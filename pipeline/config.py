@@ -141,6 +141,28 @@ def check_extra(extra: str) -> str:
     return ",".join(entries)
 
 
+#: The smallest tile ``predict --tile-size`` takes (0: never tile).
+MIN_TILE_SIZE = 16
+
+
+def check_tile_size(text: str | int) -> int:
+    """``tile_size`` as ``PredictConfig.tile_size`` holds it: 0 (never tile) or a side of at
+    least `MIN_TILE_SIZE` pixels (a smaller one once meant "never tile", silently).
+
+    >>> check_tile_size("512"), check_tile_size("0")
+    (512, 0)
+    """
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = -1
+    if value == 0 or value >= MIN_TILE_SIZE:
+        return value
+    raise PipelineError(
+        f"tile_size must be 0 (never tile) or at least {MIN_TILE_SIZE} pixels, got {text!r}"
+    )
+
+
 def split_list(text: str) -> list[str]:
     """The entries of a comma-separated setting, stripped, empty ones left out.
 
@@ -169,8 +191,14 @@ class ModelConfig:
         "top-level node) or mobilenetv2_unet (a MobileNetV2 encoder, a U-Net decoder)",
         choices=ARCHITECTURES,
     )
-    base_filters: int = setting(16, "filters of the first level; doubled at each level down", low=1)
-    depth: int = setting(4, "down-sampling steps (mobilenetv2_unet: always 5)", low=1)
+    base_filters: int = setting(
+        16, "filters of the first level; doubled at each level down", low=1, high=256
+    )
+    depth: int = setting(
+        4,
+        "down-sampling steps (mobilenetv2_unet: always 5); at most log2 of the crop size",
+        low=1,
+    )
     dropout: float = setting(0.1, "dropout rate at the bottom of the U", low=0, high=0.9)
     batch_norm: bool = setting(True, "batch normalisation after each convolution")
     invert_light_background: bool = setting(
@@ -223,7 +251,7 @@ class TrainConfig:
         low=1,
         metavar="D",
     )
-    crop_size: int = setting(128, "side of the training crops, in pixels", low=16)
+    crop_size: int = setting(128, "side of the training crops, in pixels", low=16, high=2048)
     scale_min: float = setting(
         0.75, "augmentation's random scale: the smallest factor", low=0.05, high=20
     )
@@ -414,8 +442,9 @@ class PredictConfig:
     tile_size: int = setting(
         1024,
         "images with a side longer than this are predicted in overlapping tiles of this "
-        "size, bounding memory (0: always whole)",
+        "size, bounding memory (0: always whole; else at least 16)",
         low=0,
+        parse=check_tile_size,
         group="network output",
     )
     tile_margin: int = setting(
@@ -472,7 +501,12 @@ def setting_problem(item: dataclasses.Field, value: Any) -> str | None:
             return f"not a number: {value!r}"
         low, high = meta["low"], meta["high"]
         inside = (low is None or value >= low) and (high is None or value <= high)
-        if inside and value == value:  # NaN is in no range
+        if inside and math.isfinite(value) and meta["parse"] is not None:
+            try:
+                meta["parse"](value)
+            except PipelineError as error:
+                return str(error)
+        if inside and math.isfinite(value):  # NaN is in no range; no setting is infinite
             return None
         if low is not None and high is not None:
             return f"not in [{low:g}, {high:g}]"
@@ -500,6 +534,21 @@ def check_section(section: str, values: Any, source: str) -> None:
         raise PipelineError(
             f"{source}: train.scale_min {values.scale_min:g} is above train.scale_max "
             f"{values.scale_max:g}"
+        )
+
+
+def check_network_fits(config: Config, source: str) -> None:
+    """Refuse a network deeper than its training crop: each level halves the crop, and
+    the bottom of the U must keep at least a pixel (a deeper one hung before its first
+    epoch). Checked before anything is built."""
+    halvings = 5 if config.model.arch == "mobilenetv2_unet" else config.model.depth
+    crop = config.train.crop_size
+    if crop < 2**halvings:
+        deepest = max(0, crop.bit_length() - 1)
+        raise PipelineError(
+            f"{source}: model.depth {halvings} halves the {crop}-pixel crop {halvings} times, "
+            f"to {crop / 2**halvings:g} pixels at the bottom of the U (under 1); at most depth "
+            f"{deepest} for this crop, or a --crop-size of at least {2**halvings}"
         )
 
 
@@ -535,7 +584,9 @@ class Config:
                 raise PipelineError(f"{source}: unknown keys in '{key}': {sorted(bad)}")
             kwargs[key] = section(**values)
             check_section(key, kwargs[key], source)
-        return cls(**kwargs)
+        config = cls(**kwargs)
+        check_network_fits(config, source)
+        return config
 
     def save(self, path: str | Path) -> None:
         from pipeline.fileio import atomic_write_text

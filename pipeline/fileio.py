@@ -135,10 +135,29 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def check_not_special(path: str | os.PathLike[str], option: str) -> None:
+    """Refuse an output that exists and is neither a regular file nor a folder (a device
+    such as ``/dev/full``, a pipe, a socket): an atomic write would replace the node with
+    a regular file, so it is refused even with ``--force``."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise PipelineError(
+            f"{path}: is not a regular file or folder (a device, pipe or socket); "
+            f"{option} never replaces it, even with --force"
+        )
+
+
 def check_writable_file(path: str | os.PathLike[str], option: str) -> None:
     """Refuse, before any work, an output file that could not be written: ``path`` is a
-    folder, or its folder cannot be made or written to. ``option`` names the flag."""
+    folder or a device (`check_not_special`), or its folder cannot be made or written to.
+    ``option`` names the flag."""
     path = Path(path)
+    check_not_special(path, option)
     if path.is_dir():
         raise PipelineError(f"{path}: is a folder; {option} takes a file name")
     try:

@@ -47,7 +47,11 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_over(
     [
         ("--epochs", "0", "argument --epochs: expected a whole number >= 1, got '0'"),
         ("--batch-size", "0", "argument --batch-size: expected a whole number >= 1, got '0'"),
-        ("--crop-size", "7", "argument --crop-size: expected a whole number >= 16, got '7'"),
+        (
+            "--crop-size",
+            "7",
+            "argument --crop-size: expected a whole number in [16, 2048], got '7'",
+        ),
     ],
 )
 def test_settings_that_crashed_a_training_are_refused_before_anything_is_written(

@@ -137,7 +137,8 @@ def test_tile_size_flag_refuses_what_is_not_a_size(value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["predict", "--tile-size", value])
     assert exit_info.value.code == 2
-    assert f"--tile-size: expected a whole number >= 0, got '{value}'" in capsys.readouterr().err
+    expected = f"--tile-size: tile_size must be 0 (never tile) or at least 16 pixels, got '{value}'"
+    assert expected in capsys.readouterr().err
 
 
 def test_batches_are_bounded_in_pixels():

@@ -116,7 +116,7 @@ def list_image_files(images: str | Path) -> ImageFiles:
     """The images of a Kaggle-layout folder, a plain folder of images, or one image file.
 
     A folder with any ``<id>/images/<id>.png`` is in Kaggle layout (loose image files beside
-    it are ignored, with a warning); otherwise its files ending in ``IMAGE_SUFFIXES`` (PNG,
+    it are skipped, with a warning each); otherwise its files ending in ``IMAGE_SUFFIXES`` (PNG,
     JPEG, TIFF, any case; not in sub-folders, hidden files skipped) are the images, and
     each one's ImageId is its name without extension. A file is taken whatever its ending
     (reading it tells whether it is an image).
@@ -142,12 +142,8 @@ def list_image_files(images: str | Path) -> ImageFiles:
     loose = _loose_image_paths(root)
     ids = _kaggle_ids(root)
     if ids:
-        if loose:
-            log.warning(
-                "%s: in Kaggle layout; %d image file(s) beside the image folders are ignored",
-                root,
-                len(loose),
-            )
+        for path in loose:
+            log.warning("%s: skipped: not in Kaggle layout, beside the image folders", path)
         return ImageFiles(root, "kaggle", tuple(ImageFile(i, image_path(root, i)) for i in ids))
     if not loose:
         raise PipelineError(
@@ -158,14 +154,18 @@ def list_image_files(images: str | Path) -> ImageFiles:
 
 
 def _loose_image_paths(root: Path) -> list[Path]:
-    """The image files directly in ``root`` (by ending, any case), hidden ones left out."""
-    return sorted(
+    """The image files directly in ``root`` (by ending, any case), hidden ones left out;
+    an image name that is not a readable file (a link to nowhere, a link loop) is
+    skipped with a warning."""
+    named = sorted(
         entry
         for entry in root.iterdir()
-        if entry.suffix.lower() in IMAGE_SUFFIXES
-        and not entry.name.startswith(".")
-        and entry.is_file()
+        if entry.suffix.lower() in IMAGE_SUFFIXES and not entry.name.startswith(".")
     )
+    for entry in named:
+        if not entry.is_file() and entry.is_symlink():
+            log.warning("%s: skipped: a link to nowhere or a link loop", entry)
+    return [entry for entry in named if entry.is_file()]
 
 
 def image_id_problem(image_id: object) -> str | None:

@@ -165,8 +165,8 @@ def read_pixels(source: ImageSource) -> np.ndarray:
     Raises
     ------
     PipelineError
-        When the file is missing, empty, truncated, not an image, or of an unsupported
-        shape or pixel type; the message names the file.
+        When the file is missing, empty, truncated, not an image, of an unsupported shape
+        or pixel type, or has NaN or infinite pixels; the message names the file.
 
     Examples
     --------
@@ -192,7 +192,22 @@ def read_pixels(source: ImageSource) -> np.ndarray:
         raise PipelineError(f"{source}: unsupported image shape {pixels.shape}")
     if pixels.size == 0:
         raise PipelineError(f"{source}: not a readable image (no pixels, shape {pixels.shape})")
+    _refuse_non_finite(source, pixels)
     return pixels
+
+
+def _refuse_non_finite(source: ImageSource, pixels: np.ndarray) -> None:
+    """Refuse NaN and infinite pixels (a float TIFF's "no data"): no reading of them as
+    nucleus or background is right for every instrument, and they would make blank
+    measurements; the user decides what they are."""
+    if not np.issubdtype(pixels.dtype, np.floating):
+        return
+    bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
+    if bad:
+        raise PipelineError(
+            f"{source}: {bad} of its {pixels.size} pixel values are NaN or infinite; "
+            "replace them with a number (such as the background's) and try again"
+        )
 
 
 def normalise_to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -248,8 +263,8 @@ def read_image(source: ImageSource) -> np.ndarray:
     Raises
     ------
     PipelineError
-        When the file is missing, empty, truncated, not an image, or of an unsupported
-        shape or pixel type; the message names the file.
+        When the file is missing, empty, truncated, not an image, of an unsupported shape
+        or pixel type, or has NaN or infinite pixels; the message names the file.
 
     Examples
     --------

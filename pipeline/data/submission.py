@@ -266,17 +266,36 @@ def _image_ids_in_order(path: Path) -> list[str]:
 
 def check_submission_target(path: str | os.PathLike[str], force: bool = False) -> None:
     """Refuse, before any work, to write a submission over a file that is not one this
-    pipeline wrote (one without its sidecar ``.json``), unless ``force``; or where the file
-    cannot be written."""
+    pipeline wrote (one without its sidecar ``.json``), or its sidecar over a ``.json``
+    that is not one, unless ``force``; or where either cannot be written (a folder, a
+    device: `pipeline.fileio.check_writable_file`)."""
     from pipeline.fileio import check_writable_file
 
     path = Path(path)
     check_writable_file(path, "--out")
-    if path.exists() and not metadata_path(path).is_file() and not force:
+    sidecar = metadata_path(path)
+    check_writable_file(sidecar, "--out (its sidecar)")
+    if path.exists() and not sidecar.is_file() and not force:
         raise PipelineError(
             f"{path}: exists and is not a submission written by this pipeline (it has no "
-            f"{metadata_path(path).name}); --force replaces it, or choose another --out"
+            f"{sidecar.name}); --force replaces it, or choose another --out"
         )
+    if sidecar.exists() and not _own_sidecar(sidecar) and not force:
+        raise PipelineError(
+            f"{sidecar}: exists and is not the metadata of a submission written by this "
+            f"pipeline (no 'model' and 'commit' in it); --out {path.name} would replace it: "
+            "--force replaces it, or choose another --out"
+        )
+
+
+def _own_sidecar(sidecar: Path) -> bool:
+    """Whether ``sidecar`` is a submission's metadata as `write_submission_metadata` writes
+    it: a JSON object with ``model`` and ``commit``."""
+    try:
+        metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and {"model", "commit"} <= set(metadata)
 
 
 def submission_rows(image_id: str, encodings: Sequence[str]) -> str:

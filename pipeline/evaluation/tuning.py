@@ -159,6 +159,7 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
         THRESHOLDS_FILE,
         is_complete,
         load_model,
+        mark_complete,
         read_json,
         write_json,
     )
@@ -166,11 +167,14 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     model_dir = Path(model_dir)
     device_module.configure(device, "float32")
     # A finished model's weights are checked; training tunes its own before finishing it.
-    model, config = load_model(model_dir, tuned=False, finished=is_complete(model_dir))
+    finished = is_complete(model_dir)
+    model, config = load_model(model_dir, tuned=False, finished=finished)
     samples = validation_samples(model_dir, images_dir)
     base = postprocess_params(config)
     tuned = _tuned_record(_search_both(model, samples, config, base), samples, config, base)
     write_json(model_dir / THRESHOLDS_FILE, tuned)
+    if finished:  # complete.json covers thresholds.json: record the new one
+        mark_complete(model_dir, tuned=True)
     scores = read_json(model_dir / SCORES_FILE)
     if scores:
         scores["tuned_validation_score"] = tuned["validation_score"]

@@ -192,32 +192,35 @@ def iter_dask_predictions(
     from pipeline.inference.predict import progress_bar
 
     bar = progress_bar(done + len(image_files), done, progress)
-
-    model_dir, overrides, device, tuned = request
-    chunks = [image_files[i : i + chunk_images] for i in range(0, len(image_files), chunk_images)]
-    n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
-    limit = TASKS_PER_WORKER * n_workers
-    pending: collections.deque = collections.deque()
-    next_chunk = 0
-    while next_chunk < len(chunks) or pending:
-        while next_chunk < len(chunks) and len(pending) < limit:
-            chunk = chunks[next_chunk]
-            paths = [str(Path(f.path).resolve()) for f in chunk]
-            future = client.submit(
-                predict_chunk, str(Path(model_dir).resolve()), overrides, device, tuned, paths,
-                pure=False,
-            )  # fmt: skip
-            pending.append((chunk, future))
-            next_chunk += 1
-        chunk, future = pending.popleft()
-        try:
-            labels_list = _chunk_result(future, chunk)
-        finally:
-            future.release()
-        for image_file, labels in zip(chunk, labels_list, strict=True):
-            bar.update(1)
-            yield image_file, labels, read_pixels(image_file.path) if with_pixels else None
-    bar.close()
+    try:  # the bar closed on errors too
+        model_dir, overrides, device, tuned = request
+        chunks = [
+            image_files[i : i + chunk_images] for i in range(0, len(image_files), chunk_images)
+        ]
+        n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+        limit = TASKS_PER_WORKER * n_workers
+        pending: collections.deque = collections.deque()
+        next_chunk = 0
+        while next_chunk < len(chunks) or pending:
+            while next_chunk < len(chunks) and len(pending) < limit:
+                chunk = chunks[next_chunk]
+                paths = [str(Path(f.path).resolve()) for f in chunk]
+                future = client.submit(
+                    predict_chunk, str(Path(model_dir).resolve()), overrides, device, tuned, paths,
+                    pure=False,
+                )  # fmt: skip
+                pending.append((chunk, future))
+                next_chunk += 1
+            chunk, future = pending.popleft()
+            try:
+                labels_list = _chunk_result(future, chunk)
+            finally:
+                future.release()
+            for image_file, labels in zip(chunk, labels_list, strict=True):
+                bar.update(1)
+                yield image_file, labels, read_pixels(image_file.path) if with_pixels else None
+    finally:
+        bar.close()
 
 
 def _chunk_result(future, chunk: Sequence[ImageFile]) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ in batches; only a bounded chunk of images is in memory at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from tqdm import tqdm
 
 from pipeline.config import Config, scale_factors
 from pipeline.errors import PipelineError
+from pipeline.inference.output_checks import check_outputs, record_label_folder
+from pipeline.locks import output_locks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -256,6 +259,8 @@ def _predict_as_trained(
             on_image()
 
     tile = config.predict.tile_size // multiple * multiple
+    if config.predict.tile_size > 0:  # a tile smaller than the network's multiple: one multiple
+        tile = max(tile, multiple)
     # A margin too wide for the tile is narrowed so that windows still advance.
     margin = max(0, min(config.predict.tile_margin, (tile - multiple) // 2))
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -356,18 +361,22 @@ def iter_file_predictions(
     """
     from pipeline.data.images import read_pixels, to_rgb_uint8
 
+    # The bar is closed however the loop ends (an image that cannot be read, an error in
+    # the caller that closes this generator), so that an error is a line of its own.
     bar = progress_bar(done + len(image_files), done, progress)
-    for start in range(0, len(image_files), chunk_images):
-        chunk = image_files[start : start + chunk_images]
-        stored = [read_pixels(image_file.path) for image_file in chunk]
-        images = [to_rgb_uint8(pixels) for pixels in stored]
-        probs = predict_probabilities(model, images, config, on_image=lambda: bar.update(0.5))
-        del images
-        for image_file, prob, pixels in zip(chunk, probs, stored, strict=True):
-            labels = labels_from_probabilities(prob, config)
-            bar.update(0.5)
-            yield image_file, labels, pixels
-    bar.close()
+    try:
+        for start in range(0, len(image_files), chunk_images):
+            chunk = image_files[start : start + chunk_images]
+            stored = [read_pixels(image_file.path) for image_file in chunk]
+            images = [to_rgb_uint8(pixels) for pixels in stored]
+            probs = predict_probabilities(model, images, config, on_image=lambda: bar.update(0.5))
+            del images
+            for image_file, prob, pixels in zip(chunk, probs, stored, strict=True):
+                labels = labels_from_probabilities(prob, config)
+                bar.update(0.5)
+                yield image_file, labels, pixels
+    finally:
+        bar.close()
 
 
 def write_label_image(labels_dir: Path, image_id: str, labels: np.ndarray) -> Path:
@@ -487,12 +496,15 @@ class PredictionOutputs:
         log.info("wrote %s (%d nuclei)", self.measurements_csv, len(table))
 
 
-def prediction_config(model_dir: Path, overrides: dict | None, tuned: bool) -> Config:
+def prediction_config(
+    model_dir: Path, overrides: dict | None, tuned: bool, edited_ok: bool = False
+) -> Config:
     """The config a prediction with a finished model runs with: the model's (its tuned
-    ``predict`` settings when ``tuned``), the overrides applied."""
+    ``predict`` settings when ``tuned``), the overrides applied. ``edited_ok``: a config
+    or thresholds file edited since the model was finished is taken, with a warning."""
     from pipeline.learning.model_store import check_finished, load_config
 
-    check_finished(model_dir)
+    check_finished(model_dir, edited_ok)
     config = load_config(model_dir, tuned=tuned)
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -507,36 +519,18 @@ def prediction_config(model_dir: Path, overrides: dict | None, tuned: bool) -> C
     return config
 
 
-def load_for_prediction(model_dir: Path, overrides: dict | None, device: str, tuned: bool):
+def load_for_prediction(
+    model_dir: Path, overrides: dict | None, device: str, tuned: bool, edited_ok: bool = False
+):
     """The model and its config (`prediction_config`) on the chosen device, in the
     precision the config asks for (``predict.precision``)."""
     from pipeline.learning import device as device_module
     from pipeline.learning.model_store import load_model
 
-    config = prediction_config(model_dir, overrides, tuned)
+    config = prediction_config(model_dir, overrides, tuned, edited_ok)
     device_module.configure(device, config.predict.precision)
-    model, _ = load_model(model_dir, tuned=tuned)
+    model, _ = load_model(model_dir, tuned=tuned, edited_ok=edited_ok)
     return model, config
-
-
-def check_outputs(
-    out_csv: Path,
-    labels_dir: Path | None,
-    measurements_csv: Path | None,
-    force: bool,
-) -> None:
-    """Refuse, before the model is loaded, what would fail after the work: an output that
-    cannot be written, a file that is not the pipeline's own in the submission's place
-    (`check_submission_target`). (Image names that cannot be ImageIds are refused when
-    the images are listed, `pipeline.data.dataset.list_image_files`.)"""
-    from pipeline.data.submission import check_submission_target
-    from pipeline.fileio import check_writable_file
-
-    check_submission_target(out_csv, force)
-    if measurements_csv is not None:
-        check_writable_file(measurements_csv, "--measurements")
-    if labels_dir is not None and Path(labels_dir).exists() and not Path(labels_dir).is_dir():
-        raise PipelineError(f"{labels_dir}: is a file; --labels-out takes a folder")
 
 
 def _run_key(model_dir: Path, config: Config, image_files: Sequence[ImageFile]) -> str:
@@ -570,19 +564,19 @@ def _predict_into(
     todo = [f for f in image_files if f.image_id not in outputs.done]
     done = len(image_files) - len(todo)
     if dask is None:
-        for image_file, labels, pixels in iter_file_predictions(
-            model, todo, config, True, done, chunk_images
-        ):
-            outputs.add(image_file.image_id, labels, pixels)
+        predictions = iter_file_predictions(model, todo, config, True, done, chunk_images)
+        with contextlib.closing(predictions):  # its bar closed before an error is shown
+            for image_file, labels, pixels in predictions:
+                outputs.add(image_file.image_id, labels, pixels)
         return
     from pipeline.inference.dask_predict import iter_dask_predictions, open_client
 
     with_pixels = outputs.measurements_csv is not None
     with open_client(dask) as client:
-        for image_file, labels, pixels in iter_dask_predictions(
-            client, request, todo, chunk_images, with_pixels, done
-        ):
-            outputs.add(image_file.image_id, labels, pixels)
+        predictions = iter_dask_predictions(client, request, todo, chunk_images, with_pixels, done)
+        with contextlib.closing(predictions):
+            for image_file, labels, pixels in predictions:
+                outputs.add(image_file.image_id, labels, pixels)
 
 
 def _write_metadata(
@@ -605,6 +599,18 @@ def _write_metadata(
     )
 
 
+def _model_and_config(
+    model_dir: Path, overrides: dict | None, device: str, tuned: bool, dask, edited_ok: bool
+) -> tuple:
+    """`load_for_prediction`; with ``dask`` the workers load the model, and only its
+    settings are needed here (the model is None)."""
+    if dask is None:
+        return load_for_prediction(model_dir, overrides, device, tuned, edited_ok)
+    if edited_ok:
+        raise PipelineError("--force-edited does not reach Dask workers: leave out --dask")
+    return None, prediction_config(model_dir, overrides, tuned)
+
+
 def run_prediction(
     model_dir: Path,
     images_dir: Path,
@@ -618,6 +624,7 @@ def run_prediction(
     force: bool = False,
     dask: str | None = None,
     chunk_images: int = CHUNK_IMAGES,
+    edited_ok: bool = False,
 ) -> Path:
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
@@ -632,7 +639,9 @@ def run_prediction(
     The outputs are checked before any work (`check_outputs`): ``out_csv`` replaces only a
     submission this pipeline wrote, unless ``force``. With ``dask`` (``local:N`` or an
     address) the images go to a Dask cluster's workers (`pipeline.inference.dask_predict`),
-    ``chunk_images`` at a time, as here; the outputs are the same. Returns the CSV path.
+    ``chunk_images`` at a time, as here; the outputs are the same. ``edited_ok``: a model
+    whose config or thresholds were edited since it was finished is used, with a warning
+    (`pipeline.learning.model_store.check_complete`). Returns the CSV path.
     """
     from pipeline.learning import device as device_module
 
@@ -640,18 +649,21 @@ def run_prediction(
     from pipeline.data.dataset import list_image_files
 
     found = list_image_files(images_dir)
-    check_outputs(Path(out_csv), labels_dir, measurements_csv, force)
-    if dask is None:
-        model, config = load_for_prediction(model_dir, overrides, device, tuned)
-    else:  # the workers load the model; here only its settings are needed
-        model, config = None, prediction_config(model_dir, overrides, tuned)
-    log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
     out_csv = Path(out_csv)
-    key = _run_key(model_dir, config, found.files) if resume else None
-    request = (Path(model_dir), overrides or {}, device, tuned)
-    with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
-        _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
-    _write_metadata(out_csv, model_dir, config, images_dir, found.layout)
+    ids = [image_file.image_id for image_file in found.files]
+    inputs = [(images_dir, "--images"), (model_dir, "the model")]
+    check_outputs(out_csv, labels_dir, measurements_csv, force, inputs, ids)
+    locks = [(out_csv, "--out"), (measurements_csv, "--measurements"), (labels_dir, "--labels-out")]
+    with output_locks(locks):
+        model, config = _model_and_config(model_dir, overrides, device, tuned, dask, edited_ok)
+        log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
+        key = _run_key(model_dir, config, found.files) if resume else None
+        request = (Path(model_dir), overrides or {}, device, tuned)
+        if labels_dir is not None:
+            record_label_folder(labels_dir, ids)
+        with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
+            _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
+        _write_metadata(out_csv, model_dir, config, images_dir, found.layout)
     log.info("wrote %s", out_csv)
     if labels_dir is not None:
         log.info("wrote %d label images into %s", len(found.files), labels_dir)

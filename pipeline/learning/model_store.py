@@ -15,10 +15,14 @@
 - ``history.csv`` and ``curves.png``: the training curves; ``logs/``: TensorBoard logs;
 - ``checkpoint/``: the last epoch's full state, for ``train --resume``;
 - ``complete.json``: written last, when training and tuning are done: the SHA-256 of
-  ``model.weights.h5`` and whether ``thresholds.json`` was tuned.
+  ``model.weights.h5``, of ``config.json`` and of ``thresholds.json`` (`COVERED_FILES`:
+  every file that decides a prediction) and whether ``thresholds.json`` was tuned.
 
 A folder without ``complete.json`` is an unfinished run: ``load_model`` refuses it (``train
---resume`` finishes it), and refuses weights whose checksum is not the recorded one.
+--resume`` finishes it), and refuses weights, a config or thresholds whose checksum is not
+the recorded one (``predict --force-edited`` predicts with an edited config or thresholds
+on purpose). A complete.json written before the config and thresholds were covered checks
+the weights only; nothing is ever written into a model folder when it is loaded.
 """
 
 from __future__ import annotations
@@ -80,18 +84,57 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: The files besides the weights that decide a prediction, and their key in
+#: ``complete.json``. A complete.json written before a key existed lacks it; that file is
+#: then not checked (the shipped model's covers the weights only).
+COVERED_FILES = {CONFIG_FILE: "config_sha256", THRESHOLDS_FILE: "thresholds_sha256"}
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    return file_sha256(path) if path.is_file() else None
+
+
 def mark_complete(model_dir: Path, tuned: bool) -> None:
-    """Make ``model_dir`` a model: its ``complete.json``, written last, with the weights'
-    checksum and whether ``thresholds.json`` holds tuned settings."""
+    """Make ``model_dir`` a model: its ``complete.json``, written last, with the checksums
+    of the weights and of every file that decides a prediction (`COVERED_FILES`; None for
+    a ``thresholds.json`` that is not there), and whether ``thresholds.json`` holds tuned
+    settings."""
     model_dir = Path(model_dir)
-    record = {"weights_sha256": file_sha256(model_dir / WEIGHTS_FILE), "tuned": tuned}
+    record: dict[str, Any] = {
+        "weights_sha256": file_sha256(model_dir / WEIGHTS_FILE),
+        "tuned": tuned,
+    }
+    for name, key in COVERED_FILES.items():
+        record[key] = _sha256_or_none(model_dir / name)
     write_json(model_dir / COMPLETE_FILE, record)
 
 
-def check_complete(model_dir: Path) -> dict[str, Any]:
-    """``complete.json`` of a finished model whose weights are the recorded ones.
+def _check_covered_files(model_dir: Path, record: dict[str, Any], edited_ok: bool) -> None:
+    """Refuse a config.json or thresholds.json whose checksum is not the recorded one (a
+    missing tuned thresholds.json is `load_config`'s to refuse, and so is a value that
+    the settings' declarations refuse, even with ``edited_ok``); with ``edited_ok``, warn."""
+    for name, key in COVERED_FILES.items():
+        if key not in record or not (model_dir / name).is_file():
+            continue
+        if _sha256_or_none(model_dir / name) == record[key]:
+            continue
+        # What the settings' declarations refuse is named first (a value out of range).
+        load_config(model_dir, tuned=name == THRESHOLDS_FILE)
+        message = (
+            f"{model_dir / name}: edited since the model was finished (its SHA-256 is not "
+            f"the one recorded in {COMPLETE_FILE})"
+        )
+        if not edited_ok:
+            raise PipelineError(f"{message}; --force-edited predicts with it as it is now")
+        log.warning("%s; predicting with it as it is now (--force-edited)", message)
 
-    Raises ``PipelineError`` for an unfinished folder or weights that changed since.
+
+def check_complete(model_dir: Path, edited_ok: bool = False) -> dict[str, Any]:
+    """``complete.json`` of a finished model whose weights, config and thresholds are the
+    recorded ones (`COVERED_FILES`; with ``edited_ok`` an edited config or thresholds file
+    is only warned about).
+
+    Raises ``PipelineError`` for an unfinished folder or files that changed since.
     """
     model_dir = Path(model_dir)
     if not (model_dir / COMPLETE_FILE).is_file():
@@ -103,11 +146,16 @@ def check_complete(model_dir: Path) -> dict[str, Any]:
     recorded = record.get("weights_sha256") if isinstance(record, dict) else None
     if not isinstance(recorded, str):
         raise PipelineError(f"{model_dir / COMPLETE_FILE}: no weights_sha256 recorded")
+    if not isinstance(record.get("tuned", False), bool):
+        raise PipelineError(
+            f"{model_dir / COMPLETE_FILE}: tuned = {record['tuned']!r} is not true or false"
+        )
     if file_sha256(model_dir / WEIGHTS_FILE) != recorded:
         raise PipelineError(
             f"{model_dir / WEIGHTS_FILE}: damaged or replaced: its SHA-256 is not the one "
             f"recorded in {COMPLETE_FILE} when the model was finished"
         )
+    _check_covered_files(model_dir, record, edited_ok)
     return record
 
 
@@ -128,14 +176,36 @@ def load_config(model_dir: Path, tuned: bool = True) -> Config:
                     f"--model {model_dir} tunes it again"
                 )
             log.warning("%s: no tuned settings; predicting with the defaults", model_dir)
-        saved = read_json(thresholds).get("params", {})
-        if not isinstance(saved, dict):
-            raise PipelineError(f"{thresholds}: 'params' must be a JSON object of settings")
+        saved = _saved_params(model_dir)
         for key in TUNABLE:
             if key in saved:
                 setattr(config.predict, key, saved[key])
         check_section("predict", config.predict, str(thresholds))
     return config
+
+
+def _saved_params(model_dir: Path) -> dict[str, Any]:
+    """The tuned settings of ``thresholds.json`` (``{}`` when there is none), refused when
+    they are not an object, name a setting that is not tunable, or are empty though the
+    model was tuned (their values are checked by the settings' declarations)."""
+    thresholds = model_dir / THRESHOLDS_FILE
+    if not thresholds.is_file():
+        return {}
+    saved = read_json(thresholds).get("params")
+    if not isinstance(saved, dict):
+        raise PipelineError(f"{thresholds}: 'params' must be a JSON object of settings")
+    unknown = sorted(set(saved) - set(TUNABLE))
+    if unknown:
+        raise PipelineError(
+            f"{thresholds}: unknown keys in 'params': {unknown}; the tunable settings are "
+            f"{', '.join(TUNABLE)}"
+        )
+    if not saved and read_json(model_dir / COMPLETE_FILE).get("tuned", False):
+        raise PipelineError(
+            f"{thresholds}: 'params' is empty, though the model was tuned; ./run.sh tune "
+            f"--model {model_dir} tunes it again"
+        )
+    return saved
 
 
 def portable_path(path: Path) -> str:
@@ -179,26 +249,28 @@ def _check_model_files(model_dir: Path) -> None:
             raise PipelineError(f"{model_dir}: {name} is missing; is the training finished?")
 
 
-def check_finished(model_dir: Path) -> None:
+def check_finished(model_dir: Path, edited_ok: bool = False) -> None:
     """Refuse anything but a finished model: a missing folder or file, an interrupted
-    training or tuning, weights changed since (`check_complete`)."""
+    training or tuning, weights, config or thresholds changed since (`check_complete`;
+    ``edited_ok``: the last two are only warned about)."""
     _check_model_files(Path(model_dir))
-    check_complete(Path(model_dir))
+    check_complete(Path(model_dir), edited_ok)
 
 
-def load_model(model_dir: Path, tuned: bool = True, finished: bool = True):
+def load_model(model_dir: Path, tuned: bool = True, finished: bool = True, edited_ok: bool = False):
     """Build the network from ``config.json`` and load ``model.weights.h5``.
 
     Returns ``(model, config)``, the config's ``predict`` settings from thresholds.json
     when ``tuned``. With ``finished`` (all but training's own steps), the folder must be a
-    finished model whose weights match their recorded checksum. Raises ``PipelineError``
-    naming what is missing or wrong.
+    finished model whose files match their recorded checksums (``edited_ok``: an edited
+    config or thresholds file is only warned about). Raises ``PipelineError`` naming what
+    is missing or wrong.
     """
     from pipeline.learning.models import build_model
 
     model_dir = Path(model_dir)
     if finished:
-        check_finished(model_dir)
+        check_finished(model_dir, edited_ok)
     else:
         _check_model_files(model_dir)
     config = load_config(model_dir, tuned=tuned)

@@ -17,6 +17,9 @@ from pipeline.data.download import (
     download_from_kaggle,
     import_local,
 )
+from pipeline.fileio import check_not_special
+from pipeline.locks import output_lock
+from pipeline.outputs import check_not_input
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Fetch or import the competition files, unpack them, and summarise ``input/``."""
     input_dir = Path(args.input_dir)
-    if args.source is not None:
-        log.info("taking the competition files from %s into %s", args.source, input_dir)
-        import_local(args.source, input_dir, force=args.force)
-    else:
-        download_from_kaggle(input_dir, force=args.force)
+    check_not_special(input_dir, "--input")
+    check_not_input(input_dir, "--input", [(args.source, "--from")])
+    with output_lock(input_dir, "--input"):
+        if args.source is not None:
+            log.info("taking the competition files from %s into %s", args.source, input_dir)
+            import_local(args.source, input_dir, force=args.force)
+        else:
+            download_from_kaggle(input_dir, force=args.force)
     log.info("%s now holds:", input_dir)
     for line in describe_input(input_dir):
         log.info("  %s", line)

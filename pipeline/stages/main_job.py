@@ -165,6 +165,7 @@ def _train_step(
     """[train]: the model folder of ``config``, trained (or resumed) unless complete."""
     from pipeline.learning.model_store import is_complete
     from pipeline.learning.training import train_model
+    from pipeline.locks import output_lock
 
     model_dir = choose_model_dir(config, models_dir)
     if retrain and model_dir.exists():
@@ -183,9 +184,15 @@ def _train_step(
     resume = (model_dir / "checkpoint" / "last.keras").is_file()
     log.info("[train] %s %s", "resuming" if resume else "training", model_dir)
     typed = " ".join(["./run.sh"] + ["--demo"] * data.demo + ["--retrain"] * retrain)
-    train_model(
-        config, data.train_dir, model_dir, resume=resume, device=device, command=command or typed
-    )
+    with output_lock(model_dir, "model folder"):
+        train_model(
+            config,
+            data.train_dir,
+            model_dir,
+            resume=resume,
+            device=device,
+            command=command or typed,
+        )
     return model_dir
 
 

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.cli import add_config_arguments, config_overrides
+from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
 from pipeline.data.dataset import ImageFiles, list_image_files
 from pipeline.errors import PipelineError
 from pipeline.inference.predict import run_prediction
@@ -94,6 +94,13 @@ def _add_run_arguments(run: argparse._ArgumentGroup) -> None:
         "settings and images (its rows are kept in OUT.partial until the end)",
     )
     run.add_argument(
+        "--force-edited",
+        action="store_true",
+        help="predict with a model whose config.json or thresholds.json was edited since it "
+        "was finished (their checksums in complete.json differ); without it such a model "
+        "is refused",
+    )
+    run.add_argument(
         "--untuned",
         action="store_true",
         help="ignore the model's thresholds.json (use its config's defaults)",
@@ -102,6 +109,7 @@ def _add_run_arguments(run: argparse._ArgumentGroup) -> None:
 
 def _images_and_model(args: argparse.Namespace) -> tuple[Path, Path]:
     """The images to predict and the model folder, ``--demo`` taken into account."""
+    refuse_conflicts(args, [("--demo", "demo"), ("--images", "images")])
     images, model_dir = args.images, args.model
     if args.demo:
         from pipeline.data.synthetic import make_demo_dataset
@@ -162,6 +170,7 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume,
         force=args.force,
         dask=args.dask,
+        edited_ok=args.force_edited,
     )
     if not args.no_check:
         _check(Path(out_csv), found)

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.cli import finite_float
 from pipeline.errors import PipelineError
 from pipeline.learning.device import DEVICES
 
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument(
         "--max-megapixels",
-        type=float,
+        type=finite_float,
         default=50.0,
         help="images larger than this are refused (413)",
     )
@@ -39,8 +40,29 @@ def main(args: argparse.Namespace) -> int:
         raise PipelineError(f"--max-megapixels must be > 0, got {args.max_megapixels}")
     if not 0 <= args.port <= 65535:
         raise PipelineError(f"--port must be in [0, 65535], got {args.port}")
+    check_address(args.host, args.port)
     segmenter = Segmenter(args.model, args.device)
     app = create_app(segmenter, max_megapixels=args.max_megapixels)
     log.info("serving %s on http://%s:%d/ (Ctrl-C stops)", args.model, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, before the model is loaded, a host that cannot be listened on or a port in
+    use, with one line (uvicorn would end in its own message, exit status 3)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        raise PipelineError(f"--host {host}: not an address of this machine ({error})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise PipelineError(
+                f"--host {host} --port {port}: cannot listen there ({error.strerror or error})"
+            ) from None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
+from pipeline.cli import finite_float
 from pipeline.data.kaggle_api import (
     COMPETITION,
     MAX_SUBMISSION_MIB,
@@ -80,7 +81,7 @@ def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
     )
     check.add_argument(
         "--max-mib",
-        type=float,
+        type=finite_float,
         default=MAX_SUBMISSION_MIB,
         metavar="MIB",
         help="refuse a larger file (Kaggle publishes no limit for this competition: this "
@@ -92,14 +93,14 @@ def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:
     wait = parser.add_argument_group("waiting for Kaggle's scores and recording them")
     wait.add_argument(
         "--timeout",
-        type=float,
+        type=finite_float,
         default=900.0,
         metavar="SECONDS",
         help="give up waiting for Kaggle's scores after this long (the submission stays)",
     )
     wait.add_argument(
         "--poll-every",
-        type=float,
+        type=finite_float,
         default=15.0,
         metavar="SECONDS",
         help="time between two looks at the submission list",

@@ -11,12 +11,14 @@ import logging
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.cli import add_config_arguments, config_overrides
-from pipeline.config import Config, check_section, preset
+from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
+from pipeline.config import Config, check_network_fits, check_section, preset
 from pipeline.errors import PipelineError
 from pipeline.learning.device import DEVICES
 from pipeline.learning.distribute import parse_devices
 from pipeline.learning.training import train_model
+from pipeline.locks import output_lock
+from pipeline.outputs import check_not_input
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The config a ``train`` command line asks for: preset or file, then the flags."""
+    refuse_conflicts(args, [("--preset", "preset"), ("--config", "config")])
+    for other in ("preset", "images", "config"):  # --demo chooses the demo set and preset
+        refuse_conflicts(args, [("--demo", "demo"), (f"--{other}", other)])
     if args.config is not None:
         config = Config.load(args.config)
     elif args.init is not None and args.preset is None:
@@ -92,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             if value is not None:
                 setattr(getattr(config, section), key, value)
         check_section(section, getattr(config, section), "the training settings")
+    check_network_fits(config, "the training settings")
     return config
 
 
@@ -125,15 +131,17 @@ def main(args: argparse.Namespace) -> int:
     model_dir = Path(args.out or paths.MODELS_DIR / config.name)
     if args.init is not None and model_dir.resolve() == args.init.resolve():
         raise PipelineError(f"--init {args.init}: --out must be another folder than the model")
-    train_model(
-        config,
-        images_dir,
-        model_dir,
-        resume=args.resume,
-        device=args.device,
-        command=getattr(args, "command_line", None),
-        tune=not args.no_tune,
-        devices=devices,
-        init=args.init,
-    )
+    check_not_input(model_dir, "--out", [(images_dir, "--images"), (args.init, "--init")])
+    with output_lock(model_dir, "--out"):
+        train_model(
+            config,
+            images_dir,
+            model_dir,
+            resume=args.resume,
+            device=args.device,
+            command=getattr(args, "command_line", None),
+            tune=not args.no_tune,
+            devices=devices,
+            init=args.init,
+        )
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.evaluation.tuning import tune_model
 from pipeline.learning.device import DEVICES
+from pipeline.locks import output_lock
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    tuned = tune_model(args.model, args.images, args.device)
+    with output_lock(args.model, "--model"):  # a training or another tuning writes it
+        tuned = tune_model(args.model, args.images, args.device)
     print(f"validation score {tuned['validation_score']:.4f} with {tuned['params']}")
     return 0
