@@ -311,8 +311,8 @@ def test_weights_and_resume_checkpoint_round_trip(arch, tmp_path):
 
 def test_new_settings_at_their_defaults_keep_old_fingerprints():
     """Models trained before the encoder, time-budget, augmentation-strength,
-    dimmed-nuclei, nucleus-diameter, split, input-space, scale-range and stage1-test
-    settings keep their fingerprint."""
+    dimmed-nuclei, nucleus-diameter, split, input-space, scale-range, stage1-test and
+    extra-set settings keep their fingerprint."""
     import hashlib
     import json
 
@@ -331,6 +331,8 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
         del data["train"]["paste_nuclei"]
         del data["train"]["nucleus_diameter"]
         for key in ("split", "scale_min", "scale_max", "with_stage1_test"):
+            del data["train"][key]
+        for key in ("extra", "source_weighting"):  # no extra set
             del data["train"][key]
         del data["model"]["input_space"]
         payload = json.dumps({"model": data["model"], "train": data["train"]}, sort_keys=True)
