@@ -104,6 +104,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def main(args: argparse.Namespace) -> int:
     devices = parse_devices(args.devices)
     config = config_from_args(args)
+    if args.init is not None and args.out is not None and args.out.resolve() == args.init.resolve():
+        raise PipelineError(f"--init {args.init}: --out must be another folder than the model")
     images_dir = args.images
     if args.demo:
         from pipeline.data.synthetic import make_demo_dataset
@@ -129,8 +131,6 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise PipelineError("--resume needs --out: the model folder to continue")
     model_dir = Path(args.out or paths.MODELS_DIR / config.name)
-    if args.init is not None and model_dir.resolve() == args.init.resolve():
-        raise PipelineError(f"--init {args.init}: --out must be another folder than the model")
     check_not_input(model_dir, "--out", [(images_dir, "--images"), (args.init, "--init")])
     with output_lock(model_dir, "--out"):
         train_model(
