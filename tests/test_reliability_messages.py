@@ -249,3 +249,30 @@ def test_a_model_folder_that_is_not_there_is_named_as_such(stage, tiny_demo, tmp
     assert one_error_line(err) == (
         f"error: {missing}: no such model folder (train one with ./run.sh train)"
     )
+
+
+def test_train_resume_shows_no_tensorflow_start_up_lines(tiny_model, tmp_path):
+    """``train --resume`` looked at the checkpoint through a module that imported Keras
+    before the device was chosen, so TensorFlow's start-up lines were printed (issue 23,
+    case 13); the checkpoint's name now lives with the model folder's other names."""
+    import shutil
+    import sys
+
+    from pipeline.learning.device import STARTUP_NOISE
+
+    model = tmp_path / "more"
+    shutil.copytree(tiny_model, model)
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    environment["KERAS_BACKEND"] = "tensorflow"
+    command = [sys.executable, "-m", "pipeline", "train", "--resume", "--out", str(model)]
+    result = subprocess.run(
+        [*command, "--epochs", "3", "--no-tune"], cwd=tmp_path, env=environment,
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "resuming after epoch 2" in result.stderr
+    noise = [
+        line for line in result.stderr.splitlines() if any(p.match(line) for p in STARTUP_NOISE)
+    ]
+    assert noise == []

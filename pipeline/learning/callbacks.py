@@ -32,14 +32,19 @@ import keras
 
 from pipeline.config import Config
 from pipeline.fileio import atomic_path
-from pipeline.learning.model_store import CHECKPOINT_DIR, WEIGHTS_FILE, read_json, write_json
+from pipeline.learning.model_store import (
+    CHECKPOINT_DIR,
+    LAST_MODEL_FILE,
+    WEIGHTS_FILE,
+    read_json,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 #: A training whose epoch loss grows past this many times its first epoch's has diverged.
 DIVERGED_FACTOR = 2.0
-LAST_MODEL_FILE = "last.keras"
 
 
 @dataclass

@@ -47,6 +47,8 @@ SCORES_FILE = "scores.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 CHECKPOINT_DIR = "checkpoint"
+#: The last epoch's full state in ``checkpoint/``, for ``--resume``.
+LAST_MODEL_FILE = "last.keras"
 LOGS_DIR = "logs"
 COMPLETE_FILE = "complete.json"
 

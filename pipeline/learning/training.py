@@ -248,8 +248,12 @@ def folder_state(model_dir: Path) -> str:
     model), ``checkpoint`` (an unfinished run that can be resumed), ``started`` (a run
     stopped before its first checkpoint, or one that diverged) or ``other`` (not a
     model folder)."""
-    from pipeline.learning.callbacks import LAST_MODEL_FILE
-    from pipeline.learning.model_store import CHECKPOINT_DIR, CONFIG_FILE, is_complete
+    from pipeline.learning.model_store import (
+        CHECKPOINT_DIR,
+        CONFIG_FILE,
+        LAST_MODEL_FILE,
+        is_complete,
+    )
 
     if not model_dir.exists() or not any(model_dir.iterdir()):
         return "new"
@@ -322,8 +326,7 @@ def check_resumable(model_dir: Path) -> None:
 def _reopen_finished(model_dir: Path) -> None:
     """Make a finished model an unfinished run again, to train it further (``--resume``
     after raising its epochs): refused without its checkpoint."""
-    from pipeline.learning.callbacks import LAST_MODEL_FILE
-    from pipeline.learning.model_store import CHECKPOINT_DIR, COMPLETE_FILE
+    from pipeline.learning.model_store import CHECKPOINT_DIR, COMPLETE_FILE, LAST_MODEL_FILE
 
     if not (model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE).is_file():
         raise PipelineError(
@@ -356,8 +359,7 @@ def _build_or_resume(
     distribute.join_processes()
     import keras
 
-    from pipeline.learning.callbacks import LAST_MODEL_FILE
-    from pipeline.learning.model_store import CHECKPOINT_DIR, target_channels
+    from pipeline.learning.model_store import CHECKPOINT_DIR, LAST_MODEL_FILE, target_channels
     from pipeline.learning.models import build_model
 
     config, resume = _resume_or_start(config, model_dir, resume)

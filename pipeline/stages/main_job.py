@@ -163,7 +163,7 @@ def _train_step(
     command: str | None,
 ) -> Path:
     """[train]: the model folder of ``config``, trained (or resumed) unless complete."""
-    from pipeline.learning.model_store import is_complete
+    from pipeline.learning.model_store import CHECKPOINT_DIR, LAST_MODEL_FILE, is_complete
     from pipeline.learning.training import train_model
     from pipeline.locks import output_lock
 
@@ -181,7 +181,7 @@ def _train_step(
             model_dir,
         )
         return model_dir
-    resume = (model_dir / "checkpoint" / "last.keras").is_file()
+    resume = (model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE).is_file()
     log.info("[train] %s %s", "resuming" if resume else "training", model_dir)
     typed = " ".join(["./run.sh"] + ["--demo"] * data.demo + ["--retrain"] * retrain)
     with output_lock(model_dir, "model folder"):
