@@ -48,7 +48,7 @@ def test_killed_worker_has_its_images_rerun(tiny_model, tmp_path):
     from distributed import Client, LocalCluster
 
     from pipeline.data.synthetic import make_demo_dataset
-    from pipeline.inference.predict import run_prediction
+    from pipeline.inference.run import run_prediction
 
     images = make_demo_dataset(
         tmp_path / "set", n_train=1, n_test=12, size_range=(64, 96), seed=5

@@ -181,7 +181,7 @@ def test_a_run_is_the_same_run_whether_its_folder_is_given_relative_or_absolute(
     model_dir, tmp_path, monkeypatch
 ):
     from pipeline.data.dataset import ImageFile
-    from pipeline.inference.predict import _run_key
+    from pipeline.inference.run import _run_key
 
     config = preset("demo")
     image = tmp_path / "a.png"

@@ -33,6 +33,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.inference.predict import (
+    labels_from_probabilities,
+    load_for_prediction,
+    predict_probabilities,
+    progress_bar,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -145,7 +151,6 @@ def _worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> 
 
 
 def _load_worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> tuple:
-    from pipeline.inference.predict import load_for_prediction
     from pipeline.learning import device as device_module
 
     device_module.select_device(device)
@@ -162,7 +167,6 @@ def predict_chunk(
 ) -> list[np.ndarray]:
     """The instance labels of one chunk of images, on a worker (a Dask task)."""
     from pipeline.data.images import read_pixels, to_rgb_uint8
-    from pipeline.inference.predict import labels_from_probabilities, predict_probabilities
 
     model, config = _worker_model(model_dir, overrides, device, tuned)
     images = [to_rgb_uint8(read_pixels(Path(path))) for path in image_paths]
@@ -189,7 +193,6 @@ def iter_dask_predictions(
     bar starts there, and moves as the chunks come back.
     """
     from pipeline.data.images import read_pixels
-    from pipeline.inference.predict import progress_bar
 
     bar = progress_bar(done + len(image_files), done, progress)
     try:  # the bar closed on errors too

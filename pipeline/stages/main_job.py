@@ -199,7 +199,7 @@ def _train_step(
 def _predict_step(model_dir: Path, data: JobData, submissions_dir: Path, device: str) -> Path:
     """[predict] and [check]: the test images' submission, checked."""
     from pipeline.data.submission import check_submission
-    from pipeline.inference.predict import run_prediction
+    from pipeline.inference.run import run_prediction
 
     suffix = "-stage2" if data.stage == 2 else ""
     submission = submissions_dir / f"{model_dir.name}{suffix}.csv"

@@ -15,7 +15,7 @@ from pipeline import paths
 from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
 from pipeline.data.dataset import ImageFiles, list_image_files
 from pipeline.errors import PipelineError
-from pipeline.inference.predict import run_prediction
+from pipeline.inference.run import run_prediction
 from pipeline.learning.device import DEVICES
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,169 @@
+"""Stage ``predict``'s run: one place that chooses between this process and a Dask cluster.
+
+`run_prediction` checks the outputs, takes their locks, loads the model (or, with
+``dask``, only its settings: the workers load it) and streams every image's nuclei into
+the outputs, predicted here (`pipeline.inference.predict.iter_file_predictions`) or on
+the cluster's workers (`pipeline.inference.dask_predict.iter_dask_predictions`). It sits
+above both, so that neither imports the other's caller: ``dask_predict`` uses
+``predict``'s functions on the workers, and nothing it imports imports it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.inference.dask_predict import iter_dask_predictions, open_client
+from pipeline.inference.output_checks import check_outputs, record_label_folder
+from pipeline.inference.predict import (
+    CHUNK_IMAGES,
+    PredictionOutputs,
+    iter_file_predictions,
+    load_for_prediction,
+    prediction_config,
+)
+from pipeline.locks import output_locks
+
+if TYPE_CHECKING:
+    from pipeline.data.dataset import ImageFile
+
+log = logging.getLogger(__name__)
+
+
+def _run_key(model_dir: Path, config: Config, image_files: Sequence[ImageFile]) -> str:
+    """What makes two prediction runs the same: the model, its settings and the images."""
+    weights = Path(model_dir) / "model.weights.h5"
+    stat = weights.stat()
+    payload = {
+        "model": str(Path(model_dir).resolve()),
+        "weights": [stat.st_size, stat.st_mtime_ns],
+        "predict": vars(config.predict),
+        "images": [[f.image_id, str(Path(f.path).resolve())] for f in image_files],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _predict_into(
+    outputs: PredictionOutputs,
+    model,
+    config: Config,
+    image_files: Sequence[ImageFile],
+    request: tuple,
+    dask: str | None,
+    chunk_images: int,
+) -> None:
+    """`run_prediction`'s work: every image not done yet, predicted here or on the Dask
+    cluster ``dask`` names (whose workers load the model as ``request`` says), into
+    ``outputs`` in image order."""
+    todo = [f for f in image_files if f.image_id not in outputs.done]
+    done = len(image_files) - len(todo)
+    if dask is None:
+        predictions = iter_file_predictions(model, todo, config, True, done, chunk_images)
+        with contextlib.closing(predictions):  # its bar closed before an error is shown
+            for image_file, labels, pixels in predictions:
+                outputs.add(image_file.image_id, labels, pixels)
+        return
+    with_pixels = outputs.measurements_csv is not None
+    with open_client(dask) as client:
+        predictions = iter_dask_predictions(client, request, todo, chunk_images, with_pixels, done)
+        with contextlib.closing(predictions):
+            for image_file, labels, pixels in predictions:
+                outputs.add(image_file.image_id, labels, pixels)
+
+
+def _write_metadata(
+    out_csv: Path, model_dir: Path, config: Config, images_dir: Path, layout: str
+) -> None:
+    """The submission's sidecar ``.json``: the model, config, commit, images, settings."""
+    from pipeline.data.submission import write_submission_metadata
+    from pipeline.provenance import git_commit
+
+    write_submission_metadata(
+        out_csv,
+        {
+            "model": str(model_dir),
+            "config": config.name,
+            "commit": git_commit(),
+            "images": str(images_dir),
+            "layout": layout,
+            "predict": vars(config.predict),
+        },
+    )
+
+
+def _model_and_config(
+    model_dir: Path, overrides: dict | None, device: str, tuned: bool, dask, edited_ok: bool
+) -> tuple:
+    """`load_for_prediction`; with ``dask`` the workers load the model, and only its
+    settings are needed here (the model is None)."""
+    if dask is None:
+        return load_for_prediction(model_dir, overrides, device, tuned, edited_ok)
+    if edited_ok:
+        raise PipelineError("--force-edited does not reach Dask workers: leave out --dask")
+    return None, prediction_config(model_dir, overrides, tuned)
+
+
+def run_prediction(
+    model_dir: Path,
+    images_dir: Path,
+    out_csv: Path,
+    overrides: dict | None = None,
+    device: str = "auto",
+    tuned: bool = True,
+    labels_dir: Path | None = None,
+    measurements_csv: Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    dask: str | None = None,
+    chunk_images: int = CHUNK_IMAGES,
+    edited_ok: bool = False,
+) -> Path:
+    """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
+
+    ``images_dir`` is a folder in Kaggle layout, a plain folder of images or one image file
+    (`pipeline.data.dataset.list_image_files`). ``overrides`` replaces fields of the model's
+    saved prediction settings (threshold, min_size, fill_holes, tta, heads, batch_size).
+    Writes the submission atomically, with a sidecar ``.json`` naming the model, config and
+    commit; with ``labels_dir`` a label image per image (`write_label_image`), with
+    ``measurements_csv`` one table of measurements (`PredictionOutputs`). With ``resume``
+    a run that was interrupted goes on after its last complete image, when the model,
+    settings and images are the same (`pipeline.data.submission.ResumableSubmissionWriter`).
+    The outputs are checked before any work (`check_outputs`): ``out_csv`` replaces only a
+    submission this pipeline wrote, unless ``force``. With ``dask`` (``local:N`` or an
+    address) the images go to a Dask cluster's workers (`pipeline.inference.dask_predict`),
+    ``chunk_images`` at a time, as here; the outputs are the same. ``edited_ok``: a model
+    whose config or thresholds were edited since it was finished is used, with a warning
+    (`pipeline.learning.model_store.check_complete`). Returns the CSV path.
+    """
+    from pipeline.learning import device as device_module
+
+    device_module.select_device(device)
+    from pipeline.data.dataset import list_image_files
+
+    found = list_image_files(images_dir)
+    out_csv = Path(out_csv)
+    ids = [image_file.image_id for image_file in found.files]
+    inputs = [(images_dir, "--images"), (model_dir, "the model")]
+    check_outputs(out_csv, labels_dir, measurements_csv, force, inputs, ids)
+    locks = [(out_csv, "--out"), (measurements_csv, "--measurements"), (labels_dir, "--labels-out")]
+    with output_locks(locks):
+        model, config = _model_and_config(model_dir, overrides, device, tuned, dask, edited_ok)
+        log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
+        key = _run_key(model_dir, config, found.files) if resume else None
+        request = (Path(model_dir), overrides or {}, device, tuned)
+        if labels_dir is not None:
+            record_label_folder(labels_dir, ids)
+        with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
+            _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
+        _write_metadata(out_csv, model_dir, config, images_dir, found.layout)
+    log.info("wrote %s", out_csv)
+    if labels_dir is not None:
+        log.info("wrote %d label images into %s", len(found.files), labels_dir)
+    return out_csv
