@@ -32,7 +32,7 @@ def git_commit(short: bool = True, repo: str | os.PathLike[str] | None = None) -
     short : bool
         Abbreviated hash (``git rev-parse --short``) rather than the full 40 digits.
     repo : str or Path, optional
-        The repository; by default the one holding this package (``paths.REPO_ROOT``).
+        The repository; by default the one holding this package (``paths.SOURCE_ROOT``).
 
     Returns
     -------
@@ -41,7 +41,7 @@ def git_commit(short: bool = True, repo: str | os.PathLike[str] | None = None) -
         (untracked files do not count, as with ``git describe --dirty``); None when git is
         not installed, the folder is not a repository, or it has no commit yet. Never raises.
     """
-    folder = Path(paths.REPO_ROOT if repo is None else repo)
+    folder = Path(paths.SOURCE_ROOT if repo is None else repo)
     try:
         commit = _git(folder, "rev-parse", *(["--short"] if short else []), "HEAD")
         changes = _git(folder, "status", "--porcelain", "--untracked-files=no")

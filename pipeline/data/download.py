@@ -64,7 +64,6 @@ from pipeline.fileio import (
     temporary_prefix,
     umask,
 )
-from pipeline.paths import INPUT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ PROGRESS_MIN_MEMBERS = 200
 _CHUNK = 1 << 20
 
 
-def download_from_kaggle(input_dir: str | Path = INPUT_DIR, force: bool = False) -> list[Path]:
+def download_from_kaggle(input_dir: str | Path, force: bool = False) -> list[Path]:
     """Download the competition files with the Kaggle API and unpack them.
 
     The ``kaggle`` package is imported only once credentials are known to exist (importing
@@ -320,7 +319,7 @@ def _write_marker(folder: Path, fingerprint: _Fingerprint, n_members: int, n_fil
 
 def unpack_archive(
     zip_path: str | Path,
-    input_dir: str | Path = INPUT_DIR,
+    input_dir: str | Path,
     force: bool = False,
     display_name: str | None = None,
 ) -> Path:
@@ -378,7 +377,7 @@ def _same_content(path: Path, size: int, crc32: int) -> bool:
 
 def unpack_csv(
     zip_path: str | Path,
-    input_dir: str | Path = INPUT_DIR,
+    input_dir: str | Path,
     force: bool = False,
     display_name: str | None = None,
 ) -> Path:
@@ -435,7 +434,7 @@ def unpack_csv(
     return target
 
 
-def copy_csv(csv_path: str | Path, input_dir: str | Path = INPUT_DIR, force: bool = False) -> Path:
+def copy_csv(csv_path: str | Path, input_dir: str | Path, force: bool = False) -> Path:
     """Copy a plain CSV into ``input_dir`` (atomically; skipped when identical)."""
     csv_path = Path(csv_path)
     target = Path(input_dir) / csv_path.name
@@ -527,9 +526,7 @@ def _import_bundle(bundle: Path, input_dir: Path, force: bool, already: set[str]
     return written
 
 
-def import_local(
-    source: str | Path, input_dir: str | Path = INPUT_DIR, force: bool = False
-) -> list[Path]:
+def import_local(source: str | Path, input_dir: str | Path, force: bool = False) -> list[Path]:
     """Take the competition files from a local folder or zip and unpack them into ``input_dir``.
 
     Parameters
@@ -620,7 +617,7 @@ def _csv_summary(path: Path) -> str:
     return f"{len(ids)} rows, {len(set(ids))} images"
 
 
-def describe_input(input_dir: str | Path = INPUT_DIR) -> list[str]:
+def describe_input(input_dir: str | Path) -> list[str]:
     """One line per image folder and CSV in ``input_dir``, with its image count.
 
     Examples

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.paths import SHARED_DATA_DIR
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,9 @@ def no_credentials_message(problems: list[str], alternative: str | None = None) 
 def download_alternative() -> str:
     """The way around the Kaggle API for ``download``: a local copy of the files."""
     text = "or take the files from a local copy instead: ./run.sh download --from DIR"
-    if SHARED_DATA_DIR.is_dir():
-        text += f" (an offline copy is in {SHARED_DATA_DIR})"
+    shared = paths.SHARED_DATA_DIR
+    if shared.is_dir():
+        text += f" (an offline copy is in {shared})"
     return text
 
 

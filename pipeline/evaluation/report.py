@@ -25,7 +25,7 @@ interrupted run leaves the previous report (or none), never half of one.
 
 Example
 -------
->>> report = build_report("submissions/unet.csv", "input/stage1_test")   # doctest: +SKIP
+>>> report = build_report("submissions/unet.csv", "input/stage1_test", None)   # doctest: +SKIP
 >>> report.index_html, report.score                                      # doctest: +SKIP
 (PosixPath('submissions/unet/index.html'), 0.412...)
 """
@@ -302,7 +302,7 @@ def _evaluate(inputs: _Inputs) -> list[ImageResult]:
 
 def evaluate_images(
     submission_csv: str | os.PathLike[str],
-    images_dir: str | os.PathLike[str] = paths.TEST_DIR,
+    images_dir: str | os.PathLike[str] | None = None,
     solution_csv: str | os.PathLike[str] | None = None,
 ) -> list[ImageResult]:
     """Each image's kind, nucleus counts and (with ground truth) score.
@@ -311,8 +311,8 @@ def evaluate_images(
     ----------
     submission_csv : str or Path
         ``ImageId,EncodedPixels``, one row per nucleus.
-    images_dir : str or Path
-        The images, in Kaggle layout.
+    images_dir : str or Path, optional
+        The images, in Kaggle layout; by default ``input/stage1_test`` (`pipeline.paths`).
     solution_csv : str or Path, optional
         The ground truth; without it (or when it lacks some of the images) no score.
 
@@ -326,6 +326,7 @@ def evaluate_images(
     PipelineError
         When a file or the folder is missing or unreadable, or an encoding is invalid.
     """
+    images_dir = paths.TEST_DIR if images_dir is None else images_dir
     inputs = _read_inputs(
         Path(submission_csv), Path(images_dir), None if solution_csv is None else Path(solution_csv)
     )
@@ -774,8 +775,8 @@ def _details(
 
 def build_report(
     submission_csv: str | os.PathLike[str],
-    images_dir: str | os.PathLike[str] = paths.TEST_DIR,
-    solution_csv: str | os.PathLike[str] | None = paths.SOLUTION_CSV,
+    images_dir: str | os.PathLike[str],
+    solution_csv: str | os.PathLike[str] | None,
     out_dir: str | os.PathLike[str] | None = None,
     n: int = 8,
 ) -> Report:

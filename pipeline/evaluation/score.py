@@ -111,7 +111,7 @@ def read_solution(
 
 def score_submission(
     submission_csv: str | os.PathLike[str],
-    solution_csv: str | os.PathLike[str] = paths.SOLUTION_CSV,
+    solution_csv: str | os.PathLike[str] | None = None,
     checked: bool = True,
 ) -> SetScore:
     """Score a submission file against a solution file with the competition metric.
@@ -120,8 +120,9 @@ def score_submission(
     ----------
     submission_csv : str or Path
         ``ImageId,EncodedPixels``, one row per nucleus.
-    solution_csv : str or Path
-        ``ImageId,EncodedPixels,Height,Width,Usage``; ``Ignored`` rows are not scored.
+    solution_csv : str or Path, optional
+        ``ImageId,EncodedPixels,Height,Width,Usage``; ``Ignored`` rows are not scored. By
+        default ``input/stage1_solution.csv`` (`pipeline.paths`).
     checked : bool
         Refuse a submission that leaves an image of the solution out or names an image
         that is not in it (the default); False scores a left-out image as an empty
@@ -144,7 +145,7 @@ def score_submission(
 
 def labelled_pairs(
     submission_csv: str | os.PathLike[str],
-    solution_csv: str | os.PathLike[str] = paths.SOLUTION_CSV,
+    solution_csv: str | os.PathLike[str] | None = None,
     checked: bool = True,
 ) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
     """Decode a submission and its solution, one image at a time, as `score_submission` does.
@@ -159,6 +160,7 @@ def labelled_pairs(
     PipelineError
         As `score_submission`.
     """
+    solution_csv = paths.SOLUTION_CSV if solution_csv is None else solution_csv
     submission_csv, solution_csv = Path(submission_csv), Path(solution_csv)
     solution, ignored = read_solution(solution_csv)
     if not solution:
@@ -233,8 +235,8 @@ def _decoded(
 
 def score_and_record(
     submission_csv: str | os.PathLike[str],
-    solution_csv: str | os.PathLike[str] = paths.SOLUTION_CSV,
-    leaderboard_csv: str | os.PathLike[str] | None = paths.LEADERBOARD_CSV,
+    solution_csv: str | os.PathLike[str],
+    leaderboard_csv: str | os.PathLike[str] | None,
 ) -> float:
     """Score a submission (`score_submission`) and add it to the leaderboard; return the score.
 

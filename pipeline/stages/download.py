@@ -10,9 +10,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline import paths
 from pipeline.data.download import (
     BUNDLE_NAME,
-    INPUT_DIR,
     describe_input,
     download_from_kaggle,
     import_local,
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input",
         dest="input_dir",
         type=Path,
-        default=INPUT_DIR,
+        default=paths.INPUT_DIR,
         metavar="DIR",
         help="folder that receives the unpacked files",
     )

@@ -46,7 +46,7 @@ class JobData:
     sample_submission: Path | None = None
 
 
-def competition_data_present(input_dir: Path = paths.INPUT_DIR) -> bool:
+def competition_data_present(input_dir: Path) -> bool:
     """Whether ``input/`` holds unpacked stage-1 training and test images."""
     from pipeline.data.dataset import list_image_ids
 
@@ -58,7 +58,7 @@ def competition_data_present(input_dir: Path = paths.INPUT_DIR) -> bool:
         return False
 
 
-def find_data(demo: bool, input_dir: Path = paths.INPUT_DIR) -> JobData:
+def find_data(demo: bool, input_dir: Path) -> JobData:
     """Step 1: competition data from ``input/`` or Kaggle, else the synthetic demo set."""
     from pipeline.data import download
 
@@ -134,7 +134,7 @@ def _shown(path: Path) -> str:
     )
 
 
-def choose_model_dir(config: Config, models_dir: Path = paths.MODELS_DIR) -> Path:
+def choose_model_dir(config: Config, models_dir: Path) -> Path:
     """``models/<name>`` if it is free or holds this config's model, else a fingerprinted one."""
     from pipeline.learning.model_store import SCORES_FILE, read_json
 
@@ -260,10 +260,10 @@ def run_main_job(
     demo: bool = False,
     retrain: bool = False,
     device: str = "auto",
-    input_dir: Path = paths.INPUT_DIR,
-    models_dir: Path = paths.MODELS_DIR,
-    submissions_dir: Path = paths.SUBMISSIONS_DIR,
-    leaderboard_csv: Path = paths.LEADERBOARD_CSV,
+    input_dir: Path | None = None,
+    models_dir: Path | None = None,
+    submissions_dir: Path | None = None,
+    leaderboard_csv: Path | None = None,
     command: str | None = None,
     stage: int = 1,
     resume: bool = False,
@@ -274,8 +274,13 @@ def run_main_job(
     the submission against ``stage2_sample_submission_final.csv`` and scores nothing.
 
     ``command`` is recorded in a newly trained model's ``scores.json`` as the command that
-    trained it; by default the ``./run.sh`` line these arguments stand for.
+    trained it; by default the ``./run.sh`` line these arguments stand for. The folders
+    left out are the pipeline's own (`pipeline.paths`), resolved when it starts.
     """
+    input_dir = paths.INPUT_DIR if input_dir is None else input_dir
+    models_dir = paths.MODELS_DIR if models_dir is None else models_dir
+    submissions_dir = paths.SUBMISSIONS_DIR if submissions_dir is None else submissions_dir
+    leaderboard_csv = paths.LEADERBOARD_CSV if leaderboard_csv is None else leaderboard_csv
     data = stage2_data(input_dir) if stage == 2 else find_data(demo, input_dir)
     if data.demo and config.name == "default":
         config = preset("demo")
