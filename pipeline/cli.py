@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline import __version__
 from pipeline.config import SECTIONS
 from pipeline.errors import PipelineError
 
@@ -67,6 +68,8 @@ def _usage() -> str:
     width = max(len(name) for name in STAGES)
     lines = [
         "usage: ./run.sh [STAGE] [OPTIONS]      (./run.sh test runs the test suite)",
+        "       dsb2018 [STAGE] [OPTIONS]       (the same, installed with pip)",
+        "       ./run.sh --version",
         "",
         "Nucleus segmentation for the Kaggle 2018 Data Science Bowl.",
         "Without a stage, runs the main job. Every stage has --help.",
@@ -246,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv and argv[0] == "--version":
+        print(f"dsb2018 {__version__}")
         return 0
     if argv and not argv[0].startswith("-"):
         stage, rest = argv[0], argv[1:]
