@@ -137,7 +137,7 @@ def _weights(path: Path) -> dict[str, bytes]:
 
 
 def test_two_processes_train_one_model_together(tiny_demo, tmp_path):
-    """Multi-host training as the README gives it, with both hosts on this machine: two
+    """Multi-host training as docs/scaling.md gives it, with both hosts on this machine: two
     JAX processes of one CPU device each join on a coordinator address, each feeds its
     half of every global batch; both end with the weights of one process training on 2
     devices, process 1 in its own ``-process1`` folder beside the shared ``--out``."""

@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N|all",
         help="train data-parallel on N devices (all: every GPU the backend sees): each "
         "step's --batch-size is split evenly over them; the learning rate stays that of "
-        "the global batch (see the README)",
+        "the global batch (see docs/scaling.md)",
     )
     data.add_argument(
         "--no-tune",
