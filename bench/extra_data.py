@@ -284,11 +284,11 @@ def run_finetune() -> dict:
     order = np.random.default_rng(0).permutation(len(test_split))
     tune_ids = sorted(test_split[i] for i in order[:5])
     score_ids = sorted(test_split[i] for i in order[5:])
-    work = ROOT / "bench" / "finetune-monuseg"
-    _link_samples(tune_ids, work / "train")
-    _link_samples(score_ids, work / "score")
+    work = Path("bench") / "finetune-monuseg"  # the commands run from the repository root
+    _link_samples(tune_ids, ROOT / work / "train")
+    _link_samples(score_ids, ROOT / work / "score")
     solution = work / "score_solution.csv"
-    _solution_csv(score_ids, solution)
+    _solution_csv(score_ids, ROOT / solution)
     before = _score_on("models/default", work / "score", solution, "finetune-before")
     model = f"{MODELS}/finetune-monuseg"
     command = [RUN, "train", "--init", "models/default", "--images", str(work / "train")]
