@@ -388,3 +388,25 @@ def test_a_resumed_run_refuses_extra_sets_that_changed(tmp_path):
         _check_same_extra_sets(split, [changed], tmp_path)
     with pytest.raises(PipelineError, match=r"\(s changed, added or missing\)"):
         _check_same_extra_sets(split, [], tmp_path)
+
+
+def test_extra_sets_come_from_the_command_line_only(tiny_model, tmp_path):
+    """./run.sh train without --extra trains on --images alone, whatever the preset or the
+    --init model was trained with; --config keeps the file's sets."""
+    import argparse
+
+    from pipeline.config import Config
+    from pipeline.stages.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with_extra = tmp_path / "with-extra"
+    shutil.copytree(tiny_model, with_extra)
+    config = Config.load(with_extra / "config.json")
+    config.train.extra = "lpc"
+    config.save(tmp_path / "config.json")
+    assert config_from_args(parser.parse_args(["--init", str(tiny_model)])).train.extra == ""
+    given = parser.parse_args(["--init", str(tiny_model), "--extra", "a", "--extra", "b"])
+    assert config_from_args(given).train.extra == "a,b"
+    from_file = parser.parse_args(["--config", str(tmp_path / "config.json")])
+    assert config_from_args(from_file).train.extra == "lpc"

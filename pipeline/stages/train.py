@@ -92,6 +92,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config.name = f"{args.init.name}-finetuned"
     else:
         config = preset(args.preset or ("demo" if args.demo else "default"))
+    if args.config is None:
+        # Extra sets come from the command line only: ./run.sh train (a preset's or an
+        # --init model's recipe) trains on --images alone unless --extra names more.
+        config.train.extra = ""
     for section in ("model", "train"):
         for key, value in config_overrides(args, section).items():
             if value is not None:
