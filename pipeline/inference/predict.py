@@ -396,6 +396,32 @@ def write_label_image(labels_dir: Path, image_id: str, labels: np.ndarray) -> Pa
     return target
 
 
+def write_outline_files(
+    rois_dir: Path | None,
+    geojson_dir: Path | None,
+    image_id: str,
+    labels: np.ndarray,
+    measurements: pd.DataFrame | None,
+) -> None:
+    """Write one image's nuclei (labels ``1..n``) as an ImageJ ROI set
+    ``<rois_dir>/<image_id>_rois.zip`` and as QuPath GeoJSON
+    ``<geojson_dir>/<image_id>.geojson`` with their ``measurements``
+    (`pipeline.inference.outlines`); each only when its folder is given, atomically."""
+    from pipeline.fileio import atomic_path, atomic_write_text
+
+    if rois_dir is not None:
+        from pipeline.inference.outlines import imagej_roi_set
+
+        with atomic_path(Path(rois_dir) / f"{image_id}_rois.zip") as tmp:
+            tmp.write_bytes(imagej_roi_set(labels))
+    if geojson_dir is not None:
+        from pipeline.inference.outlines import geojson_text
+
+        atomic_write_text(
+            Path(geojson_dir) / f"{image_id}.geojson", geojson_text(labels, measurements)
+        )
+
+
 def consecutive_labels(labels: np.ndarray) -> np.ndarray:
     """``labels`` numbered ``1..n`` in their order (unchanged when they already are).
 
@@ -413,8 +439,10 @@ def consecutive_labels(labels: np.ndarray) -> np.ndarray:
 
 class PredictionOutputs:
     """Where each image's nuclei go: the submission CSV (always), and optionally a label
-    image per image (`write_label_image`) and one measurements table (a CSV, one row per
-    nucleus, ``image`` first, then `pipeline.inference.measure.COLUMNS`).
+    image per image (`write_label_image`), one measurements table (a CSV, one row per
+    nucleus, ``image`` first, then `pipeline.inference.measure.COLUMNS`), an ImageJ ROI set
+    per image (``<rois_dir>/<image_id>_rois.zip``) and a QuPath GeoJSON file per image
+    (``<geojson_dir>/<image_id>.geojson``, `write_outline_files`).
 
     A ``with`` block: the CSV and the table appear, atomically, when it ends without an
     error; label images are written one by one as they come.
@@ -426,6 +454,8 @@ class PredictionOutputs:
         labels_dir: Path | None = None,
         measurements_csv: Path | None = None,
         resume_key: str | None = None,
+        rois_dir: Path | None = None,
+        geojson_dir: Path | None = None,
     ) -> None:
         from pipeline.data.submission import ResumableSubmissionWriter, SubmissionWriter
 
@@ -441,7 +471,14 @@ class PredictionOutputs:
         )
         self.labels_dir = labels_dir
         self.measurements_csv = measurements_csv
+        self.rois_dir = rois_dir
+        self.geojson_dir = geojson_dir
         self._tables: list[pd.DataFrame] = []
+
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether an image's stored pixels are needed (its nuclei are measured)."""
+        return self.measurements_csv is not None or self.geojson_dir is not None
 
     def __enter__(self) -> PredictionOutputs:
         self.writer.__enter__()
@@ -467,14 +504,18 @@ class PredictionOutputs:
         """Add one image's labels (``pixels``: its values as stored, for the measurements);
         returns its number of nuclei."""
         n_nuclei = self.writer.add(image_id, labels)
-        if self.labels_dir is not None or self.measurements_csv is not None:
+        folders = (self.labels_dir, self.rois_dir, self.geojson_dir)
+        if self.measurements_csv is not None or any(f is not None for f in folders):
             labels = consecutive_labels(labels)  # the k-th CSV row of the image is label k
         if self.labels_dir is not None:
             write_label_image(self.labels_dir, image_id, labels)
-        if self.measurements_csv is not None:
+        table = None
+        if self.needs_pixels:
             from pipeline.inference.measure import measure_nuclei
 
             table = measure_nuclei(labels, pixels)
+        write_outline_files(self.rois_dir, self.geojson_dir, image_id, labels, table)
+        if self.measurements_csv is not None:
             table.insert(0, "image", image_id)
             self._tables.append(table)
         return n_nuclei

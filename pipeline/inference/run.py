@@ -70,7 +70,7 @@ def _predict_into(
             for image_file, labels, pixels in predictions:
                 outputs.add(image_file.image_id, labels, pixels)
         return
-    with_pixels = outputs.measurements_csv is not None
+    with_pixels = outputs.needs_pixels
     with open_client(dask) as client:
         predictions = iter_dask_predictions(client, request, todo, chunk_images, with_pixels, done)
         with contextlib.closing(predictions):
@@ -124,6 +124,8 @@ def run_prediction(
     dask: str | None = None,
     chunk_images: int = CHUNK_IMAGES,
     edited_ok: bool = False,
+    rois_dir: Path | None = None,
+    geojson_dir: Path | None = None,
 ) -> Path:
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
@@ -132,7 +134,8 @@ def run_prediction(
     saved prediction settings (threshold, min_size, fill_holes, tta, heads, batch_size).
     Writes the submission atomically, with a sidecar ``.json`` naming the model, config and
     commit; with ``labels_dir`` a label image per image (`write_label_image`), with
-    ``measurements_csv`` one table of measurements (`PredictionOutputs`). With ``resume``
+    ``measurements_csv`` one table of measurements, with ``rois_dir`` an ImageJ ROI set and
+    with ``geojson_dir`` a QuPath GeoJSON file per image (`PredictionOutputs`). With ``resume``
     a run that was interrupted goes on after its last complete image, when the model,
     settings and images are the same (`pipeline.data.submission.ResumableSubmissionWriter`).
     The outputs are checked before any work (`check_outputs`): ``out_csv`` replaces only a
@@ -151,19 +154,28 @@ def run_prediction(
     out_csv = Path(out_csv)
     ids = [image_file.image_id for image_file in found.files]
     inputs = [(images_dir, "--images"), (model_dir, "the model")]
-    check_outputs(out_csv, labels_dir, measurements_csv, force, inputs, ids)
-    locks = [(out_csv, "--out"), (measurements_csv, "--measurements"), (labels_dir, "--labels-out")]
+    check_outputs(out_csv, labels_dir, measurements_csv, force, inputs, ids, rois_dir, geojson_dir)
+    folders = [
+        (labels_dir, "--labels-out"),
+        (rois_dir, "--rois-out"),
+        (geojson_dir, "--geojson-out"),
+    ]
+    locks = [(out_csv, "--out"), (measurements_csv, "--measurements"), *folders]
     with output_locks(locks):
         model, config = _model_and_config(model_dir, overrides, device, tuned, dask, edited_ok)
         log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
         key = _run_key(model_dir, config, found.files) if resume else None
         request = (Path(model_dir), overrides or {}, device, tuned)
-        if labels_dir is not None:
-            record_label_folder(labels_dir, ids)
-        with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
+        for folder, option in folders:
+            if folder is not None:
+                record_label_folder(folder, ids, option)
+        with PredictionOutputs(
+            out_csv, labels_dir, measurements_csv, key, rois_dir, geojson_dir
+        ) as outputs:
             _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
         _write_metadata(out_csv, model_dir, config, images_dir, found.layout)
     log.info("wrote %s", out_csv)
-    if labels_dir is not None:
-        log.info("wrote %d label images into %s", len(found.files), labels_dir)
+    for folder, option in folders:
+        if folder is not None:
+            log.info("wrote %d files (%s) into %s", len(found.files), option, folder)
     return out_csv

@@ -1,5 +1,6 @@
 """Stage ``predict``: a folder of images (Kaggle layout or plain) or one image file to a
-checked submission CSV, and on request label images and a measurements table.
+checked submission CSV, and on request label images, a measurements table, Fiji ROI sets
+and QuPath GeoJSON files.
 
 Its options and ``main``; the work is done by
 ``pipeline.inference.predict``.
@@ -58,6 +59,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write one table, a row per nucleus: image (the ImageId), label, area, "
         "centroid_row, centroid_col, mean_intensity (on the image's own pixel values, "
         "grey = mean of the channels, before any 8-bit normalisation), eccentricity, solidity",
+    )
+    io.add_argument(
+        "--rois-out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write an ImageJ ROI set per input into DIR: <ImageId>_rois.zip, one "
+        "polygon ROI per nucleus along its pixels' edges, named by its label, in the order "
+        "of the CSV rows (Fiji: ROI Manager > More > Open; a nucleus' holes are covered)",
+    )
+    io.add_argument(
+        "--geojson-out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write a GeoJSON file per input into DIR: <ImageId>.geojson, one Polygon "
+        "feature per nucleus as QuPath imports it (a detection classified Nucleus, holes "
+        "kept, the measurements of --measurements as its measurements; QuPath: drag it "
+        "onto the image)",
     )
     io.add_argument(
         "--demo",
@@ -171,6 +191,8 @@ def main(args: argparse.Namespace) -> int:
         force=args.force,
         dask=args.dask,
         edited_ok=args.force_edited,
+        rois_dir=args.rois_out,
+        geojson_dir=args.geojson_out,
     )
     if not args.no_check:
         _check(Path(out_csv), found)
