@@ -79,9 +79,11 @@ class Segmentation:
         }
 
     def files(self) -> dict[str, str]:
-        """The pictures and downloads of the page, base64 (PNGs) or text (CSVs)."""
+        """The pictures and downloads of the page, base64 (PNGs, the ROI set's ZIP) or
+        text (CSVs, GeoJSON), as ``predict`` writes them (the labels numbered ``1..n``)."""
         from pipeline.data.images import encode_label_image
         from pipeline.data.submission import HEADER, submission_rows
+        from pipeline.inference.outlines import geojson_text, imagej_roi_set
 
         image_id = image_id_of(self.name)
         suffix, labels_bytes = encode_label_image(self.labels)
@@ -94,6 +96,10 @@ class Segmentation:
             "labels_file": _base64(labels_bytes),
             "measurements_csv": measurements.to_csv(index=False),
             "rle_csv": ",".join(HEADER) + "\n" + submission_rows(image_id, self.encodings),
+            "rois_name": f"{image_id}_rois.zip",
+            "rois_zip": _base64(imagej_roi_set(self.labels)),
+            "geojson_name": f"{image_id}.geojson",
+            "geojson": geojson_text(self.labels, self.measurements),
         }
 
 
