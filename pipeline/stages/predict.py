@@ -60,6 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "centroid_row, centroid_col, mean_intensity (on the image's own pixel values, "
         "grey = mean of the channels, before any 8-bit normalisation), eccentricity, solidity",
     )
+    _add_outline_arguments(io)
+    io.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the synthetic demo set (input/demo) and its model (models/demo)",
+    )
+    _add_run_arguments(parser.add_argument_group("run"))
+    add_config_arguments(parser, "predict", "prediction")
+
+
+def _add_outline_arguments(io: argparse._ArgumentGroup) -> None:
+    """The outputs for Fiji and QuPath: a ROI set and a GeoJSON file per image."""
     io.add_argument(
         "--rois-out",
         type=Path,
@@ -79,13 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "kept, the measurements of --measurements as its measurements; QuPath: drag it "
         "onto the image)",
     )
-    io.add_argument(
-        "--demo",
-        action="store_true",
-        help="use the synthetic demo set (input/demo) and its model (models/demo)",
-    )
-    _add_run_arguments(parser.add_argument_group("run"))
-    add_config_arguments(parser, "predict", "prediction")
 
 
 def _add_run_arguments(run: argparse._ArgumentGroup) -> None:
