@@ -84,7 +84,9 @@ def test_health_and_model(client, model_dir):
     assert client.get("/api/health").json() == {"status": "ok", "model": "tiny", "waiting": 0}
     model = client.get("/api/model").json()
     assert model["name"] == "tiny" and model["config"]["name"] == "demo"
-    assert set(model["settings"]) == {"method", "threshold", "marker_threshold", "min_size", "tta"}
+    assert set(model["settings"]) == {
+        "method", "threshold", "marker_threshold", "min_size", "tta", "diameter"
+    }  # fmt: skip
     assert isinstance(model["validation_score"], float)
 
 

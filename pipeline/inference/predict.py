@@ -119,11 +119,21 @@ def predict_probabilities(
 
     A model with several output heads gives the mean of its heads, or the one head that
     ``config.predict.heads`` names. A model trained with ``resize_policy="nucleus"`` sees
-    each image rescaled by its estimated nucleus size (`_predict_nucleus_scaled`).
+    each image rescaled by its estimated nucleus size (`_predict_nucleus_scaled`). With
+    ``config.predict.diameter`` (the user's typical nucleus diameter), every image is
+    rescaled by ``train.nucleus_diameter / diameter`` (within
+    `pipeline.inference.scale.FACTOR_LIMITS` and ``MAX_SCALED_PIXELS``) instead.
     ``on_image`` is called once per image as soon as its probabilities are done (a
     progress bar's tick).
     """
     tta = config.predict.tta if tta is None else tta
+    if config.predict.diameter > 0 and config.train.resize_policy != "resize":
+        # The user's nucleus size to the model's training size (`prediction_config` put
+        # the model's median training diameter in nucleus_diameter): one scale.
+        from pipeline.inference.scale import scale_factor
+
+        factor = scale_factor(config.predict.diameter, config.train.nucleus_diameter)
+        return _predict_most_confident_scale(model, images, config, tta, (factor,), on_image)
     factors = scale_factors(config.predict.scales)
     # Test-time scales are for models trained at the images' own scale; the other
     # policies set the scale themselves (`prediction_config` refuses --scales for them).
@@ -554,7 +564,34 @@ def prediction_config(
             f"{model_dir}: --scales {asked} needs a model trained at the images' own scale "
             f"(resize_policy native); this one's is {policy}, which sets the scale itself"
         )
+    _resolve_diameter(model_dir, config, asked)
     return config
+
+
+def _resolve_diameter(model_dir: Path, config: Config, asked_scales: str | None) -> None:
+    """Put the median nucleus diameter the model was trained on into
+    ``config.train.nucleus_diameter`` (`pipeline.learning.nucleus_size`), the size that
+    ``config.predict.diameter`` rescales images to; refuse a diameter the model cannot use."""
+    from pipeline.learning.nucleus_size import training_median_diameter
+
+    diameter = config.predict.diameter
+    if config.train.resize_policy == "resize":
+        if diameter > 0:
+            raise PipelineError(
+                f"{model_dir}: --diameter needs a model that predicts at the images' own "
+                "scale; this one resizes every image to its crop size (resize_policy resize)"
+            )
+        return
+    trained, source = training_median_diameter(model_dir, config)
+    config.train.nucleus_diameter = trained
+    if diameter <= 0:
+        return
+    if asked_scales is not None and scale_factors(asked_scales) != (1.0,):
+        raise PipelineError("--diameter sets the scale itself: leave out --scales")
+    log.info(
+        "nuclei of %g pixels across rescaled to the %.3g pixels the model was trained on (%s)",
+        diameter, trained, source,
+    )  # fmt: skip
 
 
 def load_for_prediction(

@@ -29,8 +29,8 @@ from pipeline.config import PredictConfig
 from pipeline.errors import PipelineError
 
 #: The settings a request may change, and those the page shows.
-REQUEST_SETTINGS = ("method", "threshold", "marker_threshold", "min_size", "tta")
-PAGE_SETTINGS = ("threshold", "min_size", "tta")
+REQUEST_SETTINGS = ("method", "threshold", "marker_threshold", "min_size", "tta", "diameter")
+PAGE_SETTINGS = ("threshold", "min_size", "tta", "diameter")
 #: File signatures of the accepted types.
 SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -254,6 +254,12 @@ class Segmenter:
         from pipeline.inference.measure import measure_nuclei
         from pipeline.inference.predict import predict_labels
 
+        if settings.get("diameter") and self.config.train.resize_policy == "resize":
+            raise UploadError(
+                "diameter: this model resizes every image to its crop size; it cannot "
+                "rescale by a nucleus diameter",
+                status=422,
+            )
         rgb, original = decode_upload(data, name)
         config = copy.deepcopy(self.config)
         for key, value in settings.items():
