@@ -10,7 +10,7 @@ images (`record_training_nuclei`): the equivalent diameter (of a disc of the sam
 every nucleus of the training images as the network sees them, median over all. A model
 without the record (``models/default``, trained before it existed) falls back to
 `STAGE1_TRAIN_MEDIAN_DIAMETER`, measured once by the same function on that model's own
-training split (`split_median_diameter`; ``python bench/diameter.py --training-median``).
+training split (`split_median_diameter`; the command is in docs/your-images.md).
 """
 
 from __future__ import annotations
