@@ -163,6 +163,32 @@ def check_tile_size(text: str | int) -> int:
     )
 
 
+#: The largest nucleus diameter ``--diameter`` takes, in pixels.
+MAX_DIAMETER = 1000.0
+
+
+def check_diameter(value: str | float) -> float:
+    """``diameter`` as ``PredictConfig.diameter`` holds it: 0 (off: each image at the
+    model's own choice of scale), or a nucleus diameter in pixels, up to `MAX_DIAMETER`.
+    Given as text (a flag, a request) it must be a diameter: ``0`` there is refused, as
+    leaving the flag out is the way to keep the model's scale.
+
+    >>> check_diameter("60"), check_diameter(0.0)
+    (60.0, 0.0)
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    given = isinstance(value, str)
+    if math.isfinite(number) and (0 < number <= MAX_DIAMETER or (number == 0 and not given)):
+        return number
+    raise PipelineError(
+        f"diameter must be a typical nucleus diameter in pixels, above 0 and at most "
+        f"{MAX_DIAMETER:g}, got {value!r} (leave it out to keep the model's scale)"
+    )
+
+
 def split_list(text: str) -> list[str]:
     """The entries of a comma-separated setting, stripped, empty ones left out.
 
@@ -438,6 +464,19 @@ class PredictConfig:
         parse=check_scales,
         group="network output",
         metavar="S[,S...]",
+    )
+    diameter: float = setting(
+        0.0,
+        "the typical nucleus diameter of your images, in pixels (Cellpose's --diameter): "
+        "each image is rescaled so that it matches the median diameter the model was "
+        "trained on (recorded in its folder; stage1_train's 19.9 for a model without the "
+        "record), predicted, and brought back to its own size; replaces the model's "
+        "test-time scales. Left out (0): the model's own scale",
+        low=0,
+        high=MAX_DIAMETER,
+        parse=check_diameter,
+        group="network output",
+        metavar="PX",
     )
     tile_size: int = setting(
         1024,

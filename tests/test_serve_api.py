@@ -84,7 +84,9 @@ def test_health_and_model(client, model_dir):
     assert client.get("/api/health").json() == {"status": "ok", "model": "tiny", "waiting": 0}
     model = client.get("/api/model").json()
     assert model["name"] == "tiny" and model["config"]["name"] == "demo"
-    assert set(model["settings"]) == {"method", "threshold", "marker_threshold", "min_size", "tta"}
+    assert set(model["settings"]) == {
+        "method", "threshold", "marker_threshold", "min_size", "tta", "diameter"
+    }  # fmt: skip
     assert isinstance(model["validation_score"], float)
 
 
@@ -128,6 +130,34 @@ def test_files_are_the_page_pictures_and_downloads(client):
     picture = Image.open(io.BytesIO(base64.b64decode(files["image_png"])))
     outlines = Image.open(io.BytesIO(base64.b64decode(files["outlines_png"])))
     assert picture.size == outlines.size == (96, 80) and outlines.mode == "RGBA"
+
+
+def test_files_hold_the_fiji_rois_and_qupath_geojson_of_the_labels(client, tmp_path):
+    """The page's fourth and fifth downloads: as ``predict --rois-out/--geojson-out``
+    write them, one polygon per nucleus in label order, each giving its nucleus back."""
+    import json
+
+    from roifile import roiread
+
+    from pipeline.inference.measure import measure_nuclei
+    from pipeline.inference.outlines import geojson_text, imagej_roi_set
+
+    body = _post(client, _encoded(_nuclei_image(), "PNG"), include="files").json()
+    files = body["files"]
+    labels = np.asarray(Image.open(io.BytesIO(base64.b64decode(files["labels_file"]))))
+    labels = labels.astype(np.int32)
+    assert body["count"] > 0
+    assert (files["rois_name"], files["geojson_name"]) == ("cells_rois.zip", "cells.geojson")
+    rois_zip = base64.b64decode(files["rois_zip"])
+    assert rois_zip == imagej_roi_set(labels)
+    (tmp_path / "cells_rois.zip").write_bytes(rois_zip)
+    names = [roi.name for roi in roiread(tmp_path / "cells_rois.zip")]
+    assert names == [str(k) for k in range(1, body["count"] + 1)]
+    features = json.loads(files["geojson"])["features"]
+    assert [f["properties"]["name"] for f in features] == names
+    areas = [f["properties"]["measurements"]["area"] for f in features]
+    assert areas == [float(n["area"]) for n in body["nuclei"]]
+    assert files["geojson"] == geojson_text(labels, measure_nuclei(labels, _nuclei_image()))
 
 
 @pytest.mark.parametrize(

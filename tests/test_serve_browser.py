@@ -109,6 +109,29 @@ def _predicted_count(image_dir: Path, image_id: str, out_csv: Path) -> int:
     return sum(1 for row in rows if row.startswith(f"{image_id},") and row.split(",")[1])
 
 
+def _check_rois_and_geojson(browser, card, count: int) -> None:
+    """The page's Fiji ROI set and QuPath GeoJSON downloads hold one polygon per nucleus."""
+    import json
+    import zipfile
+
+    from roifile import ImagejRoi
+    from selenium.webdriver.common.by import By
+
+    rois = card.find_element(By.CSS_SELECTOR, "a.download-rois")
+    assert rois.get_attribute("download").endswith("_rois.zip")
+    data = base64.b64decode(rois.get_attribute("href").split(",", 1)[1])
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = [ImagejRoi.frombytes(archive.read(n)).name for n in archive.namelist()]
+    assert names == [str(k) for k in range(1, count + 1)]
+    geojson = card.find_element(By.CSS_SELECTOR, "a.download-geojson")
+    assert geojson.get_attribute("download").endswith(".geojson")
+    text = browser.execute_async_script(
+        "const done = arguments[1]; fetch(arguments[0]).then(r => r.text()).then(done);",
+        geojson.get_attribute("href"),
+    )
+    assert len(json.loads(text)["features"]) == count
+
+
 def _check_page(browser, card, count_expected: int, screenshot: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -123,6 +146,7 @@ def _check_page(browser, card, count_expected: int, screenshot: Path) -> None:
     card.find_element(By.CSS_SELECTOR, "input.toggle-outlines").click()
     labels = _downloaded_labels(card)
     assert len(np.unique(labels[labels > 0])) == count
+    _check_rois_and_geojson(browser, card, count)
     area = card.find_elements(By.CSS_SELECTOR, "table.nuclei th")[1]
     area.click()  # sorted by area, ascending
     cells = card.find_elements(By.CSS_SELECTOR, "table.nuclei tbody td:nth-child(2)")

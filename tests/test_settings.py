@@ -33,6 +33,8 @@ RUN_OPTIONS = {
         "--no-check",
         "--untuned",
         "--labels-out",
+        "--rois-out",
+        "--geojson-out",
         "--measurements",
         "--resume",
         "--force",

@@ -2,8 +2,9 @@
 
 The submission replaces only a submission this pipeline wrote (its sidecar ``.json``,
 `pipeline.data.submission.check_submission_target`); the measurements table only a table
-this pipeline wrote (its header is `MEASUREMENTS_HEADER`); a label image only one this
-pipeline wrote into that folder (listed in the folder's `LABELS_MANIFEST`). Anything else
+this pipeline wrote (its header is `MEASUREMENTS_HEADER`); a label image, ROI set or
+GeoJSON file only one this pipeline wrote into that folder (listed in the folder's
+manifest, `FOLDER_OUTPUTS`). Anything else
 needs ``--force``. No output is an input (the images, the model) or another output
 (`pipeline.outputs.check_not_input`).
 """
@@ -12,11 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_write_text, check_not_special, check_writable_file
+from pipeline.fileio import (
+    atomic_write_text,
+    check_not_special,
+    check_writable_file,
+    temporary_prefix,
+)
 from pipeline.inference.measure import COLUMNS
 from pipeline.outputs import check_not_input, check_replaceable
 
@@ -24,10 +32,15 @@ log = logging.getLogger(__name__)
 
 #: The first line of a measurements table this pipeline wrote.
 MEASUREMENTS_HEADER = ",".join(["image", *COLUMNS])
-#: The file in a ``--labels-out`` folder that lists the images whose labels the pipeline
-#: writes there; a label image of another name is not replaced without ``--force``.
-LABELS_MANIFEST = "pipeline-labels.json"
-LABEL_SUFFIXES = (".png", ".tif")
+#: The outputs that write a file per image into a folder: the option, the file in the
+#: folder that lists the images whose files the pipeline writes there (a file of another
+#: image is not replaced without ``--force``), and the suffixes of an image's file.
+FOLDER_OUTPUTS = {
+    "--labels-out": ("pipeline-labels.json", (".png", ".tif")),
+    "--rois-out": ("pipeline-rois.json", ("_rois.zip",)),
+    "--geojson-out": ("pipeline-geojson.json", (".geojson",)),
+}
+LABELS_MANIFEST, LABEL_SUFFIXES = FOLDER_OUTPUTS["--labels-out"]
 
 
 def _own_measurements(path: Path) -> bool:
@@ -38,49 +51,78 @@ def _own_measurements(path: Path) -> bool:
         return False
 
 
-def labels_written_before(labels_dir: Path) -> set[str]:
-    """The ImageIds whose label images this pipeline wrote into ``labels_dir`` (its
-    `LABELS_MANIFEST`; empty when there is none or it is not the pipeline's)."""
+def labels_written_before(folder: Path, option: str = "--labels-out") -> set[str]:
+    """The ImageIds whose files this pipeline wrote into ``folder``, the folder of output
+    ``option`` (its manifest in `FOLDER_OUTPUTS`; empty when there is none or it is not
+    the pipeline's)."""
+    manifest_name = FOLDER_OUTPUTS[option][0]
     try:
-        manifest = json.loads((Path(labels_dir) / LABELS_MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((Path(folder) / manifest_name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
     images = manifest.get("images") if isinstance(manifest, dict) else None
     return {name for name in images if isinstance(name, str)} if isinstance(images, list) else set()
 
 
-def check_label_folder(labels_dir: Path, image_ids: Sequence[str], force: bool) -> None:
-    """Refuse a ``--labels-out`` folder in which a label image would replace a file this
-    pipeline did not write there, unless ``force``."""
-    labels_dir = Path(labels_dir)
-    check_not_special(labels_dir, "--labels-out")
-    if labels_dir.exists() and not labels_dir.is_dir():
-        raise PipelineError(f"{labels_dir}: is a file; --labels-out takes a folder")
-    if not labels_dir.is_dir():
+def check_label_folder(
+    folder: Path, image_ids: Sequence[str], force: bool, option: str = "--labels-out"
+) -> None:
+    """Refuse the folder of output ``option`` (``--labels-out``, ``--rois-out``,
+    ``--geojson-out``) when an image's file would replace one this pipeline did not write
+    there, unless ``force``; refuse a folder that cannot be made or written."""
+    folder = Path(folder)
+    check_not_special(folder, option)
+    if folder.exists() and not folder.is_dir():
+        raise PipelineError(f"{folder}: is a file; {option} takes a folder")
+    _check_folder_writable(folder, option)
+    if not folder.is_dir():
         return
-    own = labels_written_before(labels_dir)
+    manifest_name, suffixes = FOLDER_OUTPUTS[option]
+    own = labels_written_before(folder, option)
     foreign = [
-        labels_dir / f"{image_id}{suffix}"
+        folder / f"{image_id}{suffix}"
         for image_id in image_ids
-        for suffix in LABEL_SUFFIXES
-        if image_id not in own and (labels_dir / f"{image_id}{suffix}").exists()
+        for suffix in suffixes
+        if image_id not in own and (folder / f"{image_id}{suffix}").exists()
     ]
     for path in foreign:
-        check_not_special(path, "--labels-out")
+        check_not_special(path, option)
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         check_replaceable(
-            foreign[0], "--labels-out", False, force, f"not listed in its {LABELS_MANIFEST}{more}"
+            foreign[0], option, False, force, f"not listed in its {manifest_name}{more}"
         )
 
 
-def record_label_folder(labels_dir: Path, image_ids: Sequence[str]) -> None:
-    """List ``image_ids`` in ``labels_dir``'s `LABELS_MANIFEST` (with those listed before),
-    before any label image is written: a run killed midway leaves only listed files."""
-    labels_dir = Path(labels_dir)
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    images = sorted(labels_written_before(labels_dir) | set(image_ids))
-    atomic_write_text(labels_dir / LABELS_MANIFEST, json.dumps({"images": images}) + "\n")
+def _check_folder_writable(folder: Path, option: str) -> None:
+    """Refuse an output folder that cannot be written to, or cannot be made: a file is
+    made and removed in it, or in its nearest existing parent (nothing is left behind)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix("probe"), dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise PipelineError(
+            f"{folder}: cannot be written ({option}): {error.strerror or error}"
+        ) from error
+
+
+def record_label_folder(
+    folder: Path, image_ids: Sequence[str], option: str = "--labels-out"
+) -> None:
+    """List ``image_ids`` in the manifest of ``folder``, the folder of output ``option``
+    (with those listed before), before any file is written: a run killed midway leaves
+    only listed files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = sorted(labels_written_before(folder, option) | set(image_ids))
+    manifest_name = FOLDER_OUTPUTS[option][0]
+    atomic_write_text(folder / manifest_name, json.dumps({"images": images}) + "\n")
 
 
 def check_outputs(
@@ -90,9 +132,12 @@ def check_outputs(
     force: bool,
     inputs: Sequence[tuple[Path | None, str]] = (),
     image_ids: Sequence[str] = (),
+    rois_dir: Path | None = None,
+    geojson_dir: Path | None = None,
 ) -> None:
     """Refuse, before the model is loaded, what would fail after the work or replace what
-    is not the pipeline's: an output that cannot be written, one that is an input
+    is not the pipeline's (the folders of ``labels_dir``, ``rois_dir`` and ``geojson_dir``
+    hold a file per image, `FOLDER_OUTPUTS`): an output that cannot be written, one that is an input
     (``inputs``: ``(path, what)`` pairs) or another output, one that replaces a file the
     pipeline did not write (unless ``force``), a device (even with ``force``)."""
     from pipeline.data.submission import check_submission_target
@@ -104,6 +149,8 @@ def check_outputs(
         (out_csv, "--out"),
         (measurements_csv, "--measurements"),
         (labels_dir, "--labels-out"),
+        (rois_dir, "--rois-out"),
+        (geojson_dir, "--geojson-out"),
     ]
     for number, (output, option) in enumerate(outputs):
         others = [(path, f"the {what} output") for path, what in outputs[:number]]
@@ -117,5 +164,6 @@ def check_outputs(
             force,
             f"its first line is not {MEASUREMENTS_HEADER!r}",
         )
-    if labels_dir is not None:
-        check_label_folder(Path(labels_dir), image_ids, force)
+    for folder, option in outputs[2:]:
+        if folder is not None:
+            check_label_folder(Path(folder), image_ids, force, option)

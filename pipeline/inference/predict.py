@@ -119,11 +119,21 @@ def predict_probabilities(
 
     A model with several output heads gives the mean of its heads, or the one head that
     ``config.predict.heads`` names. A model trained with ``resize_policy="nucleus"`` sees
-    each image rescaled by its estimated nucleus size (`_predict_nucleus_scaled`).
+    each image rescaled by its estimated nucleus size (`_predict_nucleus_scaled`). With
+    ``config.predict.diameter`` (the user's typical nucleus diameter), every image is
+    rescaled by ``train.nucleus_diameter / diameter`` (within
+    `pipeline.inference.scale.FACTOR_LIMITS` and ``MAX_SCALED_PIXELS``) instead.
     ``on_image`` is called once per image as soon as its probabilities are done (a
     progress bar's tick).
     """
     tta = config.predict.tta if tta is None else tta
+    if config.predict.diameter > 0 and config.train.resize_policy != "resize":
+        # The user's nucleus size to the model's training size (`prediction_config` put
+        # the model's median training diameter in nucleus_diameter): one scale.
+        from pipeline.inference.scale import scale_factor
+
+        factor = scale_factor(config.predict.diameter, config.train.nucleus_diameter)
+        return _predict_most_confident_scale(model, images, config, tta, (factor,), on_image)
     factors = scale_factors(config.predict.scales)
     # Test-time scales are for models trained at the images' own scale; the other
     # policies set the scale themselves (`prediction_config` refuses --scales for them).
@@ -396,6 +406,32 @@ def write_label_image(labels_dir: Path, image_id: str, labels: np.ndarray) -> Pa
     return target
 
 
+def write_outline_files(
+    rois_dir: Path | None,
+    geojson_dir: Path | None,
+    image_id: str,
+    labels: np.ndarray,
+    measurements: pd.DataFrame | None,
+) -> None:
+    """Write one image's nuclei (labels ``1..n``) as an ImageJ ROI set
+    ``<rois_dir>/<image_id>_rois.zip`` and as QuPath GeoJSON
+    ``<geojson_dir>/<image_id>.geojson`` with their ``measurements``
+    (`pipeline.inference.outlines`); each only when its folder is given, atomically."""
+    from pipeline.fileio import atomic_path, atomic_write_text
+
+    if rois_dir is not None:
+        from pipeline.inference.outlines import imagej_roi_set
+
+        with atomic_path(Path(rois_dir) / f"{image_id}_rois.zip") as tmp:
+            tmp.write_bytes(imagej_roi_set(labels))
+    if geojson_dir is not None:
+        from pipeline.inference.outlines import geojson_text
+
+        atomic_write_text(
+            Path(geojson_dir) / f"{image_id}.geojson", geojson_text(labels, measurements)
+        )
+
+
 def consecutive_labels(labels: np.ndarray) -> np.ndarray:
     """``labels`` numbered ``1..n`` in their order (unchanged when they already are).
 
@@ -413,8 +449,10 @@ def consecutive_labels(labels: np.ndarray) -> np.ndarray:
 
 class PredictionOutputs:
     """Where each image's nuclei go: the submission CSV (always), and optionally a label
-    image per image (`write_label_image`) and one measurements table (a CSV, one row per
-    nucleus, ``image`` first, then `pipeline.inference.measure.COLUMNS`).
+    image per image (`write_label_image`), one measurements table (a CSV, one row per
+    nucleus, ``image`` first, then `pipeline.inference.measure.COLUMNS`), an ImageJ ROI set
+    per image (``<rois_dir>/<image_id>_rois.zip``) and a QuPath GeoJSON file per image
+    (``<geojson_dir>/<image_id>.geojson``, `write_outline_files`).
 
     A ``with`` block: the CSV and the table appear, atomically, when it ends without an
     error; label images are written one by one as they come.
@@ -426,6 +464,8 @@ class PredictionOutputs:
         labels_dir: Path | None = None,
         measurements_csv: Path | None = None,
         resume_key: str | None = None,
+        rois_dir: Path | None = None,
+        geojson_dir: Path | None = None,
     ) -> None:
         from pipeline.data.submission import ResumableSubmissionWriter, SubmissionWriter
 
@@ -441,7 +481,14 @@ class PredictionOutputs:
         )
         self.labels_dir = labels_dir
         self.measurements_csv = measurements_csv
+        self.rois_dir = rois_dir
+        self.geojson_dir = geojson_dir
         self._tables: list[pd.DataFrame] = []
+
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether an image's stored pixels are needed (its nuclei are measured)."""
+        return self.measurements_csv is not None or self.geojson_dir is not None
 
     def __enter__(self) -> PredictionOutputs:
         self.writer.__enter__()
@@ -467,14 +514,18 @@ class PredictionOutputs:
         """Add one image's labels (``pixels``: its values as stored, for the measurements);
         returns its number of nuclei."""
         n_nuclei = self.writer.add(image_id, labels)
-        if self.labels_dir is not None or self.measurements_csv is not None:
+        folders = (self.labels_dir, self.rois_dir, self.geojson_dir)
+        if self.measurements_csv is not None or any(f is not None for f in folders):
             labels = consecutive_labels(labels)  # the k-th CSV row of the image is label k
         if self.labels_dir is not None:
             write_label_image(self.labels_dir, image_id, labels)
-        if self.measurements_csv is not None:
+        table = None
+        if self.needs_pixels:
             from pipeline.inference.measure import measure_nuclei
 
             table = measure_nuclei(labels, pixels)
+        write_outline_files(self.rois_dir, self.geojson_dir, image_id, labels, table)
+        if self.measurements_csv is not None:
             table.insert(0, "image", image_id)
             self._tables.append(table)
         return n_nuclei
@@ -513,7 +564,34 @@ def prediction_config(
             f"{model_dir}: --scales {asked} needs a model trained at the images' own scale "
             f"(resize_policy native); this one's is {policy}, which sets the scale itself"
         )
+    _resolve_diameter(model_dir, config, asked)
     return config
+
+
+def _resolve_diameter(model_dir: Path, config: Config, asked_scales: str | None) -> None:
+    """Put the median nucleus diameter the model was trained on into
+    ``config.train.nucleus_diameter`` (`pipeline.learning.nucleus_size`), the size that
+    ``config.predict.diameter`` rescales images to; refuse a diameter the model cannot use."""
+    from pipeline.learning.nucleus_size import training_median_diameter
+
+    diameter = config.predict.diameter
+    if config.train.resize_policy == "resize":
+        if diameter > 0:
+            raise PipelineError(
+                f"{model_dir}: --diameter needs a model that predicts at the images' own "
+                "scale; this one resizes every image to its crop size (resize_policy resize)"
+            )
+        return
+    trained, source = training_median_diameter(model_dir, config)
+    config.train.nucleus_diameter = trained
+    if diameter <= 0:
+        return
+    if asked_scales is not None and scale_factors(asked_scales) != (1.0,):
+        raise PipelineError("--diameter sets the scale itself: leave out --scales")
+    log.info(
+        "nuclei of %g pixels across rescaled to the %.3g pixels the model was trained on (%s)",
+        diameter, trained, source,
+    )  # fmt: skip
 
 
 def load_for_prediction(

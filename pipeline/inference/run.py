@@ -70,7 +70,7 @@ def _predict_into(
             for image_file, labels, pixels in predictions:
                 outputs.add(image_file.image_id, labels, pixels)
         return
-    with_pixels = outputs.measurements_csv is not None
+    with_pixels = outputs.needs_pixels
     with open_client(dask) as client:
         predictions = iter_dask_predictions(client, request, todo, chunk_images, with_pixels, done)
         with contextlib.closing(predictions):
@@ -110,6 +110,13 @@ def _model_and_config(
     return None, prediction_config(model_dir, overrides, tuned)
 
 
+def _folder_outputs(*folders: Path | None) -> list[tuple[Path, str]]:
+    """The outputs asked for that write a file per image into a folder, each with its
+    option: ``labels_dir``, ``rois_dir``, ``geojson_dir`` in that order."""
+    options = ("--labels-out", "--rois-out", "--geojson-out")
+    return [(Path(f), o) for f, o in zip(folders, options, strict=True) if f is not None]
+
+
 def run_prediction(
     model_dir: Path,
     images_dir: Path,
@@ -124,23 +131,24 @@ def run_prediction(
     dask: str | None = None,
     chunk_images: int = CHUNK_IMAGES,
     edited_ok: bool = False,
+    rois_dir: Path | None = None,
+    geojson_dir: Path | None = None,
 ) -> Path:
     """Predict every image of ``images_dir`` with the model in ``model_dir``; write ``out_csv``.
 
     ``images_dir`` is a folder in Kaggle layout, a plain folder of images or one image file
-    (`pipeline.data.dataset.list_image_files`). ``overrides`` replaces fields of the model's
-    saved prediction settings (threshold, min_size, fill_holes, tta, heads, batch_size).
-    Writes the submission atomically, with a sidecar ``.json`` naming the model, config and
-    commit; with ``labels_dir`` a label image per image (`write_label_image`), with
-    ``measurements_csv`` one table of measurements (`PredictionOutputs`). With ``resume``
-    a run that was interrupted goes on after its last complete image, when the model,
-    settings and images are the same (`pipeline.data.submission.ResumableSubmissionWriter`).
+    (`pipeline.data.dataset.list_image_files`). ``overrides`` replaces the model's saved
+    prediction settings (threshold, min_size, tta, diameter, ...). Writes the submission
+    atomically, with a sidecar ``.json`` naming the model, config and commit; with
+    ``labels_dir`` a label image, ``rois_dir`` an ImageJ ROI set, ``geojson_dir``
+    a QuPath GeoJSON file per image, ``measurements_csv`` one table (`PredictionOutputs`).
+    ``resume`` goes on after the last complete image of an interrupted run with the same
+    model, settings and images (`pipeline.data.submission.ResumableSubmissionWriter`).
     The outputs are checked before any work (`check_outputs`): ``out_csv`` replaces only a
     submission this pipeline wrote, unless ``force``. With ``dask`` (``local:N`` or an
     address) the images go to a Dask cluster's workers (`pipeline.inference.dask_predict`),
-    ``chunk_images`` at a time, as here; the outputs are the same. ``edited_ok``: a model
-    whose config or thresholds were edited since it was finished is used, with a warning
-    (`pipeline.learning.model_store.check_complete`). Returns the CSV path.
+    ``chunk_images`` at a time; the outputs are the same. ``edited_ok`` takes a model edited
+    since it was finished, with a warning (`pipeline.learning.model_store.check_complete`).
     """
     from pipeline.learning import device as device_module
 
@@ -151,19 +159,21 @@ def run_prediction(
     out_csv = Path(out_csv)
     ids = [image_file.image_id for image_file in found.files]
     inputs = [(images_dir, "--images"), (model_dir, "the model")]
-    check_outputs(out_csv, labels_dir, measurements_csv, force, inputs, ids)
-    locks = [(out_csv, "--out"), (measurements_csv, "--measurements"), (labels_dir, "--labels-out")]
+    check_outputs(out_csv, labels_dir, measurements_csv, force, inputs, ids, rois_dir, geojson_dir)
+    folders = _folder_outputs(labels_dir, rois_dir, geojson_dir)
+    locks = [(out_csv, "--out"), (measurements_csv, "--measurements"), *folders]
     with output_locks(locks):
         model, config = _model_and_config(model_dir, overrides, device, tuned, dask, edited_ok)
         log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
         key = _run_key(model_dir, config, found.files) if resume else None
         request = (Path(model_dir), overrides or {}, device, tuned)
-        if labels_dir is not None:
-            record_label_folder(labels_dir, ids)
-        with PredictionOutputs(out_csv, labels_dir, measurements_csv, key) as outputs:
+        for folder, option in folders:
+            record_label_folder(folder, ids, option)
+        outputs = PredictionOutputs(
+            out_csv, labels_dir, measurements_csv, key, rois_dir, geojson_dir
+        )
+        with outputs:
             _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
         _write_metadata(out_csv, model_dir, config, images_dir, found.layout)
-    log.info("wrote %s", out_csv)
-    if labels_dir is not None:
-        log.info("wrote %d label images into %s", len(found.files), labels_dir)
+    log.info("wrote %s%s", out_csv, "".join(f", {option} {folder}" for folder, option in folders))
     return out_csv

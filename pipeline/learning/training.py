@@ -33,6 +33,7 @@ import numpy as np
 
 from pipeline.config import RESIZE_POLICIES, Config
 from pipeline.errors import PipelineError
+from pipeline.learning.nucleus_size import record_training_nuclei
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ _RUN_FILES = (
     "history.csv",
     "curves.png",
     "complete.json",
+    "nuclei.json",
 )
 
 
@@ -712,6 +714,7 @@ def train_model(
             config, model_dir, resume, device, devices, stack, None if resume else init
         )
         train_samples, val_samples = _split_samples(config, images_dir, model_dir, resume)
+        record_training_nuclei(model_dir, train_samples)  # for predict --diameter
         log.info(
             "training on %d images, validating on %d (%s)",
             len(train_samples),

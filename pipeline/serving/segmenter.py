@@ -29,8 +29,8 @@ from pipeline.config import PredictConfig
 from pipeline.errors import PipelineError
 
 #: The settings a request may change, and those the page shows.
-REQUEST_SETTINGS = ("method", "threshold", "marker_threshold", "min_size", "tta")
-PAGE_SETTINGS = ("threshold", "min_size", "tta")
+REQUEST_SETTINGS = ("method", "threshold", "marker_threshold", "min_size", "tta", "diameter")
+PAGE_SETTINGS = ("threshold", "min_size", "tta", "diameter")
 #: File signatures of the accepted types.
 SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -79,9 +79,11 @@ class Segmentation:
         }
 
     def files(self) -> dict[str, str]:
-        """The pictures and downloads of the page, base64 (PNGs) or text (CSVs)."""
+        """The pictures and downloads of the page, base64 (PNGs, the ROI set's ZIP) or
+        text (CSVs, GeoJSON), as ``predict`` writes them (the labels numbered ``1..n``)."""
         from pipeline.data.images import encode_label_image
         from pipeline.data.submission import HEADER, submission_rows
+        from pipeline.inference.outlines import geojson_text, imagej_roi_set
 
         image_id = image_id_of(self.name)
         suffix, labels_bytes = encode_label_image(self.labels)
@@ -94,6 +96,10 @@ class Segmentation:
             "labels_file": _base64(labels_bytes),
             "measurements_csv": measurements.to_csv(index=False),
             "rle_csv": ",".join(HEADER) + "\n" + submission_rows(image_id, self.encodings),
+            "rois_name": f"{image_id}_rois.zip",
+            "rois_zip": _base64(imagej_roi_set(self.labels)),
+            "geojson_name": f"{image_id}.geojson",
+            "geojson": geojson_text(self.labels, self.measurements),
         }
 
 
@@ -248,6 +254,12 @@ class Segmenter:
         from pipeline.inference.measure import measure_nuclei
         from pipeline.inference.predict import predict_labels
 
+        if settings.get("diameter") and self.config.train.resize_policy == "resize":
+            raise UploadError(
+                "diameter: this model resizes every image to its crop size; it cannot "
+                "rescale by a nucleus diameter",
+                status=422,
+            )
         rgb, original = decode_upload(data, name)
         config = copy.deepcopy(self.config)
         for key, value in settings.items():

@@ -1,5 +1,6 @@
 """Stage ``predict``: a folder of images (Kaggle layout or plain) or one image file to a
-checked submission CSV, and on request label images and a measurements table.
+checked submission CSV, and on request label images, a measurements table, Fiji ROI sets
+and QuPath GeoJSON files.
 
 Its options and ``main``; the work is done by
 ``pipeline.inference.predict``.
@@ -59,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "centroid_row, centroid_col, mean_intensity (on the image's own pixel values, "
         "grey = mean of the channels, before any 8-bit normalisation), eccentricity, solidity",
     )
+    _add_outline_arguments(io)
     io.add_argument(
         "--demo",
         action="store_true",
@@ -66,6 +68,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_run_arguments(parser.add_argument_group("run"))
     add_config_arguments(parser, "predict", "prediction")
+
+
+def _add_outline_arguments(io: argparse._ArgumentGroup) -> None:
+    """The outputs for Fiji and QuPath: a ROI set and a GeoJSON file per image."""
+    io.add_argument(
+        "--rois-out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write an ImageJ ROI set per input into DIR: <ImageId>_rois.zip, one "
+        "polygon ROI per nucleus along its pixels' edges, named by its label, in the order "
+        "of the CSV rows (Fiji: ROI Manager > More > Open; a nucleus' holes are covered)",
+    )
+    io.add_argument(
+        "--geojson-out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write a GeoJSON file per input into DIR: <ImageId>.geojson, one Polygon "
+        "feature per nucleus as QuPath imports it (a detection classified Nucleus, holes "
+        "kept, the measurements of --measurements as its measurements; QuPath: drag it "
+        "onto the image)",
+    )
 
 
 def _add_run_arguments(run: argparse._ArgumentGroup) -> None:
@@ -171,6 +196,8 @@ def main(args: argparse.Namespace) -> int:
         force=args.force,
         dask=args.dask,
         edited_ok=args.force_edited,
+        rois_dir=args.rois_out,
+        geojson_dir=args.geojson_out,
     )
     if not args.no_check:
         _check(Path(out_csv), found)
