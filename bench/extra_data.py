@@ -6,7 +6,8 @@
 **Ablation.** Each row is a set of ``./run.sh train`` flags on top of the default preset:
 one recipe (grey input space, random rescaling 0.6-1.8x, patience 10, at most 50 epochs or
 40 minutes) with no extra set, the two H&E sets (cpm15, monuseg), lpc's fluorescence
-tiles, or all three (``--extra``, `pipeline.data.extra`). Each row is trained twice, once
+tiles, or all three (``--extra``, `pipeline.data.extra`); and two variants of the last:
+trained longer (80 epochs, 70 minutes), and in the default's RGB input space. Each row is trained twice, once
 per validation split (``--split random``: stage1_train images of every kind on both
 sides; ``--split conditions``: whole acquisition conditions of stage1_train held out, and
 one of the two H&E sets held out whole). For every model, with the project's own commands:
@@ -61,6 +62,10 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "he": ("+ the H&E sets (cpm15, monuseg)", (*RECIPE, *HE)),
     "lpc": ("+ lpc's fluorescence tiles", (*RECIPE, *LPC)),
     "all": ("+ all three sets", (*RECIPE, *HE, *LPC)),
+    "all-long": (
+        "+ all three sets, trained longer: at most 80 epochs or 70 minutes",
+        (*RECIPE[:-4], "--epochs", "80", "--max-minutes", "70", *HE, *LPC),
+    ),
     "all-rgb": (
         "+ all three sets, RGB input (the default's input space)",
         ("--scale-min", "0.6", "--scale-max", "1.8", "--patience", "10", "--epochs", "50")
