@@ -60,6 +60,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "leaderboard": ("pipeline.stages.leaderboard", "print the local leaderboard, best first"),
     "report": ("pipeline.stages.report", "overlay pictures and an HTML page for a submission"),
     "serve": ("pipeline.stages.serve", "a web page and API: drop an image, see its nuclei"),
+    "export": ("pipeline.stages.export", "a finished model's network as ONNX (model.onnx)"),
 }
 DEFAULT_STAGE = "all"
 
@@ -195,23 +196,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, section: str, title: s
     """
     groups: dict[str, Any] = {}
     for item in dataclasses.fields(SECTIONS[section]):
-        meta = item.metadata
-        name = meta["group"] or title
+        name = item.metadata["group"] or title
         if name not in groups:
             groups[name] = parser.add_argument_group(name, "left out: " + _SOURCE[section])
-        help_text = meta["help"].replace("%", "%%")  # argparse formats help with %
-        options: dict[str, Any] = {"dest": item.name, "default": None, "help": help_text}
-        if item.type == "bool":
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            options["type"] = value_parser(item)
-            if meta["choices"]:
-                options["choices"] = meta["choices"]
-            if meta["metavar"]:
-                options["metavar"] = meta["metavar"]
-            if meta["repeat"]:
-                options["action"] = "append"
-        groups[name].add_argument(flag_of(item), **options)
+        add_setting_argument(groups[name], item)
+
+
+def add_setting_argument(parser: argparse.ArgumentParser | Any, item: dataclasses.Field) -> None:
+    """The flag of one config field, from its declaration (None when left out)."""
+    meta = item.metadata
+    help_text = meta["help"].replace("%", "%%")  # argparse formats help with %
+    options: dict[str, Any] = {"dest": item.name, "default": None, "help": help_text}
+    if item.type == "bool":
+        options["action"] = argparse.BooleanOptionalAction
+    else:
+        options["type"] = value_parser(item)
+        if meta["choices"]:
+            options["choices"] = meta["choices"]
+        if meta["metavar"]:
+            options["metavar"] = meta["metavar"]
+        if meta["repeat"]:
+            options["action"] = "append"
+    parser.add_argument(flag_of(item), **options)
 
 
 _SOURCE = {

@@ -439,6 +439,14 @@ class PredictConfig:
         False, "average the 8 flips and rotations", group="post-processing", tunable=True
     )
     batch_size: int = setting(4, "images per batch", low=1, group="run")
+    engine: str = setting(
+        "keras",
+        "what runs the network: keras, or onnxruntime (on the CPU, float32; the network "
+        "exported once from the same weights: the model folder's model.onnx, written by "
+        "./run.sh export --onnx, else a copy exported into the cache on first use)",
+        choices=("keras", "onnxruntime"),
+        group="run",
+    )
     precision: str = setting(
         "float32",
         "the network's arithmetic: float32, or bfloat16 (mixed: bfloat16 compute, float32 "

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from pipeline.config import Config, scale_factors
 from pipeline.errors import PipelineError
+from pipeline.inference.engines import OnnxNetwork, load_network
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,8 +79,9 @@ def _run_model(model, batch: np.ndarray, heads: str = "all") -> np.ndarray:
     # A new image size costs one tracing (TensorFlow generalises the sizes after a few).
     # Within a data-parallel training (its validation), predict_on_batch would split the
     # batch over the devices: the network is called directly there.
-    import keras
-
+    # ONNX Runtime (`pipeline.inference.engines`) gives numpy arrays, and needs no Keras.
+    if isinstance(model, OnnxNetwork):
+        return _mean_of_heads(model.outputs(batch, heads))
     from pipeline.learning.distribute import distributing
     from pipeline.learning.models import select_heads
 
@@ -90,9 +92,16 @@ def _run_model(model, batch: np.ndarray, heads: str = "all") -> np.ndarray:
         outputs = network.predict_on_batch(batch)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
+    import keras
+
+    return _mean_of_heads([keras.ops.convert_to_numpy(output) for output in outputs])
+
+
+def _mean_of_heads(outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of a network's output heads, float32 (the one head itself when alone)."""
     total = None
     for output in outputs:
-        prob = keras.ops.convert_to_numpy(output).astype(np.float32)
+        prob = np.asarray(output).astype(np.float32)
         total = prob if total is None else total + prob
     return total / len(outputs) if len(outputs) > 1 else total
 
@@ -598,13 +607,17 @@ def load_for_prediction(
     model_dir: Path, overrides: dict | None, device: str, tuned: bool, edited_ok: bool = False
 ):
     """The model and its config (`prediction_config`) on the chosen device, in the
-    precision the config asks for (``predict.precision``)."""
+    precision the config asks for (``predict.precision``), run by the engine it asks for
+    (``predict.engine``: a Keras model, or an ONNX Runtime session,
+    `pipeline.inference.engines.load_network`)."""
     from pipeline.learning import device as device_module
-    from pipeline.learning.model_store import load_model
 
     config = prediction_config(model_dir, overrides, tuned, edited_ok)
-    device_module.configure(device, config.predict.precision)
-    model, _ = load_model(model_dir, tuned=tuned, edited_ok=edited_ok)
+    if config.predict.engine == "keras":
+        device_module.configure(device, config.predict.precision)
+    elif device == "gpu":
+        raise PipelineError("--engine onnxruntime runs on the CPU: leave out --device gpu")
+    model = load_network(model_dir, config.predict.engine, config.predict.precision, edited_ok)
     return model, config
 
 

@@ -234,14 +234,15 @@ def _parse_one(item: dataclasses.Field, text: str) -> Any:
 class Segmenter:
     """The model, loaded once, and the one image at a time it segments."""
 
-    def __init__(self, model_dir: Path, device: str = "auto") -> None:
+    def __init__(self, model_dir: Path, device: str = "auto", engine: str | None = None) -> None:
         from pipeline.learning import device as device_module
 
         device_module.select_device(device)
         from pipeline.inference.predict import load_for_prediction
 
         self.model_dir = Path(model_dir)
-        self.model, self.config = load_for_prediction(self.model_dir, None, device, True)
+        overrides = {"engine": engine}  # None: the model's own (`PredictConfig.engine`)
+        self.model, self.config = load_for_prediction(self.model_dir, overrides, device, True)
         self.lock = threading.Lock()
 
     def defaults(self) -> dict[str, Any]:

@@ -6,11 +6,13 @@ Its options and ``main``; the model is loaded once, before the server listens.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.cli import finite_float
+from pipeline.cli import add_setting_argument, finite_float
+from pipeline.config import PredictConfig
 from pipeline.errors import PipelineError
 from pipeline.learning.device import DEVICES
 
@@ -28,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images larger than this are refused (413)",
     )
     parser.add_argument("--device", choices=DEVICES, default="auto")
+    engine = {item.name: item for item in dataclasses.fields(PredictConfig)}["engine"]
+    add_setting_argument(parser, engine)  # left out: the model's (keras unless changed)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -41,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise PipelineError(f"--port must be in [0, 65535], got {args.port}")
     check_address(args.host, args.port)
-    segmenter = Segmenter(args.model, args.device)
+    segmenter = Segmenter(args.model, args.device, args.engine)
     app = create_app(segmenter, max_megapixels=args.max_megapixels)
     log.info("serving %s on http://%s:%d/ (Ctrl-C stops)", args.model, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
