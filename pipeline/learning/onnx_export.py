@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,14 @@ def export_onnx(model, target: Path) -> Path:
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence tf2onnx's and TensorFlow's chatter during an export."""
+    """Silence tf2onnx's and TensorFlow's chatter (logs, prints, warnings) during an export."""
     loggers = [logging.getLogger(name) for name in ("tf2onnx", "tensorflow")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf2onnx's FutureWarning on np.object
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
