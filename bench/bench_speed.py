@@ -8,7 +8,9 @@ Each phase runs in its own process, so its peak memory (max RSS) is its own:
   the model's config (float32 and mixed bfloat16);
 - ``matmul``: this machine's matrix-multiply peak (float32 GFLOP/s through the backend);
 - ``predict``: the ``predict`` stage's code on every image of ``input/stage1_test``
-  (whole images, at their own size), including post-processing, with the network's
+  (whole images, at their own size; ``--limit N``: the first N), including
+  post-processing, the network run by Keras (``-ort``: by ONNX Runtime, the network
+  exported once, `pipeline.inference.engines`), with the network's
   FLOP per pixel (`network_flops_per_pixel`) and the GFLOP/s that makes, as a fraction of
   the matrix-multiply peak measured in the same run.
 
@@ -127,27 +129,44 @@ def network_flops_per_pixel(model, side: int = 256) -> float:
     return total / side**2
 
 
-def phase_predict(model_dir: Path, images_dir: Path, tta: bool, precision: str = "float32") -> dict:
-    """Images per second of the predict stage's code over a folder, post-processing
-    included, in ``precision`` (float32 or bfloat16, `PredictConfig.precision`)."""
+def phase_predict(
+    model_dir: Path,
+    images_dir: Path,
+    tta: bool,
+    precision: str = "float32",
+    engine: str = "keras",
+    limit: int = 0,
+) -> dict:
+    """Images per second of the predict stage's code over a folder (its first ``limit``
+    images, 0: all), post-processing included, in ``precision`` (float32 or bfloat16,
+    `PredictConfig.precision`), the network run by ``engine`` (`PredictConfig.engine`)."""
     from pipeline.data.dataset import list_image_ids
+    from pipeline.inference.engines import load_network
     from pipeline.inference.predict import iter_predictions
     from pipeline.learning import device
     from pipeline.learning.model_store import load_model
 
     description = device.configure("auto", precision)
-    model, config = load_model(model_dir)
+    keras_model, config = load_model(model_dir)
+    model = keras_model if engine == "keras" else load_network(model_dir, engine, precision)
+    if engine != "keras":
+        import onnxruntime
+
+        description = f"CPU, {precision}, onnxruntime {onnxruntime.__version__}"
     config.predict.tta = tta
-    ids = list_image_ids(images_dir)
+    ids = list_image_ids(images_dir)[: limit or None]
     list(iter_predictions(model, images_dir, ids[:2], config, progress=False))  # warm-up
     started = time.perf_counter()
     pixels = 0
     for _, labels in iter_predictions(model, images_dir, ids, config, progress=False):
         pixels += labels.size
     seconds = time.perf_counter() - started
-    flops = network_flops_per_pixel(model) * (8 if tta else 1)
+    flops = network_flops_per_pixel(keras_model) * (8 if tta else 1)
     return {
-        "phase": "predict" + ("-tta" if tta else "") + ("-bf16" if precision != "float32" else ""),
+        "phase": "predict"
+        + ("-tta" if tta else "")
+        + ("-bf16" if precision != "float32" else "")
+        + ("-ort" if engine == "onnxruntime" else ""),
         "device": description,
         "images": len(ids),
         "images_per_s": round(len(ids) / seconds, 2),
@@ -173,6 +192,8 @@ def _run_phase(args: argparse.Namespace, phase: str) -> dict:
         str(args.train_images),
         "--test-images",
         str(args.test_images),
+        "--limit",
+        str(args.limit),
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -191,6 +212,16 @@ def main() -> int:
         "--phases",
         default="matmul,train-float32,train-bfloat16,predict,predict-tta,predict-bf16",
     )
+    parser.add_argument(
+        "--limit", type=int, default=0, help="predict only the first N test images (0: all)"
+    )
+    parser.add_argument(
+        "--section",
+        default=None,
+        help="write this run's rows under this key of the existing results file, keeping "
+        "the rest (a run of some phases beside an earlier full one)",
+    )
+    parser.add_argument("--note", default="", help="a remark stored with --section's rows")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -207,7 +238,9 @@ def main() -> int:
                 args.model,
                 args.test_images,
                 tta="-tta" in args.phase,
-                precision="bfloat16" if args.phase.endswith("-bf16") else "float32",
+                precision="bfloat16" if "-bf16" in args.phase else "float32",
+                engine="onnxruntime" if args.phase.endswith("-ort") else "keras",
+                limit=args.limit,
             )
         print(json.dumps(row))
         return 0
@@ -247,6 +280,10 @@ def main() -> int:
     )
     kind = "gpu" if any(row["device"].startswith("GPU") for row in rows) else "cpu"
     out = args.out or ROOT / "bench" / "results" / f"speed-{kind}.json"
+    if args.section:
+        section = {"note": args.note, "images_limit": args.limit, "phases": rows}
+        section["command"] = summary["command"]
+        summary = {**json.loads(out.read_text()), args.section: section}
     write_results(out, summary)
     return 0
 
