@@ -7,10 +7,11 @@
 one recipe (grey input space, random rescaling 0.6-1.8x, patience 10, at most 50 epochs or
 40 minutes) with no extra set, the two H&E sets (cpm15, monuseg), lpc's fluorescence
 tiles, or all three (``--extra``, `pipeline.data.extra`); and two variants of the last:
-trained longer (80 epochs, 70 minutes), and in the default's RGB input space. Each row is trained twice, once
-per validation split (``--split random``: stage1_train images of every kind on both
-sides; ``--split conditions``: whole acquisition conditions of stage1_train held out, and
-one of the two H&E sets held out whole). For every model, with the project's own commands:
+trained longer (80 epochs, 70 minutes), and in the default's RGB input space. Each row is
+trained twice, once per validation split (``--split random``: stage1_train images of
+every kind on both sides; ``--split conditions``: whole acquisition conditions of
+stage1_train held out, and one of the two H&E sets held out whole). For every model, with
+the project's own commands:
 
 - ``./run.sh evaluate --model DIR --json``: its validation score (tuned settings) on
   stage1_train images, which is what chooses;
