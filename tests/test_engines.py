@@ -129,13 +129,14 @@ def test_predict_engine_onnxruntime_writes_the_keras_submission(
 
 
 def test_a_changed_model_onnx_is_refused(
-    onnx_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    onnx_model: Path, tiny_demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model_dir = tmp_path / "changed"
     shutil.copytree(onnx_model, model_dir)
     with open(model_dir / "model.onnx", "ab") as handle:
         handle.write(b"\0")
     argv = ["predict", "--model", str(model_dir), "--engine", "onnxruntime"]
+    argv += ["--images", str(tiny_demo.test_dir)]  # a fresh clone has no input/stage1_test
     status, _, err = run_cli([*argv, "--out", str(tmp_path / "x.csv")], capsys)
     assert status == 2
     assert "model.onnx: damaged or replaced" in one_error_line(err)
@@ -146,9 +147,10 @@ def test_a_changed_model_onnx_is_refused(
 
 
 def test_onnxruntime_refuses_bfloat16_in_one_line(
-    onnx_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    onnx_model: Path, tiny_demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["predict", "--model", str(onnx_model), "--engine", "onnxruntime"]
+    argv += ["--images", str(tiny_demo.test_dir)]  # a fresh clone has no input/stage1_test
     argv += ["--precision", "bfloat16", "--out", str(tmp_path / "x.csv")]
     status, _, err = run_cli(argv, capsys)
     assert status == 2
