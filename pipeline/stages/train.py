@@ -15,7 +15,7 @@ from pipeline.cli import add_config_arguments, config_overrides, refuse_conflict
 from pipeline.config import Config, check_network_fits, check_section, preset
 from pipeline.errors import PipelineError
 from pipeline.learning.device import DEVICES
-from pipeline.learning.distribute import parse_devices
+from pipeline.learning.distribute import parse_devices, process_model_dir
 from pipeline.learning.training import train_model
 from pipeline.locks import output_lock
 from pipeline.outputs import check_not_input
@@ -136,7 +136,8 @@ def main(args: argparse.Namespace) -> int:
         raise PipelineError("--resume needs --out: the model folder to continue")
     model_dir = Path(args.out or paths.MODELS_DIR / config.name)
     check_not_input(model_dir, "--out", [(images_dir, "--images"), (args.init, "--init")])
-    with output_lock(model_dir, "--out"):
+    # Each process of a data-parallel training writes its own folder: lock that one.
+    with output_lock(process_model_dir(model_dir), "--out"):
         train_model(
             config,
             images_dir,
