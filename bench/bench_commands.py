@@ -4,6 +4,7 @@ tables of docs/experiments.md."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -60,3 +61,23 @@ def publish(path: Path, rows: object, markdown: str, readme_section: str | None 
     write_results(path, rows, markdown)
     if readme_section:
         update_readme(readme_section, markdown)
+
+
+def paired(row: dict | None, base: dict | None, key: str) -> tuple[float, float] | None:
+    """Mean and standard error of the per-image differences ``row - base`` of ``key`` (a
+    dict of per-image scores in each); None without a base, for the base itself, or with
+    fewer than two images in common."""
+    if not base or not row or row is base:
+        return None
+    ids = sorted(set(row[key]) & set(base[key]))
+    diffs = [row[key][i] - base[key][i] for i in ids]
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    return mean, spread / math.sqrt(len(diffs))
+
+
+def paired_text(difference: tuple[float, float] | None) -> str:
+    """``+0.0123 ± 0.0045``, or ``-`` when there is no difference to show."""
+    return f"{difference[0]:+.4f} ± {difference[1]:.4f}" if difference else "-"

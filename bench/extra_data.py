@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -50,7 +49,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_commands import last_json, publish, run_command, update_readme  # noqa: E402
+from bench_commands import (  # noqa: E402
+    last_json,
+    paired,
+    paired_text,
+    publish,
+    run_command,
+    update_readme,
+)
 
 RUN = str(ROOT / "run.sh")
 MODELS = "models/extra"
@@ -139,23 +145,6 @@ def score_model(model: str, name: str) -> dict:
     return result
 
 
-def paired(row: dict | None, base: dict | None, key: str) -> tuple[float, float] | None:
-    """Mean and standard error of the per-image differences ``row - base`` of ``key``."""
-    if not base or not row or row is base:
-        return None
-    ids = sorted(set(row[key]) & set(base[key]))
-    diffs = [row[key][i] - base[key][i] for i in ids]
-    if len(diffs) < 2:
-        return None
-    mean = sum(diffs) / len(diffs)
-    spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    return mean, spread / math.sqrt(len(diffs))
-
-
-def _pair_text(difference: tuple[float, float] | None) -> str:
-    return f"{difference[0]:+.4f} ± {difference[1]:.4f}" if difference else "-"
-
-
 def _extra_text(result: dict) -> str:
     items = result.get("extra_validation", {})
     return (
@@ -196,8 +185,8 @@ def ablation_table(results: dict[str, dict[str, dict | None]]) -> str:
             if result is None:
                 lines.append(f"| {row}: {what} | {split} | not trained | - | - | - | - | - | - |")
                 continue
-            validation = _pair_text(paired(result, base, "validation_per_image"))
-            test = _pair_text(paired(result, base, "stage1_test_per_image"))
+            validation = paired_text(paired(result, base, "validation_per_image"))
+            test = paired_text(paired(result, base, "stage1_test_per_image"))
             lines.append(
                 f"| {row}: {what} | {split} | {result['validation']:.4f} | {validation} | "
                 f"{_extra_text(result)} | {result['stage1_test']:.4f} | {test} | "
@@ -321,7 +310,7 @@ def run_finetune() -> dict:
 
 
 def finetune_table(result: dict) -> str:
-    difference = _pair_text(result["paired"])
+    difference = paired_text(result["paired"])
     return "\n".join(
         [
             "| model | MoNuSeg, 9 held-out test-split images | paired vs before |",

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_commands import last_json, publish, run_command  # noqa: E402
+from bench_commands import last_json, paired, paired_text, publish, run_command  # noqa: E402
 
 RUN = str(ROOT / "run.sh")
 MODELS = "models/generalisation"
@@ -186,29 +185,11 @@ def _commands(model: str, name: str, post_flags: tuple[str, ...]) -> list[list[s
     ]
 
 
-def paired(row: dict, base: dict | None, key: str) -> tuple[float, float] | None:
-    """Mean and standard error of the per-image differences ``row - base`` of ``key``
-    (``validation_per_image`` or ``stage1_test_per_image``)."""
-    if not base or not row or row is base:
-        return None
-    ids = sorted(set(row[key]) & set(base[key]))
-    diffs = [row[key][i] - base[key][i] for i in ids]
-    if len(diffs) < 2:
-        return None
-    mean = sum(diffs) / len(diffs)
-    spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    return mean, spread / math.sqrt(len(diffs))
-
-
-def _shown_pair(difference: tuple[float, float] | None) -> str:
-    return f"{difference[0]:+.4f} ± {difference[1]:.4f}" if difference else "-"
-
-
 def cell(result: dict | None, base: dict | None, missing: str = "not trained") -> str:
     if result is None:
         return f"{missing} | - | - | -"
-    validation = _shown_pair(paired(result, base, "validation_per_image"))
-    test = _shown_pair(paired(result, base, "stage1_test_per_image"))
+    validation = paired_text(paired(result, base, "validation_per_image"))
+    test = paired_text(paired(result, base, "stage1_test_per_image"))
     return f"{result['validation']:.4f} | {validation} | {result['stage1_test']:.4f} | {test}"
 
 
