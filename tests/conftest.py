@@ -1,17 +1,37 @@
 """Shared fixtures.
 
 Real-data fixtures unpack the competition files from ``../shared/dsb2018`` once per test
-session into a temporary folder, and skip (with the reason) when that folder is absent.
+run into a temporary folder, and skip (with the reason) when that folder is absent. What is
+made once per run (the real data, the tiny demo set and the tiny trained model) is shared by
+the pytest-xdist workers (`shared_folder`): never change it; copy it (`model_copy`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.paths import SHARED_DATA_DIR
+
+
+@contextlib.contextmanager
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """``name``, a folder of this test run that every pytest-xdist worker shares (the run's
+    base folder, above each worker's own), while holding its lock: the first worker to ask
+    makes its content, the others wait and find it made."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield base / name
 
 
 def _shared_file(name: str) -> Path:
@@ -23,10 +43,13 @@ def _shared_file(name: str) -> Path:
 
 def _unzip_once(tmp_path_factory: pytest.TempPathFactory, zip_name: str) -> Path:
     source = _shared_file(zip_name)
-    target = tmp_path_factory.mktemp(zip_name.replace(".", "_"))
-    with zipfile.ZipFile(source) as archive:
-        archive.extractall(target)
-    return target
+    with shared_folder(tmp_path_factory, zip_name.replace(".", "_")) as target:
+        done = target.with_name(f"{target.name}.done")  # beside it: the folder stays the zip's
+        if not done.is_file():
+            with zipfile.ZipFile(source) as archive:
+                archive.extractall(target)
+            done.touch()
+        return target
 
 
 @pytest.fixture(scope="session")
@@ -72,24 +95,38 @@ TINY_FLAGS = [
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory):
-    """A small synthetic set in Kaggle layout: 10 training and 3 test images."""
+    """A small synthetic set in Kaggle layout: 10 training and 3 test images (made once per
+    test run; never change it)."""
     from pipeline.data.synthetic import make_demo_dataset
 
-    return make_demo_dataset(
-        tmp_path_factory.mktemp("tiny_demo"), n_train=10, n_test=3, size_range=(64, 96)
-    )
+    with shared_folder(tmp_path_factory, "tiny_demo") as root:
+        return make_demo_dataset(root, n_train=10, n_test=3, size_range=(64, 96))
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_demo, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished model folder (trained two epochs and tuned); copy it before changing it."""
+    """A finished model folder (trained two epochs and tuned), trained once per test run
+    and shared by every worker: use `model_copy` to change it."""
     from pipeline.cli import main as cli_main
 
-    model_dir = tmp_path_factory.mktemp("tiny_models") / "tiny"
-    argv = ["train", "--preset", "demo", *TINY_FLAGS, "--epochs", "2"]
-    argv += ["--images", str(tiny_demo.train_dir), "--out", str(model_dir)]
-    assert cli_main(argv) == 0
-    return model_dir
+    with shared_folder(tmp_path_factory, "tiny_models") as root:
+        model_dir = root / "tiny"
+        if not (model_dir / "complete.json").is_file():
+            argv = ["train", "--preset", "demo", *TINY_FLAGS, "--epochs", "2"]
+            argv += ["--images", str(tiny_demo.train_dir), "--out", str(model_dir)]
+            assert cli_main(argv) == 0
+        return model_dir
+
+
+@pytest.fixture
+def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny finished model in ``tmp_path / "model"``, free to damage."""
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
+
+
+def predict_argv(model: Path, images: Path, *flags: str) -> list[str]:
+    """The arguments of ``./run.sh predict --model MODEL --images IMAGES FLAGS...``."""
+    return ["predict", "--model", str(model), "--images", str(images), *flags]
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

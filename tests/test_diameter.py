@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_error_line, run_cli
+from conftest import one_error_line, predict_argv, run_cli
 
 from pipeline.data.extra import load_labelled
 from pipeline.learning.model_store import read_json
@@ -26,10 +25,6 @@ from pipeline.learning.nucleus_size import (
 pytest.importorskip("keras")
 
 
-def predict_argv(model: Path, images: Path, out: Path, *flags: str) -> list[str]:
-    return ["predict", "--model", str(model), "--images", str(images), "--out", str(out), *flags]
-
-
 def test_a_training_records_the_median_diameter_of_its_training_nuclei(tiny_model, tiny_demo):
     record = read_json(tiny_model / NUCLEI_FILE)
     split = read_json(tiny_model / "split.json")
@@ -39,17 +34,16 @@ def test_a_training_records_the_median_diameter_of_its_training_nuclei(tiny_mode
     assert 5 < median < 40
 
 
-def test_a_model_without_the_record_falls_back_to_stage1_trains_median(tiny_model, tmp_path):
+def test_a_model_without_the_record_falls_back_to_stage1_trains_median(model_copy, tmp_path):
     from pipeline.learning.model_store import load_config
 
-    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
-    config = load_config(model)
+    config = load_config(model_copy)
     assert (
-        training_median_diameter(model, config)[0]
-        == read_json(model / NUCLEI_FILE)["median_diameter"]
+        training_median_diameter(model_copy, config)[0]
+        == read_json(model_copy / NUCLEI_FILE)["median_diameter"]
     )
-    (model / NUCLEI_FILE).unlink()  # not covered by complete.json: the model stays finished
-    assert training_median_diameter(model, config)[0] == STAGE1_TRAIN_MEDIAN_DIAMETER == 19.9
+    (model_copy / NUCLEI_FILE).unlink()  # not covered by complete.json: the model stays finished
+    assert training_median_diameter(model_copy, config)[0] == STAGE1_TRAIN_MEDIAN_DIAMETER == 19.9
 
 
 def test_the_training_diameter_gives_the_same_submission_as_no_diameter(
@@ -58,8 +52,12 @@ def test_the_training_diameter_gives_the_same_submission_as_no_diameter(
     """A factor of 1 predicts each image as without the flag: byte for byte."""
     trained = read_json(tiny_model / NUCLEI_FILE)["median_diameter"]
     plain, same = tmp_path / "plain.csv", tmp_path / "same.csv"
-    assert run_cli(predict_argv(tiny_model, tiny_demo.test_dir, plain), capsys)[0] == 0
-    argv = predict_argv(tiny_model, tiny_demo.test_dir, same, "--diameter", repr(trained))
+    assert (
+        run_cli(predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(plain)), capsys)[0] == 0
+    )
+    argv = predict_argv(
+        tiny_model, tiny_demo.test_dir, "--out", str(same), "--diameter", repr(trained)
+    )
     status, _, err = run_cli(argv, capsys)
     assert status == 0, err
     assert f"rescaled to the {trained:.3g} pixels the model was trained on" in err
@@ -75,7 +73,9 @@ def test_a_diameter_rescales_and_the_labels_come_back_at_the_images_size(
 
     trained = read_json(tiny_model / NUCLEI_FILE)["median_diameter"]
     out, labels = tmp_path / "big.csv", tmp_path / "labels"
-    argv = predict_argv(tiny_model, tiny_demo.test_dir, out, "--labels-out", str(labels))
+    argv = predict_argv(
+        tiny_model, tiny_demo.test_dir, "--out", str(out), "--labels-out", str(labels)
+    )
     status, _, err = run_cli([*argv, "--diameter", str(2 * trained)], capsys)
     assert status == 0, err
     assert "valid submission" in err  # every row decodes within its image's own size
@@ -89,7 +89,8 @@ def test_a_diameter_rescales_and_the_labels_come_back_at_the_images_size(
 def test_a_bad_diameter_gets_one_error_line(tiny_model, tiny_demo, tmp_path, capsys, value):
     out = tmp_path / "s.csv"
     status, _, err = run_cli(
-        predict_argv(tiny_model, tiny_demo.test_dir, out, f"--diameter={value}"), capsys
+        predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(out), f"--diameter={value}"),
+        capsys,
     )
     assert status == 2
     line = one_error_line(err)
@@ -98,7 +99,9 @@ def test_a_bad_diameter_gets_one_error_line(tiny_model, tiny_demo, tmp_path, cap
 
 
 def test_diameter_and_scales_are_refused_together(tiny_model, tiny_demo, tmp_path, capsys):
-    argv = predict_argv(tiny_model, tiny_demo.test_dir, tmp_path / "s.csv", "--diameter", "30")
+    argv = predict_argv(
+        tiny_model, tiny_demo.test_dir, "--out", str(tmp_path / "s.csv"), "--diameter", "30"
+    )
     status, _, err = run_cli([*argv, "--scales", "0.5,1"], capsys)
     assert status == 2
     assert "--diameter sets the scale itself: leave out --scales" in one_error_line(err)
@@ -129,7 +132,7 @@ def test_the_api_takes_a_diameter_and_answers_what_predict_does(
     folder = tmp_path / "one"
     shutil.copytree(image.parent.parent, folder / image.stem)
     out = tmp_path / "one.csv"
-    argv = predict_argv(tiny_model, folder, out, "--diameter", str(2 * trained))
+    argv = predict_argv(tiny_model, folder, "--out", str(out), "--diameter", str(2 * trained))
     assert run_cli(argv, capsys)[0] == 0
     expected = [rle for _, rle in group_rows(read_submission(out))[image.stem] if rle]
     files = {"image": (image.name, image.read_bytes(), "image/png")}

@@ -7,60 +7,15 @@ not the point here, every stage working together is.
 import json
 
 import pytest
+from conftest import TINY_FLAGS as TINY
 from conftest import one_error_line, run_cli
 
 from pipeline.cli import main as cli_main
-from pipeline.data.synthetic import make_demo_dataset
 
 pytest.importorskip("keras")
 
-TINY = [
-    "--base-filters",
-    "4",
-    "--depth",
-    "2",
-    "--crop-size",
-    "64",
-    "--batch-size",
-    "4",
-    "--steps-per-epoch",
-    "3",
-    "--eval-every",
-    "1",
-    "--precision",
-    "float32",
-]
 
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return make_demo_dataset(
-        tmp_path_factory.mktemp("demo"), n_train=10, n_test=3, size_range=(64, 96)
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(demo, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("models") / "tiny"
-    status = cli_main(
-        [
-            "train",
-            "--preset",
-            "demo",
-            *TINY,
-            "--epochs",
-            "2",
-            "--images",
-            str(demo.train_dir),
-            "--out",
-            str(model_dir),
-        ]
-    )
-    assert status == 0
-    return model_dir
-
-
-def test_training_writes_a_complete_model_folder(trained):
+def test_training_writes_a_complete_model_folder(tiny_model):
     for name in (
         "config.json",
         "model.weights.h5",
@@ -70,19 +25,19 @@ def test_training_writes_a_complete_model_folder(trained):
         "curves.png",
         "checkpoint/last.keras",
     ):
-        assert (trained / name).is_file(), name
-    scores = json.loads((trained / "scores.json").read_text())
+        assert (tiny_model / name).is_file(), name
+    scores = json.loads((tiny_model / "scores.json").read_text())
     assert scores["epochs_run"] == 2
     assert 0.0 <= scores["validation_score"] <= 1.0
     assert scores["command"].startswith("./run.sh train --preset demo")
-    split = json.loads((trained / "split.json").read_text())
+    split = json.loads((tiny_model / "split.json").read_text())
     assert len(split["train"]) + len(split["val"]) == 10
-    config = json.loads((trained / "config.json").read_text())
+    config = json.loads((tiny_model / "config.json").read_text())
     assert config["model"]["base_filters"] == 4 and config["train"]["crop_size"] == 64
 
 
-def test_tuned_thresholds_are_saved_and_used_unless_overridden(trained, demo, tmp_path):
-    tuned = json.loads((trained / "thresholds.json").read_text())
+def test_tuned_thresholds_are_saved_and_used_unless_overridden(tiny_model, tiny_demo, tmp_path):
+    tuned = json.loads((tiny_model / "thresholds.json").read_text())
     assert set(tuned["params"]) >= {"method", "threshold", "min_size", "tta"}
     assert tuned["validation_score"] >= tuned["untuned_validation_score"]
     assert tuned["validation_score"] == max(
@@ -94,9 +49,9 @@ def test_tuned_thresholds_are_saved_and_used_unless_overridden(trained, demo, tm
             [
                 "predict",
                 "--model",
-                str(trained),
+                str(tiny_model),
                 "--images",
-                str(demo.test_dir),
+                str(tiny_demo.test_dir),
                 "--out",
                 str(out),
                 "--threshold",
@@ -111,16 +66,16 @@ def test_tuned_thresholds_are_saved_and_used_unless_overridden(trained, demo, tm
     assert used["min_size"] == tuned["params"]["min_size"]  # the saved value, not the default
 
 
-def test_evaluate_scores_the_validation_split(trained, capsys):
-    assert cli_main(["evaluate", "--model", str(trained), "--untuned", "--json"]) == 0
+def test_evaluate_scores_the_validation_split(tiny_model, capsys):
+    assert cli_main(["evaluate", "--model", str(tiny_model), "--untuned", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    split = json.loads((trained / "split.json").read_text())
+    split = json.loads((tiny_model / "split.json").read_text())
     assert set(result["per_image"]) == set(split["val"])
     assert result["settings"]["threshold"] == 0.5  # the demo preset's default, untuned
     assert result["score"] == pytest.approx(sum(result["per_image"].values()) / len(split["val"]))
 
 
-def test_predict_check_score_and_leaderboard(trained, demo, tmp_path, capsys):
+def test_predict_check_score_and_leaderboard(tiny_model, tiny_demo, tmp_path, capsys):
     submission = tmp_path / "tiny.csv"
     leaderboard = tmp_path / "leaderboard.csv"
     assert (
@@ -128,9 +83,9 @@ def test_predict_check_score_and_leaderboard(trained, demo, tmp_path, capsys):
             [
                 "predict",
                 "--model",
-                str(trained),
+                str(tiny_model),
                 "--images",
-                str(demo.test_dir),
+                str(tiny_demo.test_dir),
                 "--out",
                 str(submission),
             ]
@@ -140,8 +95,8 @@ def test_predict_check_score_and_leaderboard(trained, demo, tmp_path, capsys):
     assert submission.read_text().startswith("ImageId,EncodedPixels\n")
     ids = {line.split(",")[0] for line in submission.read_text().splitlines()[1:]}
     assert ids == {"demo-test-000", "demo-test-001", "demo-test-002"}
-    assert json.loads(submission.with_suffix(".json").read_text())["model"] == str(trained)
-    assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
+    assert json.loads(submission.with_suffix(".json").read_text())["model"] == str(tiny_model)
+    assert cli_main(["check-submission", str(submission), "--images", str(tiny_demo.test_dir)]) == 0
     capsys.readouterr()
     assert (
         cli_main(
@@ -149,7 +104,7 @@ def test_predict_check_score_and_leaderboard(trained, demo, tmp_path, capsys):
                 "score",
                 str(submission),
                 "--solution",
-                str(demo.solution_csv),
+                str(tiny_demo.solution_csv),
                 "--leaderboard",
                 str(leaderboard),
                 "--json",
@@ -163,14 +118,16 @@ def test_predict_check_score_and_leaderboard(trained, demo, tmp_path, capsys):
     assert len(leaderboard.read_text().splitlines()) == 2  # header + this scoring
 
 
-def test_several_test_time_scales_predict_a_valid_submission(trained, demo, tmp_path, capsys):
+def test_several_test_time_scales_predict_a_valid_submission(
+    tiny_model, tiny_demo, tmp_path, capsys
+):
     submission = tmp_path / "scales.csv"
-    predict = ["predict", "--model", str(trained), "--images", str(demo.test_dir)]
+    predict = ["predict", "--model", str(tiny_model), "--images", str(tiny_demo.test_dir)]
     assert cli_main([*predict, "--scales", "0.5, 1,2", "--out", str(submission)]) == 0
-    assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
+    assert cli_main(["check-submission", str(submission), "--images", str(tiny_demo.test_dir)]) == 0
     assert json.loads(submission.with_suffix(".json").read_text())["predict"]["scales"] == "0.5,1,2"
     capsys.readouterr()
-    assert cli_main(["evaluate", "--model", str(trained), "--scales", "1,2", "--json"]) == 0
+    assert cli_main(["evaluate", "--model", str(tiny_model), "--scales", "1,2", "--json"]) == 0
     assert (
         json.loads(capsys.readouterr().out.strip().splitlines()[-1])["settings"]["scales"] == "1,2"
     )
@@ -184,7 +141,7 @@ def test_several_test_time_scales_predict_a_valid_submission(trained, demo, tmp_
     assert not (tmp_path / "bad.csv").exists()
 
 
-def test_resume_continues_from_the_last_checkpoint(demo, tmp_path):
+def test_resume_continues_from_the_last_checkpoint(tiny_demo, tmp_path):
     model_dir = tmp_path / "resumed"
     args = [
         "train",
@@ -192,7 +149,7 @@ def test_resume_continues_from_the_last_checkpoint(demo, tmp_path):
         "demo",
         *TINY,
         "--images",
-        str(demo.train_dir),
+        str(tiny_demo.train_dir),
         "--out",
         str(model_dir),
     ]
@@ -207,7 +164,7 @@ def test_resume_continues_from_the_last_checkpoint(demo, tmp_path):
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
 
 
-def test_training_refuses_to_overwrite_a_model(trained, demo):
+def test_training_refuses_to_overwrite_a_model(tiny_model, tiny_demo):
     assert (
         cli_main(
             [
@@ -216,9 +173,9 @@ def test_training_refuses_to_overwrite_a_model(trained, demo):
                 "demo",
                 *TINY,
                 "--images",
-                str(demo.train_dir),
+                str(tiny_demo.train_dir),
                 "--out",
-                str(trained),
+                str(tiny_model),
             ]
         )
         == 2
@@ -308,10 +265,10 @@ ARCH_FLAGS = {
 
 
 @pytest.mark.parametrize("arch", sorted(ARCH_FLAGS))
-def test_every_architecture_trains_predicts_and_submits(arch, demo, tmp_path, capsys):
+def test_every_architecture_trains_predicts_and_submits(arch, tiny_demo, tmp_path, capsys):
     model_dir = tmp_path / arch
     train = ["train", "--preset", "demo", "--arch", arch, *TINY, *ARCH_FLAGS[arch]]
-    train += ["--epochs", "1", "--images", str(demo.train_dir), "--out", str(model_dir)]
+    train += ["--epochs", "1", "--images", str(tiny_demo.train_dir), "--out", str(model_dir)]
     assert cli_main(train) == 0
     config = json.loads((model_dir / "config.json").read_text())
     assert config["model"]["arch"] == arch
@@ -320,9 +277,9 @@ def test_every_architecture_trains_predicts_and_submits(arch, demo, tmp_path, ca
     tuned = json.loads((model_dir / "thresholds.json").read_text())
     assert tuned["heads"] == "all"
     submission = tmp_path / f"{arch}.csv"
-    predict = ["predict", "--model", str(model_dir), "--images", str(demo.test_dir)]
+    predict = ["predict", "--model", str(model_dir), "--images", str(tiny_demo.test_dir)]
     assert cli_main([*predict, "--out", str(submission)]) == 0
-    assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
+    assert cli_main(["check-submission", str(submission), "--images", str(tiny_demo.test_dir)]) == 0
     if arch == "unetpp":  # fast mode: the first head alone
         fast = tmp_path / "fast.csv"
         assert cli_main([*predict, "--out", str(fast), "--heads", "1"]) == 0
@@ -334,31 +291,31 @@ def test_every_architecture_trains_predicts_and_submits(arch, demo, tmp_path, ca
         assert result["settings"]["heads"] == "2"
 
 
-def test_time_budget_stops_training_and_evaluates_the_last_epoch(demo, tmp_path):
+def test_time_budget_stops_training_and_evaluates_the_last_epoch(tiny_demo, tmp_path):
     model_dir = tmp_path / "budget"
     args = ["train", "--preset", "demo", *TINY, "--eval-every", "4", "--epochs", "5"]
-    args += ["--max-minutes", "0.0001", "--no-tune", "--images", str(demo.train_dir)]
+    args += ["--max-minutes", "0.0001", "--no-tune", "--images", str(tiny_demo.train_dir)]
     assert cli_main([*args, "--out", str(model_dir)]) == 0
     scores = json.loads((model_dir / "scores.json").read_text())
     assert scores["epochs_run"] == 1 and scores["stopped_by"] == "time budget"
     assert scores["max_minutes"] == 0.0001 and scores["validation_score"] is not None
 
 
-def test_nucleus_scale_policy_trains_predicts_and_submits(demo, tmp_path, capsys):
+def test_nucleus_scale_policy_trains_predicts_and_submits(tiny_demo, tmp_path, capsys):
     """``--resize-policy nucleus``: recorded in the model's config, and every stage after
     training (tuning, evaluation, prediction) runs its two-pass scale estimate."""
     model_dir = tmp_path / "nucleus"
     train = ["train", "--preset", "demo", *TINY, "--epochs", "1"]
     train += ["--resize-policy", "nucleus", "--nucleus-diameter", "16"]
-    assert cli_main([*train, "--images", str(demo.train_dir), "--out", str(model_dir)]) == 0
+    assert cli_main([*train, "--images", str(tiny_demo.train_dir), "--out", str(model_dir)]) == 0
     config = json.loads((model_dir / "config.json").read_text())
     assert config["train"]["resize_policy"] == "nucleus"
     assert config["train"]["nucleus_diameter"] == 16.0
     assert json.loads((model_dir / "scores.json").read_text())["validation_score"] is not None
     submission = tmp_path / "nucleus.csv"
-    predict = ["predict", "--model", str(model_dir), "--images", str(demo.test_dir)]
+    predict = ["predict", "--model", str(model_dir), "--images", str(tiny_demo.test_dir)]
     assert cli_main([*predict, "--out", str(submission)]) == 0
-    assert cli_main(["check-submission", str(submission), "--images", str(demo.test_dir)]) == 0
+    assert cli_main(["check-submission", str(submission), "--images", str(tiny_demo.test_dir)]) == 0
     # Fixed test-time scales would fight the policy's own: asked for, they are refused.
     status, _, err = run_cli([*predict, "--scales", "0.5,1", "--out", str(submission)], capsys)
     assert status == 2
@@ -369,17 +326,17 @@ def test_nucleus_scale_policy_trains_predicts_and_submits(demo, tmp_path, capsys
 
 
 def test_a_held_out_condition_split_validates_on_conditions_it_never_trained_on(
-    demo, tmp_path, capsys
+    tiny_demo, tmp_path, capsys
 ):
     model_dir = tmp_path / "held-out"
     argv = ["train", "--preset", "demo", *TINY, "--epochs", "1", "--split", "conditions"]
-    assert cli_main([*argv, "--images", str(demo.train_dir), "--out", str(model_dir)]) == 0
+    assert cli_main([*argv, "--images", str(tiny_demo.train_dir), "--out", str(model_dir)]) == 0
     split = json.loads((model_dir / "split.json").read_text())
     assert split["held_out_conditions"] and split["val"]
     from pipeline.data.dataset import load_samples
     from pipeline.learning.splits import condition_of
 
-    conditions = {s.image_id: condition_of(s) for s in load_samples(demo.train_dir, False)}
+    conditions = {s.image_id: condition_of(s) for s in load_samples(tiny_demo.train_dir, False)}
     trained_on = {conditions[i] for i in split["train"]}
     assert {conditions[i] for i in split["val"]} == set(split["held_out_conditions"])
     assert not trained_on & set(split["held_out_conditions"])

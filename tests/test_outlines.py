@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-from conftest import one_error_line, run_cli
+from conftest import one_error_line, predict_argv, run_cli
 from PIL import Image
 from roifile import ROI_TYPE, roiread
 from shapely.geometry import shape
@@ -234,24 +234,28 @@ def test_predict_writes_a_roi_set_and_a_geojson_per_image_matching_the_csv(expor
     assert "pipeline-rois.json" in manifests
 
 
-def predict_argv(model: Path, images: Path, tmp_path: Path, *flags: str) -> list[str]:
-    argv = ["predict", "--model", str(model), "--images", str(images)]
-    return [*argv, "--out", str(tmp_path / "s.csv"), *flags]
-
-
 def test_a_second_run_replaces_its_own_files_and_refuses_a_foreign_one(
     tiny_model, plain_folder, tmp_path, capsys
 ):
     images = tmp_path / "images"
     shutil.copytree(plain_folder, images)
-    argv = predict_argv(tiny_model, images, tmp_path, "--rois-out", str(tmp_path / "rois"))
+    argv = predict_argv(
+        tiny_model, images, "--out", str(tmp_path / "s.csv"), "--rois-out", str(tmp_path / "rois")
+    )
     assert run_cli(argv, capsys)[0] == 0
     first = (tmp_path / "rois" / "border_rois.zip").read_bytes()
     assert run_cli(argv, capsys)[0] == 0  # its own files: replaced without --force
     assert (tmp_path / "rois" / "border_rois.zip").read_bytes() == first
     (tmp_path / "geojson").mkdir()
     (tmp_path / "geojson" / "border.geojson").write_text("{}")  # someone else's
-    argv = predict_argv(tiny_model, images, tmp_path, "--geojson-out", str(tmp_path / "geojson"))
+    argv = predict_argv(
+        tiny_model,
+        images,
+        "--out",
+        str(tmp_path / "s.csv"),
+        "--geojson-out",
+        str(tmp_path / "geojson"),
+    )
     status, _, err = run_cli(argv, capsys)
     assert status == 2
     assert "border.geojson: exists and was not written by this pipeline" in one_error_line(err)
@@ -285,7 +289,9 @@ def test_bad_output_folders_are_refused_before_predicting(
     flags = [option, str(folder)]
     if where == "same-as-rois":
         flags += ["--rois-out", str(tmp_path / "rois")]
-    status, _, err = run_cli(predict_argv(tiny_model, images, tmp_path, *flags), capsys)
+    status, _, err = run_cli(
+        predict_argv(tiny_model, images, "--out", str(tmp_path / "s.csv"), *flags), capsys
+    )
     assert status == 2
     assert message in one_error_line(err)
     assert "predicting" not in err
@@ -303,7 +309,9 @@ def test_a_folder_this_process_cannot_write_to_is_refused(
         folder = tmp_path / "read-only" / "rois"
         folder.parent.mkdir()
         folder.parent.chmod(0o555)
-    argv = predict_argv(tiny_model, plain_folder, tmp_path, "--rois-out", str(folder))
+    argv = predict_argv(
+        tiny_model, plain_folder, "--out", str(tmp_path / "s.csv"), "--rois-out", str(folder)
+    )
     status, _, err = run_cli(argv, capsys)
     assert status == 2
     assert f"{folder}: cannot be written (--rois-out)" in one_error_line(err)

@@ -1,9 +1,9 @@
 """predict on a plain folder of images or one image file, with label images and measurements.
 
-Through the real command line, with the tiny model the end-to-end tests train
-(`test_end_to_end.trained`, on `test_end_to_end.demo`): a folder of mixed PNG, JPEG, 16-bit
-TIFF and grey images, whose label images must hold exactly the instances of the CSV rows and
-whose measurements one row per nucleus; a single file; names and files that are refused.
+Through the real command line, with the session's tiny model (conftest's `tiny_model`,
+trained on `tiny_demo`): a folder of mixed PNG, JPEG, 16-bit TIFF and grey images, whose
+label images must hold exactly the instances of the CSV rows and whose measurements one row
+per nucleus; a single file; names and files that are refused.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import test_end_to_end as end_to_end
 import tifffile
 from PIL import Image
 from skimage.draw import disk
@@ -27,9 +26,6 @@ from pipeline.inference.measure import COLUMNS
 from pipeline.inference.predict import write_label_image
 from pipeline.stages.predict import default_out_csv
 
-demo = end_to_end.demo
-trained = end_to_end.trained
-
 
 def disc_image(shape=(72, 80)) -> np.ndarray:
     """A grey uint8 image: bright discs on a dark background."""
@@ -40,10 +36,12 @@ def disc_image(shape=(72, 80)) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def mixed_folder(demo, tmp_path_factory) -> Path:
+def mixed_folder(tiny_demo, tmp_path_factory) -> Path:
     """PNG (colour), JPEG, 16-bit TIFF and grey PNG, plus a text file to be ignored."""
     folder = tmp_path_factory.mktemp("mixed")
-    rgb = [read_image(image_path(demo.test_dir, i)) for i in list_image_ids(demo.test_dir)]
+    rgb = [
+        read_image(image_path(tiny_demo.test_dir, i)) for i in list_image_ids(tiny_demo.test_dir)
+    ]
     Image.fromarray(rgb[0]).save(folder / "colour.png")
     Image.fromarray(rgb[1]).save(folder / "photo.JPG", quality=95)
     tifffile.imwrite(folder / "deep.tif", rgb[2][:, :, 0].astype(np.uint16) * 257 + 40)
@@ -53,14 +51,14 @@ def mixed_folder(demo, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def predicted(trained, mixed_folder, tmp_path_factory) -> Path:
+def predicted(tiny_model, mixed_folder, tmp_path_factory) -> Path:
     """The mixed folder predicted, with label images and measurements."""
     out = tmp_path_factory.mktemp("predicted")
     status = cli_main(
         [
             "predict",
             "--model",
-            str(trained),
+            str(tiny_model),
             "--images",
             str(mixed_folder),
             "--out",
@@ -121,17 +119,17 @@ def test_measurements_have_a_row_per_nucleus_with_its_area(predicted, mixed_fold
         assert mean_intensity == pytest.approx(stored[labels == label].mean())
 
 
-def test_a_single_file_is_predicted(trained, mixed_folder, tmp_path):
+def test_a_single_file_is_predicted(tiny_model, mixed_folder, tmp_path):
     out = tmp_path / "one.csv"
     measurements = tmp_path / "one-nuclei.csv"
-    args = ["predict", "--model", str(trained), "--images", str(mixed_folder / "deep.tif")]
+    args = ["predict", "--model", str(tiny_model), "--images", str(mixed_folder / "deep.tif")]
     assert cli_main([*args, "--out", str(out), "--measurements", str(measurements)]) == 0
     assert set(group_rows(read_submission(out))) == {"deep"}
     assert set(pd.read_csv(measurements)["image"]) <= {"deep"}
     assert not (tmp_path / "labels").exists()  # label images only when asked
 
 
-def test_default_outputs_are_named_after_the_model_and_the_images(mixed_folder, demo):
+def test_default_outputs_are_named_after_the_model_and_the_images(mixed_folder, tiny_demo):
     model = Path("models/default")
     assert default_out_csv(list_image_files(mixed_folder), model).name == (
         f"default-{mixed_folder.name}.csv"
@@ -139,7 +137,7 @@ def test_default_outputs_are_named_after_the_model_and_the_images(mixed_folder, 
     assert default_out_csv(list_image_files(mixed_folder / "deep.tif"), model).name == (
         "default-deep.csv"
     )
-    assert default_out_csv(list_image_files(demo.test_dir), model).name == "default.csv"
+    assert default_out_csv(list_image_files(tiny_demo.test_dir), model).name == "default.csv"
 
 
 def test_two_files_with_the_same_name_are_refused(tmp_path, capsys):
@@ -151,13 +149,13 @@ def test_two_files_with_the_same_name_are_refused(tmp_path, capsys):
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_an_unreadable_file_is_refused_with_its_name(trained, tmp_path, capsys):
+def test_an_unreadable_file_is_refused_with_its_name(tiny_model, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(disc_image()).save(images / "good.png")
     (images / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
     out = tmp_path / "x.csv"
-    args = ["predict", "--model", str(trained), "--images", str(images), "--out", str(out)]
+    args = ["predict", "--model", str(tiny_model), "--images", str(images), "--out", str(out)]
     assert cli_main(args) == 2
     assert "broken.tif: not a readable TIFF image" in capsys.readouterr().err
     assert not out.exists()  # nothing half-written

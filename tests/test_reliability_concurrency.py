@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -135,14 +134,13 @@ def test_two_trainings_into_one_out_exclude_each_other(tiny_demo, tmp_path, caps
 
 
 @pytest.mark.slow
-def test_two_tunings_of_one_model_exclude_each_other(tiny_model, tiny_demo, tmp_path):
-    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
-    argv = ["tune", "--model", str(model), "--images", str(tiny_demo.train_dir)]
-    err = run_beside_a_stopped_first(argv, argv, lock_path(model))
+def test_two_tunings_of_one_model_exclude_each_other(model_copy, tiny_demo, tmp_path):
+    argv = ["tune", "--model", str(model_copy), "--images", str(tiny_demo.train_dir)]
+    err = run_beside_a_stopped_first(argv, argv, lock_path(model_copy))
     line = one_error_line(err)
-    assert f"error: {model}: another run is writing it (process " in line
+    assert f"error: {model_copy}: another run is writing it (process " in line
     assert "choose another --model" in line
-    assert (model / "thresholds.json").is_file()
+    assert (model_copy / "thresholds.json").is_file()
     assert leftovers(tmp_path) == []
 
 

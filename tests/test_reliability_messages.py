@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import one_error_line, run_cli
+from conftest import one_error_line, predict_argv, run_cli
 from PIL import Image
 
 from pipeline.learning.model_store import mark_complete
@@ -20,11 +20,6 @@ from pipeline.learning.model_store import mark_complete
 pytest.importorskip("keras")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def model(tiny_model: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
 
 
 @pytest.fixture
@@ -48,22 +43,24 @@ def unwritable(tmp_path: Path) -> Path:
     pytest.skip("no folder this process cannot write to")
 
 
-def predict(model: Path, images: Path, *flags: str) -> list[str]:
-    return ["predict", "--model", str(model), "--images", str(images), *flags]
-
-
-def test_an_out_that_is_a_folder_is_refused_before_predicting(model, tiny_demo, tmp_path, capsys):
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, "--out", str(tmp_path)), capsys)
+def test_an_out_that_is_a_folder_is_refused_before_predicting(
+    model_copy, tiny_demo, tmp_path, capsys
+):
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(tmp_path)), capsys
+    )
     assert status == 2
     assert f"{tmp_path}: is a folder; --out takes a file name" in one_error_line(err)
     assert "predicting" not in err  # refused before the model was even loaded
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_predicting(
-    model, tiny_demo, unwritable, capsys
+    model_copy, tiny_demo, unwritable, capsys
 ):
     out = unwritable / "sub.csv"
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, "--out", str(out)), capsys)
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(out)), capsys
+    )
     assert status == 2
     line = one_error_line(err)
     assert f"{out}: cannot be written (--out)" in line
@@ -71,14 +68,14 @@ def test_an_out_that_cannot_be_written_is_refused_before_predicting(
 
 
 def test_an_image_whose_name_cannot_be_an_image_id_is_refused_before_predicting(
-    model, tmp_path, capsys
+    model_copy, tmp_path, capsys
 ):
     folder = tmp_path / "plain"
     folder.mkdir()
     Image.new("L", (32, 32)).save(folder / "well1.png")
     Image.new("L", (32, 32)).save(folder / "plate 1,well 2.png")
     out = tmp_path / "sub.csv"
-    status, _, err = run_cli(predict(model, folder, "--out", str(out)), capsys)
+    status, _, err = run_cli(predict_argv(model_copy, folder, "--out", str(out)), capsys)
     assert status == 2
     line = one_error_line(err)
     assert "plate 1,well 2.png: 'plate 1,well 2' cannot be an ImageId" in line
@@ -112,14 +109,14 @@ def test_a_leaderboard_that_cannot_be_written_still_shows_the_score(
     ids=["a string for a number", "a number for a section", "a list", "out of range"],
 )
 def test_a_config_json_with_wrong_types_is_refused_naming_it(
-    change, message, model, tiny_demo, tmp_path, capsys
+    change, message, model_copy, tiny_demo, tmp_path, capsys
 ):
-    path = model / "config.json"
+    path = model_copy / "config.json"
     config = json.loads(path.read_text())
     change(config)
     path.write_text(json.dumps(config))
     status, _, err = run_cli(
-        predict(model, tiny_demo.test_dir, "--out", str(tmp_path / "s.csv")), capsys
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(tmp_path / "s.csv")), capsys
     )
     assert status == 2
     line = one_error_line(err)
@@ -127,16 +124,18 @@ def test_a_config_json_with_wrong_types_is_refused_naming_it(
 
 
 def test_weights_that_do_not_fit_the_config_give_one_line_without_keras_dumps(
-    model, tiny_demo, tmp_path, capfd
+    model_copy, tiny_demo, tmp_path, capfd
 ):
-    path = model / "config.json"
+    path = model_copy / "config.json"
     config = json.loads(path.read_text())
     config["model"]["base_filters"] *= 2
     path.write_text(json.dumps(config))
-    mark_complete(model, tuned=True)  # edited before it was finished: covered as it is
+    mark_complete(model_copy, tuned=True)  # edited before it was finished: covered as it is
     from pipeline.cli import main as cli_main
 
-    status = cli_main(predict(model, tiny_demo.test_dir, "--out", str(tmp_path / "s.csv")))
+    status = cli_main(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(tmp_path / "s.csv"))
+    )
     err = capfd.readouterr().err
     assert status == 2
     line = one_error_line(err)
@@ -144,13 +143,13 @@ def test_weights_that_do_not_fit_the_config_give_one_line_without_keras_dumps(
     assert "UserWarning" not in err and len(err.splitlines()) <= 4, err
 
 
-def test_a_damaged_weights_file_gives_one_line(model, tiny_demo, tmp_path, capsys):
+def test_a_damaged_weights_file_gives_one_line(model_copy, tiny_demo, tmp_path, capsys):
     """Damaged before it was finished (its checksum is of the damaged file)."""
-    weights = model / "model.weights.h5"
+    weights = model_copy / "model.weights.h5"
     weights.write_bytes(weights.read_bytes()[:3000])
-    mark_complete(model, tuned=True)
+    mark_complete(model_copy, tuned=True)
     status, _, err = run_cli(
-        predict(model, tiny_demo.test_dir, "--out", str(tmp_path / "s.csv")), capsys
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(tmp_path / "s.csv")), capsys
     )
     assert status == 2
     assert f"{weights}: cannot load these weights" in one_error_line(err)
@@ -251,21 +250,18 @@ def test_a_model_folder_that_is_not_there_is_named_as_such(stage, tiny_demo, tmp
     )
 
 
-def test_train_resume_shows_no_tensorflow_start_up_lines(tiny_model, tmp_path):
+def test_train_resume_shows_no_tensorflow_start_up_lines(model_copy, tmp_path):
     """``train --resume`` looked at the checkpoint through a module that imported Keras
     before the device was chosen, so TensorFlow's start-up lines were printed (issue 23,
     case 13); the checkpoint's name now lives with the model folder's other names."""
-    import shutil
     import sys
 
     from pipeline.learning.device import STARTUP_NOISE
 
-    model = tmp_path / "more"
-    shutil.copytree(tiny_model, model)
     root = Path(__file__).resolve().parents[1]
     environment = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
     environment["KERAS_BACKEND"] = "tensorflow"
-    command = [sys.executable, "-m", "pipeline", "train", "--resume", "--out", str(model)]
+    command = [sys.executable, "-m", "pipeline", "train", "--resume", "--out", str(model_copy)]
     result = subprocess.run(
         [*command, "--epochs", "3", "--no-tune"], cwd=tmp_path, env=environment,
         capture_output=True, text=True, timeout=600, check=False,

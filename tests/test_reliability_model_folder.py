@@ -9,26 +9,16 @@ checked by the settings' declarations in any case."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import one_error_line, run_cli
+from conftest import one_error_line, predict_argv, run_cli
 
 from pipeline.learning.model_store import check_finished, file_sha256, load_config
 
 pytest.importorskip("keras")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def model(tiny_model: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
-
-
-def predict(model: Path, images: Path, out: Path, *flags: str) -> list[str]:
-    return ["predict", "--model", str(model), "--images", str(images), "--out", str(out), *flags]
 
 
 def edit_json(path: Path, change) -> None:
@@ -44,13 +34,13 @@ def old_style(model: Path) -> None:
     )
 
 
-def test_complete_json_records_every_file_that_decides_a_prediction(model):
-    record = json.loads((model / "complete.json").read_text())
+def test_complete_json_records_every_file_that_decides_a_prediction(model_copy):
+    record = json.loads((model_copy / "complete.json").read_text())
     assert record == {
-        "weights_sha256": file_sha256(model / "model.weights.h5"),
+        "weights_sha256": file_sha256(model_copy / "model.weights.h5"),
         "tuned": True,
-        "config_sha256": file_sha256(model / "config.json"),
-        "thresholds_sha256": file_sha256(model / "thresholds.json"),
+        "config_sha256": file_sha256(model_copy / "config.json"),
+        "thresholds_sha256": file_sha256(model_copy / "thresholds.json"),
     }
 
 
@@ -63,20 +53,24 @@ def test_complete_json_records_every_file_that_decides_a_prediction(model):
     ids=["resize_policy", "threshold"],
 )
 def test_an_edited_file_is_refused_naming_it_unless_force_edited(
-    model, tiny_demo, tmp_path, capsys, name, change
+    model_copy, tiny_demo, tmp_path, capsys, name, change
 ):
-    edit_json(model / name, change)
+    edit_json(model_copy / name, change)
     out = tmp_path / "sub.csv"
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, out), capsys)
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(out)), capsys
+    )
     assert status == 2
     assert one_error_line(err) == (
-        f"error: {model / name}: edited since the model was finished (its SHA-256 is not the "
+        f"error: {model_copy / name}: edited since the model was finished (its SHA-256 is not the "
         "one recorded in complete.json); --force-edited predicts with it as it is now"
     )
     assert not out.exists()
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, out, "--force-edited"), capsys)
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(out), "--force-edited"), capsys
+    )
     assert status == 0, err
-    assert f"{model / name}: edited since the model was finished" in err  # a warning
+    assert f"{model_copy / name}: edited since the model was finished" in err  # a warning
     assert "predicting with it as it is now (--force-edited)" in err
 
 
@@ -105,28 +99,34 @@ def test_an_edited_file_is_refused_naming_it_unless_force_edited(
 )
 @pytest.mark.parametrize("style", ["old", "new"])
 def test_what_the_declarations_refuse_is_refused_with_either_complete_json(
-    model, tiny_demo, tmp_path, capsys, file, change, expected, style
+    model_copy, tiny_demo, tmp_path, capsys, file, change, expected, style
 ):
     """Named before any checksum, and refused even with --force-edited."""
     if style == "old":
-        old_style(model)
-    edit_json(model / file, change)
+        old_style(model_copy)
+    edit_json(model_copy / file, change)
     out = tmp_path / "s.csv"
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, out, "--force-edited"), capsys)
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(out), "--force-edited"), capsys
+    )
     assert status == 2
-    assert f"error: {model / file}: " in one_error_line(err)
+    assert f"error: {model_copy / file}: " in one_error_line(err)
     assert expected in one_error_line(err)
     assert not out.exists()
 
 
-def test_an_old_complete_json_covers_the_weights_only_and_loads(model, tiny_demo, tmp_path, capsys):
-    old_style(model)
-    before = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
-    edit_json(model / "thresholds.json", lambda d: d["params"].update(threshold=0.45))
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, tmp_path / "s.csv"), capsys)
+def test_an_old_complete_json_covers_the_weights_only_and_loads(
+    model_copy, tiny_demo, tmp_path, capsys
+):
+    old_style(model_copy)
+    before = {p.name: p.read_bytes() for p in model_copy.iterdir() if p.is_file()}
+    edit_json(model_copy / "thresholds.json", lambda d: d["params"].update(threshold=0.45))
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(tmp_path / "s.csv")), capsys
+    )
     assert status == 0, err
-    assert load_config(model).predict.threshold == 0.45
-    after = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    assert load_config(model_copy).predict.threshold == 0.45
+    after = {p.name: p.read_bytes() for p in model_copy.iterdir() if p.is_file()}
     assert after.keys() == before.keys()
     assert after["complete.json"] == before["complete.json"]  # nothing written on load
 
@@ -139,12 +139,14 @@ def test_the_shipped_model_still_loads():
     assert load_config(shipped).predict.threshold == 0.6
 
 
-def test_tune_records_the_new_thresholds_in_complete_json(model, tiny_demo, tmp_path, capsys):
-    old_style(model)
-    status, _, err = run_cli(["tune", "--model", str(model)], capsys)
+def test_tune_records_the_new_thresholds_in_complete_json(model_copy, tiny_demo, tmp_path, capsys):
+    old_style(model_copy)
+    status, _, err = run_cli(["tune", "--model", str(model_copy)], capsys)
     assert status == 0, err
-    record = json.loads((model / "complete.json").read_text())
-    assert record["thresholds_sha256"] == file_sha256(model / "thresholds.json")
-    assert record["config_sha256"] == file_sha256(model / "config.json")
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, tmp_path / "s.csv"), capsys)
+    record = json.loads((model_copy / "complete.json").read_text())
+    assert record["thresholds_sha256"] == file_sha256(model_copy / "thresholds.json")
+    assert record["config_sha256"] == file_sha256(model_copy / "config.json")
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(tmp_path / "s.csv")), capsys
+    )
     assert status == 0, err

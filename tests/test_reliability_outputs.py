@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FLAGS, one_error_line, run_cli
+from conftest import TINY_FLAGS, one_error_line, predict_argv, run_cli
 
 pytest.importorskip("keras")
 
@@ -28,10 +28,6 @@ def contents(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def predict(model: Path, images: Path, *flags: str) -> list[str]:
-    return ["predict", "--model", str(model), "--images", str(images), *flags]
-
-
 def refused(argv: list[str], capsys) -> str:
     status, _, err = run_cli(argv, capsys)
     assert status == 2, err
@@ -48,7 +44,7 @@ def test_labels_out_pointed_at_the_images_is_refused_and_the_images_kept(
     before = contents(plain)
     out = tmp_path / "sub.csv"
     for flag in ([], ["--force"]):
-        argv = predict(tiny_model, plain, "--out", str(out), "--labels-out", str(plain), *flag)
+        argv = predict_argv(tiny_model, plain, "--out", str(out), "--labels-out", str(plain), *flag)
         line = refused(argv, capsys)
         assert line == (
             f"error: {plain}: is --images {plain}; an output is never written over or among "
@@ -69,22 +65,23 @@ def test_labels_out_pointed_at_the_images_is_refused_and_the_images_kept(
     ],
 )
 def test_an_output_among_the_inputs_or_on_another_output_is_refused(
-    tiny_model, plain, tmp_path, capsys, flag, where, expected
+    model_copy, plain, tmp_path, capsys, flag, where, expected
 ):
-    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
-    before = contents(plain), contents(model)
+    before = contents(plain), contents(model_copy)
     target = tmp_path / where
-    argv = predict(model, plain, "--out", str(tmp_path / "sub.csv"), flag, str(target))
+    argv = predict_argv(model_copy, plain, "--out", str(tmp_path / "sub.csv"), flag, str(target))
     line = refused([*argv, "--force"], capsys)
     assert f"error: {target}: {expected} " in line
     assert line.endswith(f"choose another {flag}")
-    assert (contents(plain), contents(model)) == before
+    assert (contents(plain), contents(model_copy)) == before
 
 
 def test_a_single_image_is_not_replaced_by_its_own_labels(tiny_model, plain, tmp_path, capsys):
     image = plain / "demo-test-001.png"
     before = image.read_bytes()
-    argv = predict(tiny_model, image, "--out", str(tmp_path / "s.csv"), "--labels-out", str(plain))
+    argv = predict_argv(
+        tiny_model, image, "--out", str(tmp_path / "s.csv"), "--labels-out", str(plain)
+    )
     assert f"error: {plain}: holds --images {image}; " in refused(argv, capsys)
     assert image.read_bytes() == before
 
@@ -118,7 +115,7 @@ def test_an_unrelated_measurements_csv_is_kept_unless_forced(
 ):
     table = tmp_path / "table.csv"
     table.write_text("sample,weight\nA,3\n")
-    argv = predict(tiny_model, tiny_demo.test_dir, "--out", str(tmp_path / "sub.csv"))
+    argv = predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(tmp_path / "sub.csv"))
     line = refused([*argv, "--measurements", str(table)], capsys)
     assert line == (
         f"error: {table}: exists and was not written by this pipeline (its first line is not "
@@ -141,7 +138,7 @@ def test_an_unrelated_png_in_labels_out_is_kept_unless_forced(
     labels.mkdir()
     (labels / "demo-test-002.png").write_bytes(b"my own picture")
     (labels / "notes.txt").write_text("mine")
-    argv = predict(tiny_model, tiny_demo.test_dir, "--out", str(tmp_path / "sub.csv"))
+    argv = predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(tmp_path / "sub.csv"))
     argv += ["--labels-out", str(labels)]
     line = refused(argv, capsys)
     assert line == (
@@ -168,7 +165,7 @@ def test_an_unrelated_json_beside_the_out_is_kept_unless_forced(
 ):
     sidecar = tmp_path / "results.json"
     sidecar.write_text('{"mine": 1}\n')
-    argv = predict(tiny_model, tiny_demo.test_dir, "--out", str(tmp_path / "results.csv"))
+    argv = predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(tmp_path / "results.csv"))
     line = refused(argv, capsys)
     assert line.startswith(f"error: {sidecar}: exists and is not the metadata of a submission")
     assert line.endswith("--force replaces it, or choose another --out")
@@ -186,7 +183,7 @@ def test_a_pipe_or_device_is_never_replaced_even_with_force(
 ):
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
-    argv = predict(tiny_model, tiny_demo.test_dir, "--force")
+    argv = predict_argv(tiny_model, tiny_demo.test_dir, "--force")
     if flag != "--out":
         argv += ["--out", str(tmp_path / "sub.csv")]
     line = refused([*argv, flag, str(fifo)], capsys)
@@ -201,6 +198,8 @@ def test_dev_full_is_refused_as_out(tiny_model, tiny_demo, capsys):
     full = Path("/dev/full")
     if not full.is_char_device():
         pytest.skip("no /dev/full here")
-    line = refused(predict(tiny_model, tiny_demo.test_dir, "--out", str(full), "--force"), capsys)
+    line = refused(
+        predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(full), "--force"), capsys
+    )
     assert line.startswith(f"error: {full}: is not a regular file or folder")
     assert full.is_char_device()

@@ -3,16 +3,10 @@ sidecar ``.json``) is replaced; any other file only with ``--force``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from conftest import one_error_line, run_cli
+from conftest import one_error_line, predict_argv, run_cli
 
 pytest.importorskip("keras")
-
-
-def predict(model: Path, images: Path, out: Path, *flags: str) -> list[str]:
-    return ["predict", "--model", str(model), "--images", str(images), "--out", str(out), *flags]
 
 
 def test_a_file_that_is_not_a_submission_is_kept_unless_forced(
@@ -20,13 +14,17 @@ def test_a_file_that_is_not_a_submission_is_kept_unless_forced(
 ):
     notes = tmp_path / "notes.csv"
     notes.write_text("my,own,data\n")
-    status, _, err = run_cli(predict(tiny_model, tiny_demo.test_dir, notes), capsys)
+    status, _, err = run_cli(
+        predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(notes)), capsys
+    )
     assert status == 2
     line = one_error_line(err)
     assert f"{notes}: exists and is not a submission written by this pipeline" in line
     assert "--force replaces it" in line
     assert notes.read_text() == "my,own,data\n"
-    status, _, err = run_cli(predict(tiny_model, tiny_demo.test_dir, notes, "--force"), capsys)
+    status, _, err = run_cli(
+        predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(notes), "--force"), capsys
+    )
     assert status == 0, err
     assert notes.read_text().startswith("ImageId,EncodedPixels\n")
     assert (tmp_path / "notes.json").is_file()  # now it is the pipeline's own
@@ -36,9 +34,11 @@ def test_the_pipelines_own_submission_is_replaced_without_force(
     tiny_model, tiny_demo, tmp_path, capsys
 ):
     out = tmp_path / "sub.csv"
-    assert run_cli(predict(tiny_model, tiny_demo.test_dir, out), capsys)[0] == 0
+    assert run_cli(predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(out)), capsys)[0] == 0
     first = out.read_text()
     out.write_text(first + "\n")  # changed since; still the pipeline's (sidecar present)
-    status, _, err = run_cli(predict(tiny_model, tiny_demo.test_dir, out), capsys)
+    status, _, err = run_cli(
+        predict_argv(tiny_model, tiny_demo.test_dir, "--out", str(out)), capsys
+    )
     assert status == 0, err
     assert out.read_text() == first

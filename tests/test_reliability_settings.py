@@ -5,7 +5,6 @@ another flag are refused with one line, before anything is written."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -53,17 +52,16 @@ def test_architecture_settings_have_an_upper_bound(
 
 
 def test_a_config_json_deeper_than_its_crop_is_refused_naming_it(
-    tiny_model, tiny_demo, tmp_path, capsys
+    model_copy, tiny_demo, tmp_path, capsys
 ):
-    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
-    config = json.loads((model / "config.json").read_text())
+    config = json.loads((model_copy / "config.json").read_text())
     config["model"]["depth"] = 7
-    (model / "config.json").write_text(json.dumps(config))
-    argv = ["predict", "--model", str(model), "--images", str(tiny_demo.test_dir)]
+    (model_copy / "config.json").write_text(json.dumps(config))
+    argv = ["predict", "--model", str(model_copy), "--images", str(tiny_demo.test_dir)]
     status, _, err = run_cli([*argv, "--out", str(tmp_path / "s.csv")], capsys)
     assert status == 2
     assert one_error_line(err).startswith(
-        f"error: {model / 'config.json'}: model.depth 7 halves the 64-pixel crop 7 times"
+        f"error: {model_copy / 'config.json'}: model.depth 7 halves the 64-pixel crop 7 times"
     )
 
 

@@ -8,23 +8,11 @@ the value, through the real command line.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
-from conftest import TINY_FLAGS, one_error_line, run_cli
+from conftest import TINY_FLAGS, one_error_line, predict_argv, run_cli
 
 pytest.importorskip("keras")
-
-
-@pytest.fixture
-def model(tiny_model: Path, tmp_path: Path) -> Path:
-    """A copy of the tiny finished model, free to damage."""
-    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
-
-
-def predict(model: Path, images: Path, out: Path, *flags: str) -> list[str]:
-    return ["predict", "--model", str(model), "--images", str(images), "--out", str(out), *flags]
 
 
 @pytest.mark.parametrize(
@@ -36,24 +24,28 @@ def predict(model: Path, images: Path, out: Path, *flags: str) -> list[str]:
     ],
 )
 def test_out_of_range_prediction_flags_are_refused(
-    flags, message, model, tiny_demo, tmp_path, capsys
+    flags, message, model_copy, tiny_demo, tmp_path, capsys
 ):
     out = tmp_path / "sub.csv"
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, out, *flags), capsys)
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(out), *flags), capsys
+    )
     assert status == 2
     assert message in one_error_line(err)
     assert not out.exists()
 
 
 def test_thresholds_json_out_of_range_is_refused_naming_the_file(
-    model, tiny_demo, tmp_path, capsys
+    model_copy, tiny_demo, tmp_path, capsys
 ):
-    thresholds = model / "thresholds.json"
+    thresholds = model_copy / "thresholds.json"
     record = json.loads(thresholds.read_text())
     record["params"]["threshold"] = 7.5
     thresholds.write_text(json.dumps(record))
     out = tmp_path / "sub.csv"
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, out), capsys)
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(out)), capsys
+    )
     assert status == 2
     line = one_error_line(err)
     assert str(thresholds) in line and "threshold" in line and "7.5" in line
@@ -71,29 +63,37 @@ def test_a_negative_learning_rate_is_refused_before_anything_is_written(
     assert not out.exists()
 
 
-def test_weights_with_flipped_bytes_are_refused(model, tiny_demo, tmp_path, capsys):
-    weights = model / "model.weights.h5"
+def test_weights_with_flipped_bytes_are_refused(model_copy, tiny_demo, tmp_path, capsys):
+    weights = model_copy / "model.weights.h5"
     data = bytearray(weights.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 2048] = bytes(b ^ 0xFF for b in data[middle : middle + 2048])
     weights.write_bytes(bytes(data))
     out = tmp_path / "sub.csv"
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, out), capsys)
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(out)), capsys
+    )
     assert status == 2
     assert f"{weights}: damaged or replaced" in one_error_line(err)
     assert not out.exists()
 
 
-def test_a_missing_thresholds_json_of_a_tuned_model_is_refused(model, tiny_demo, tmp_path, capsys):
-    (model / "thresholds.json").unlink()
+def test_a_missing_thresholds_json_of_a_tuned_model_is_refused(
+    model_copy, tiny_demo, tmp_path, capsys
+):
+    (model_copy / "thresholds.json").unlink()
     out = tmp_path / "sub.csv"
-    status, _, err = run_cli(predict(model, tiny_demo.test_dir, out), capsys)
+    status, _, err = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(out)), capsys
+    )
     assert status == 2
     line = one_error_line(err)
     assert "thresholds.json: missing, though the model was tuned" in line
-    assert f"./run.sh tune --model {model}" in line
+    assert f"./run.sh tune --model {model_copy}" in line
     # --untuned says the defaults are wanted: then it predicts
-    status, _, _ = run_cli(predict(model, tiny_demo.test_dir, out, "--untuned"), capsys)
+    status, _, _ = run_cli(
+        predict_argv(model_copy, tiny_demo.test_dir, "--out", str(out), "--untuned"), capsys
+    )
     assert status == 0 and out.is_file()
 
 

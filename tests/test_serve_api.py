@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main as cli_main
 from pipeline.data.rle import decode_labels
-from pipeline.data.synthetic import make_demo_dataset
 
 pytest.importorskip("keras")
 pytest.importorskip("fastapi")
@@ -22,19 +20,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    demo = make_demo_dataset(
-        tmp_path_factory.mktemp("demo"), n_train=8, n_test=2, size_range=(64, 96)
-    )
-    model_dir = tmp_path_factory.mktemp("models") / "tiny"
-    tiny = ["--base-filters", "4", "--depth", "2", "--crop-size", "64", "--batch-size", "4"]
-    status = cli_main(
-        ["train", "--preset", "demo", *tiny, "--steps-per-epoch", "3", "--epochs", "2",
-         "--eval-every", "1", "--precision", "float32", "--images", str(demo.train_dir),
-         "--out", str(model_dir)]
-    )  # fmt: skip
-    assert status == 0
-    return model_dir
+def model_dir(tiny_model):
+    """The session's tiny model (conftest); the server only reads it."""
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

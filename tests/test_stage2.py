@@ -76,16 +76,9 @@ def demo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_dir(demo, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("models") / "tiny"
-    tiny = ["--base-filters", "4", "--depth", "2", "--crop-size", "64", "--batch-size", "4"]
-    status = cli_main(
-        ["train", "--preset", "demo", *tiny, "--steps-per-epoch", "2", "--epochs", "1",
-         "--eval-every", "1", "--precision", "float32", "--images", str(demo.train_dir),
-         "--out", str(model_dir)]
-    )  # fmt: skip
-    assert status == 0
-    return model_dir
+def model_dir(tiny_model):
+    """The session's tiny model (conftest); these tests only predict with it."""
+    return tiny_model
 
 
 def test_predict_resume_after_a_kill_gives_the_uninterrupted_submission(model_dir, tmp_path):
