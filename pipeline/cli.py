@@ -60,7 +60,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "leaderboard": ("pipeline.stages.leaderboard", "print the local leaderboard, best first"),
     "report": ("pipeline.stages.report", "overlay pictures and an HTML page for a submission"),
     "serve": ("pipeline.stages.serve", "a web page and API: drop an image, see its nuclei"),
-    "export": ("pipeline.stages.export", "a finished model's network as ONNX (model.onnx)"),
+    "export": (
+        "pipeline.stages.export",
+        "a finished model's network as ONNX (model.onnx) or a bioimage.io model package",
+    ),
 }
 DEFAULT_STAGE = "all"
 
@@ -81,8 +84,9 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the empty ones (None, False) that mean "not given"."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones (None, False) that mean "not given"; keeps the
+    lines of an epilog that a stage's ``add_arguments`` sets (``export``'s steps)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False:

@@ -50,6 +50,7 @@ def test_the_installed_command_shows_its_help_and_version(installed, tmp_path) -
     command = [sys.executable, str(target / "bin" / "dsb2018")]
     assert "predict" in run([*command, "--help"], tmp_path, env).stdout
     assert "--labels-out" in run([*command, "predict", "--help"], tmp_path, env).stdout
+    assert "Plugins > DeepImageJ" in run([*command, "export", "--help"], tmp_path, env).stdout
     version = run([*command, "--version"], tmp_path, env).stdout.strip()
     assert version == f"dsb2018 {_source_version()}"
 
@@ -59,6 +60,8 @@ def test_the_installed_package_has_its_templates(installed) -> None:
     for page in (
         "pipeline/serving/templates/index.html",
         "pipeline/evaluation/templates/report.html",
+        "pipeline/learning/templates/bioimageio_README.md",
+        "pipeline/learning/templates/bioimageio_open.txt",
     ):
         assert (target / page).is_file(), f"{page} is not installed"
 
