@@ -239,3 +239,60 @@ def test_a_preset_with_a_value_out_of_range_is_refused_naming_it(monkeypatch):
     for name in config_module.PRESETS:
         if name != "broken":
             config_module.preset(name)  # the shipped presets are all within range
+
+
+#: Training fingerprints as they were before fingerprint neutrality became part of each
+#: setting's declaration: a model folder named by one must keep it (else it is retrained).
+PINNED_FINGERPRINTS = {
+    "default": "a64205032922",
+    "demo": "8b8fcde4fa38",
+    "seeds-baseline": "36aa5e14d6c7",
+}
+#: The default preset with some settings changed -> its fingerprint. Each setting that
+#: leaves the fingerprint as it was while it holds its default, or while another setting
+#: makes it unused, appears changed (alone and with what makes it used).
+PINNED_VARIANTS = [
+    ({"train": {"max_minutes": 30.0}}, "24d1bb5dc63f"),
+    ({"train": {"augment_strength": "strong"}}, "72872307a820"),
+    ({"train": {"dim_nuclei": 0.5}}, "a26db62b2131"),
+    ({"train": {"stain_tissue": 0.3}}, "6960766ecda7"),
+    ({"train": {"paste_nuclei": 0.5}}, "8f409c250cc9"),
+    ({"train": {"split": "conditions"}}, "d55141fa8c9d"),
+    ({"model": {"input_space": "grey"}}, "8501dc5d2495"),
+    ({"train": {"scale_min": 0.5}}, "62a61f06c683"),
+    ({"train": {"scale_max": 2.0}}, "3ae5e2f45140"),
+    ({"train": {"with_stage1_test": True}}, "a41e4d62da81"),
+    ({"train": {"extra": "lpc"}}, "eb9fcfec3442"),
+    ({"train": {"extra": "lpc", "source_weighting": "equal"}}, "faa24db32dbd"),
+    ({"train": {"source_weighting": "equal"}}, "a64205032922"),  # no extra set: unused
+    ({"train": {"nucleus_diameter": 30.0}}, "a64205032922"),  # native policy: unused
+    ({"train": {"resize_policy": "nucleus"}}, "02c1238034ad"),
+    ({"train": {"resize_policy": "nucleus", "nucleus_diameter": 30.0}}, "86a67dd215eb"),
+    ({"model": {"arch": "mobilenetv2_unet"}}, "a79e15afb09e"),
+    ({"model": {"arch": "mobilenetv2_unet", "encoder_weights": "none"}}, "e09ca911a08a"),
+    ({"model": {"arch": "mobilenetv2_unet", "encoder_trainable": False}}, "37c51b313c68"),
+    ({"model": {"encoder_weights": "none", "encoder_trainable": False}}, "a64205032922"),
+    ({"model": {"targets": "border"}}, "1724058633fe"),
+    ({"train": {"epochs": 10}}, "76d6b260d03b"),
+    ({"train": {"precision": "float32"}}, "52192849b374"),
+]
+
+
+@pytest.mark.parametrize(("name", "fingerprint"), sorted(PINNED_FINGERPRINTS.items()))
+def test_the_presets_keep_their_training_fingerprints(name, fingerprint):
+    assert preset(name).training_fingerprint() == fingerprint
+
+
+def test_the_shipped_model_keeps_its_training_fingerprint():
+    from pipeline.paths import SOURCE_ROOT
+
+    config = Config.load(SOURCE_ROOT / "models" / "default" / "config.json")
+    assert config.training_fingerprint() == PINNED_FINGERPRINTS["default"]
+
+
+@pytest.mark.parametrize(("changes", "fingerprint"), PINNED_VARIANTS)
+def test_changed_settings_keep_their_training_fingerprints(changes, fingerprint):
+    data = preset("default").to_dict()
+    for section, values in changes.items():
+        data[section].update(values)
+    assert Config.from_dict(data).training_fingerprint() == fingerprint
