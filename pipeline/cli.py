@@ -136,7 +136,7 @@ def value_parser(item: dataclasses.Field) -> Callable[[str], Any]:
                 return meta["parse"](text)
             except PipelineError as error:
                 raise argparse.ArgumentTypeError(str(error)) from None
-        if item.type == "int":
+        if item.type is int:
             try:
                 value = int(text)
             except ValueError:
@@ -146,7 +146,7 @@ def value_parser(item: dataclasses.Field) -> Callable[[str], Any]:
                 message = f"expected a whole number {bounds}".rstrip()
                 raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
             return value
-        if item.type == "float":
+        if item.type is float:
             value = finite_float(text)
             if (low, high) != (None, None) and not _in_range(value, low, high):
                 raise argparse.ArgumentTypeError(f"{text} is not {_range_text(low, high)}")
@@ -211,7 +211,7 @@ def add_setting_argument(parser: argparse.ArgumentParser | Any, item: dataclasse
     meta = item.metadata
     help_text = meta["help"].replace("%", "%%")  # argparse formats help with %
     options: dict[str, Any] = {"dest": item.name, "default": None, "help": help_text}
-    if item.type == "bool":
+    if item.type is bool:
         options["action"] = argparse.BooleanOptionalAction
     else:
         options["type"] = value_parser(item)

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,20 @@ def setting(
         "repeat": repeat,
     }
     return field(default=default, metadata=metadata)
+
+
+def declared_types(section: type) -> type:
+    """Give each field of a dataclass of settings its declared type (``bool``, ``int``,
+    ``float`` or ``str``) as ``Field.type``, where ``from __future__ import annotations``
+    leaves the annotation's text (``"bool"``): checks then compare types, not strings.
+
+    >>> [item.type for item in dataclasses.fields(ModelConfig)][:2]
+    [<class 'str'>, <class 'int'>]
+    """
+    hints = typing.get_type_hints(section)
+    for item in dataclasses.fields(section):
+        item.type = hints[item.name]
+    return section
 
 
 def check_heads(heads: str) -> str:
@@ -207,6 +222,7 @@ def scale_factors(scales: str) -> tuple[float, ...]:
     return tuple(float(part) for part in check_scales(scales).split(","))
 
 
+@declared_types
 @dataclass
 class ModelConfig:
     """Architecture of the network, and what it sees and learns."""
@@ -258,6 +274,7 @@ class ModelConfig:
     )
 
 
+@declared_types
 @dataclass
 class TrainConfig:
     """How the network is trained."""
@@ -377,6 +394,7 @@ class TrainConfig:
     )
 
 
+@declared_types
 @dataclass
 class PredictConfig:
     """How probabilities become nucleus instances.
@@ -538,11 +556,11 @@ def setting_problem(item: dataclasses.Field, value: Any) -> str | None:
     "not a number: 'high'"
     """
     meta = item.metadata
-    if item.type == "bool":
+    if item.type is bool:
         return None if isinstance(value, bool) else f"not true or false: {value!r}"
-    if item.type in ("int", "float"):
+    if item.type in (int, float):
         whole = isinstance(value, int) and not isinstance(value, bool)
-        if item.type == "int" and not whole:
+        if item.type is int and not whole:
             return f"not a whole number: {value!r}"
         if not whole and not isinstance(value, float):
             return f"not a number: {value!r}"

@@ -67,7 +67,7 @@ def test_every_field_has_exactly_one_flag_and_every_flag_one_field(stage):
     assert set(flags) == set(fields)  # no field without a flag, no flag without a field
     for name, options in flags.items():
         flag = cli.flag_of(fields[name])
-        if fields[name].type == "bool":
+        if fields[name].type is bool:
             assert options == [flag, "--no-" + flag[2:]]
         else:
             assert options == [flag]
@@ -80,7 +80,7 @@ def test_every_section_is_covered_by_a_stage():
 
 def _flag_value(item: dataclasses.Field, value) -> list[str]:
     flag = cli.flag_of(item)
-    if item.type == "bool":
+    if item.type is bool:
         return [flag if value else "--no-" + flag[2:]]
     return [flag, str(value)]
 
@@ -92,11 +92,11 @@ def test_each_training_flag_sets_its_field(section):
     parser = cli.build_parser("train")
     for item in dataclasses.fields(SECTIONS[section]):
         default = getattr(getattr(preset("default"), section), item.name)
-        if item.type == "bool":
+        if item.type is bool:
             wanted = not default
         elif item.metadata["choices"]:
             wanted = next(c for c in item.metadata["choices"] if c != default)
-        elif item.type == "str":
+        elif item.type is str:
             wanted = "border" if item.name == "targets" else "x"
         else:  # a number in range other than the default
             low, high = item.metadata["low"], item.metadata["high"]
@@ -296,3 +296,15 @@ def test_changed_settings_keep_their_training_fingerprints(changes, fingerprint)
     for section, values in changes.items():
         data[section].update(values)
     assert Config.from_dict(data).training_fingerprint() == fingerprint
+
+
+def test_every_setting_has_its_declared_type_and_an_allowed_default():
+    """The checks compare ``Field.type`` with ``bool``, ``int``, ``float`` and ``str``: it
+    must hold the type itself, not the annotation's text."""
+    from pipeline.config import setting_problem
+
+    for section in SECTIONS.values():
+        for item in dataclasses.fields(section):
+            assert item.type in (bool, int, float, str), item.name
+            assert isinstance(item.default, item.type), item.name
+            assert setting_problem(item, item.default) is None, item.name

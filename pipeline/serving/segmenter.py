@@ -215,7 +215,7 @@ def parse_settings(form: dict[str, str]) -> dict[str, Any]:
 def _parse_one(item: dataclasses.Field, text: str) -> Any:
     from pipeline.cli import value_parser
 
-    if item.type == "bool":
+    if item.type is bool:
         if text.lower() in ("true", "1", "on", "yes"):
             return True
         if text.lower() in ("false", "0", "off", "no"):
