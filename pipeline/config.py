@@ -50,6 +50,7 @@ def setting(
     tunable: bool = False,
     postprocess: bool = False,
     repeat: bool = False,
+    neutral: bool | Callable[[dict[str, dict[str, Any]]], bool] = False,
 ) -> Any:
     """A config field with everything declared about it, in one place.
 
@@ -73,6 +74,10 @@ def setting(
     repeat
         A text setting whose flag may be given several times; the values are kept joined
         by commas (`split_list`).
+    neutral
+        Left out of `Config.training_fingerprint` while it trains as before it existed, so
+        older models keep theirs: True at its default, or a function of the model and train
+        sections (as `Config.to_dict` gives them) that says when the setting is unused.
     """
     metadata = {
         "help": help,
@@ -87,6 +92,7 @@ def setting(
         "tunable": tunable or postprocess,
         "postprocess": postprocess,
         "repeat": repeat,
+        "neutral": neutral,
     }
     return field(default=default, metadata=metadata)
 
@@ -222,6 +228,21 @@ def scale_factors(scales: str) -> tuple[float, ...]:
     return tuple(float(part) for part in check_scales(scales).split(","))
 
 
+def _arch_is_not_mobilenet(sections: dict[str, dict[str, Any]]) -> bool:
+    """Whether the encoder settings are unused: only mobilenetv2_unet has an encoder."""
+    return sections["model"]["arch"] != "mobilenetv2_unet"
+
+
+def _no_extra_set(sections: dict[str, dict[str, Any]]) -> bool:
+    """Whether the source weighting is unused: without an extra set there is one source."""
+    return not sections["train"]["extra"]
+
+
+def _policy_is_not_nucleus(sections: dict[str, dict[str, Any]]) -> bool:
+    """Whether the nucleus diameter is unused: only the nucleus policy rescales to it."""
+    return sections["train"]["resize_policy"] != "nucleus"
+
+
 @declared_types
 @dataclass
 class ModelConfig:
@@ -254,6 +275,7 @@ class ModelConfig:
         "what the network sees: rgb (the colours as they are) or grey (one grey level, "
         "light backgrounds inverted, the same for every kind whatever its stain)",
         choices=INPUT_SPACES,
+        neutral=True,
     )
     targets: str = setting(
         "foreground",
@@ -265,12 +287,14 @@ class ModelConfig:
         "mobilenetv2_unet: the encoder's initial weights (imagenet: downloaded once into "
         "~/.keras/models/; none: random)",
         choices=ENCODER_WEIGHTS,
+        neutral=_arch_is_not_mobilenet,
     )
     encoder_trainable: bool = setting(
         True,
         "mobilenetv2_unet: keep the encoder's weights fixed (only the decoder learns)",
         flag="freeze-encoder",
         negate=True,
+        neutral=_arch_is_not_mobilenet,
     )
 
 
@@ -293,13 +317,14 @@ class TrainConfig:
         "is rescaled to",
         low=1,
         metavar="D",
+        neutral=_policy_is_not_nucleus,
     )
     crop_size: int = setting(128, "side of the training crops, in pixels", low=16, high=2048)
     scale_min: float = setting(
-        0.75, "augmentation's random scale: the smallest factor", low=0.05, high=20
+        0.75, "augmentation's random scale: the smallest factor", low=0.05, high=20, neutral=True
     )
     scale_max: float = setting(
-        1.5, "augmentation's random scale: the largest factor", low=0.05, high=20
+        1.5, "augmentation's random scale: the largest factor", low=0.05, high=20, neutral=True
     )
     epochs: int = setting(40, "training epochs", low=1)
     batch_size: int = setting(16, "images per training batch", low=1)
@@ -317,6 +342,7 @@ class TrainConfig:
         "validation split: random (stratified by kind) or conditions (whole acquisition "
         "conditions, size and kind, held out: measures generalisation to unseen ones)",
         choices=SPLITS,
+        neutral=True,
     )
     extra: str = setting(
         "",
@@ -329,6 +355,7 @@ class TrainConfig:
         parse=check_extra,
         repeat=True,
         metavar="SET",
+        neutral=True,
     )
     source_weighting: str = setting(
         "sqrt",
@@ -338,6 +365,7 @@ class TrainConfig:
         "(every source alike); an epoch stays one pass over the --images set's training "
         "images unless --steps-per-epoch",
         choices=SOURCE_WEIGHTINGS,
+        neutral=_no_extra_set,
     )
     with_stage1_test: bool = setting(
         False,
@@ -345,6 +373,7 @@ class TrainConfig:
         "stage1_solution.csv beside the training folder): the stage-2 recipe. They join the "
         "training side only, never validation; the model's stage1_test score is then on "
         "labels it learned, so the leaderboard flags it and does not rank it",
+        neutral=True,
     )
     seed: int = setting(42, "seed of the split, the augmentation and the weights")
     eval_every: int = setting(
@@ -357,6 +386,7 @@ class TrainConfig:
         "default: mild intensity and colour changes; strong: wide gamma and stain colour "
         "changes, grey, blur",
         choices=AUGMENT_STRENGTHS,
+        neutral=True,
     )
     dim_nuclei: float = setting(
         0.0,
@@ -365,6 +395,7 @@ class TrainConfig:
         low=0,
         high=1,
         metavar="P",
+        neutral=True,
     )
     paste_nuclei: float = setting(
         0.0,
@@ -373,6 +404,7 @@ class TrainConfig:
         low=0,
         high=1,
         metavar="P",
+        neutral=True,
     )
     stain_tissue: float = setting(
         0.0,
@@ -382,6 +414,7 @@ class TrainConfig:
         low=0,
         high=1,
         metavar="P",
+        neutral=True,
     )
     loss: str = setting("bce_dice", "training loss", choices=LOSSES)
     precision: str = setting(
@@ -391,6 +424,7 @@ class TrainConfig:
         0.0,
         "wall-clock budget in minutes: no epoch is started that would end past it (0: none)",
         low=0,
+        neutral=True,
     )
 
 
@@ -677,41 +711,29 @@ class Config:
         """
         data = self.to_dict()
         sections = {"model": data["model"], "train": data["train"]}
-        # Settings added after models were trained leave the fingerprint as it was before
-        # they existed while they hold the value that reproduces those models, so the
-        # models trained then keep theirs (and are not retrained).
-        for (section, key), unchanged in _FINGERPRINT_NEUTRAL.items():
-            if unchanged(sections[section][key], sections):
-                del sections[section][key]
+        # Settings added after models were trained are left out while they train as before
+        # they existed (their declared ``neutral``), so the models trained then keep theirs.
+        left_out = [
+            (section, item.name)
+            for section in sections
+            for item in dataclasses.fields(SECTIONS[section])
+            if _trains_as_before(item, sections[section][item.name], sections)
+        ]
+        for section, name in left_out:
+            del sections[section][name]
         payload = json.dumps(sections, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def _not_mobilenet(_value: Any, sections: dict[str, dict[str, Any]]) -> bool:
-    return sections["model"]["arch"] != "mobilenetv2_unet"
-
-
-#: (section, key) -> whether its value leaves a training as it was before the key existed.
-_FINGERPRINT_NEUTRAL = {
-    ("model", "encoder_weights"): _not_mobilenet,  # used by mobilenetv2_unet only
-    ("model", "encoder_trainable"): _not_mobilenet,
-    ("train", "max_minutes"): lambda value, _sections: not value,  # no time budget
-    ("train", "augment_strength"): lambda value, _sections: value == "default",
-    ("train", "dim_nuclei"): lambda value, _sections: not value,  # never dimmed
-    ("train", "stain_tissue"): lambda value, _sections: not value,  # never re-coloured
-    ("train", "paste_nuclei"): lambda value, _sections: not value,  # never pasted
-    ("train", "split"): lambda value, _sections: value == "random",
-    ("model", "input_space"): lambda value, _sections: value == "rgb",
-    ("train", "scale_min"): lambda value, _sections: value == 0.75,
-    ("train", "scale_max"): lambda value, _sections: value == 1.5,
-    ("train", "with_stage1_test"): lambda value, _sections: not value,  # stage1_train alone
-    ("train", "source_weighting"): lambda _value, sections: not sections["train"]["extra"],
-    ("train", "extra"): lambda value, _sections: not value,  # no extra set
-    # used by resize_policy "nucleus" only
-    ("train", "nucleus_diameter"): lambda _value, sections: (
-        sections["train"]["resize_policy"] != "nucleus"
-    ),
-}
+def _trains_as_before(
+    item: dataclasses.Field, value: Any, sections: dict[str, dict[str, Any]]
+) -> bool:
+    """Whether a setting's ``value`` in the config whose model and train ``sections`` are
+    given trains as before the setting existed (its declared ``neutral``; see `setting`)."""
+    neutral = item.metadata["neutral"]
+    if callable(neutral):
+        return neutral(sections)
+    return neutral is True and value == item.default
 
 
 def _preset_default() -> Config:
