@@ -33,6 +33,13 @@ LOSSES = ("bce_dice", "bce", "dice")
 PRECISIONS = ("auto", "float32", "bfloat16")
 METHODS = ("components", "watershed", "random_walker")
 SOURCE_WEIGHTINGS = ("sqrt", "size", "equal")
+#: The target sets ``targets`` names -> the channels the network learns of each
+#: (`pipeline.learning.targets`); the first is always ``foreground``.
+TARGET_SETS: dict[str, tuple[str, ...]] = {
+    "foreground": ("foreground",),
+    "border": ("foreground", "border"),
+    "border_centre": ("foreground", "border", "centre"),
+}
 
 
 def setting(
@@ -281,6 +288,7 @@ class ModelConfig:
         "foreground",
         "what the network learns (pipeline.learning.targets.TARGET_SETS): foreground, or "
         "with a border (border) and a centre (border_centre) channel for the watershed",
+        choices=tuple(TARGET_SETS),
     )
     encoder_weights: str = setting(
         "imagenet",

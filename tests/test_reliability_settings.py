@@ -140,3 +140,30 @@ def test_conflicting_flags_are_refused(tmp_path, capsys, monkeypatch, argv, mess
     assert status == 2
     assert one_error_line(err) == f"error: {message}: each says what to use; give one"
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_unknown_target_set_flag_is_refused_with_the_choices(tmp_path, capsys):
+    """``--targets`` had no choices: a bad value passed and failed after the data loaded."""
+    out = tmp_path / "model"
+    status, _, err = run_cli(["train", "--targets", "nonsense", "--out", str(out)], capsys)
+    assert status == 2
+    assert one_error_line(err).endswith(
+        "argument --targets: invalid choice: 'nonsense' (choose from 'foreground', 'border', "
+        "'border_centre')"
+    )
+    assert not out.exists()
+
+
+def test_a_config_json_with_an_unknown_target_set_is_refused_naming_it(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    data = json.loads((Path(__file__).parents[1] / "models/default/config.json").read_text())
+    data["model"]["targets"] = "nonsense"
+    config.write_text(json.dumps(data))
+    out = tmp_path / "model"
+    status, _, err = run_cli(["train", "--config", str(config), "--out", str(out)], capsys)
+    assert status == 2
+    assert one_error_line(err) == (
+        f"error: {config}: model.targets = 'nonsense' is not one of foreground, border, "
+        "border_centre"
+    )
+    assert not out.exists()

@@ -97,7 +97,7 @@ def test_each_training_flag_sets_its_field(section):
         elif item.metadata["choices"]:
             wanted = next(c for c in item.metadata["choices"] if c != default)
         elif item.type is str:
-            wanted = "border" if item.name == "targets" else "x"
+            wanted = "x"
         else:  # a number in range other than the default
             low, high = item.metadata["low"], item.metadata["high"]
             if item.name == "scale_max":  # the smallest would be below scale_min: refused
@@ -195,6 +195,12 @@ def test_value_parser_passes_strings_through():
         ("train", "epochs", 0, "train.epochs = 0 is not >= 1"),
         ("train", "augment", "yes", "train.augment = 'yes' is not true or false: 'yes'"),
         ("model", "arch", "resnet", "model.arch = 'resnet' is not one of unet, unetpp"),
+        (
+            "model",
+            "targets",
+            "nonsense",
+            "model.targets = 'nonsense' is not one of foreground, border, border_centre",
+        ),
         ("predict", "heads", "0", "predict.heads = '0' is heads must be 'all' or a head"),
     ],
 )

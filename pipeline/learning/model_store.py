@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import TUNABLE, Config, check_section
+from pipeline.config import TARGET_SETS, TUNABLE, Config, check_section
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_write_text
 
@@ -232,8 +232,6 @@ def training_images_dir(model_dir: Path) -> Path:
 
 def target_channels(config: Config) -> tuple[str, ...]:
     """The output channels of the model that ``config`` describes."""
-    from pipeline.learning.targets import TARGET_SETS
-
     try:
         return TARGET_SETS[config.model.targets]
     except KeyError:

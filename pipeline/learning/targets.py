@@ -36,8 +36,10 @@ Channels
     (its innermost pixels), small on its outline, 0 on background. Thresholding it gives
     watershed markers.
 
-The first channel of a target set is always ``foreground`` (`TARGET_SETS`): the code that
-turns predictions into instances reads the foreground probability from channel 0.
+The named target sets, the values of ``--targets``, are declared with that setting
+(`pipeline.config.TARGET_SETS`, imported here). The first channel of a target set is always
+``foreground``: the code that turns predictions into instances reads the foreground
+probability from channel 0.
 
 Example
 -------
@@ -64,6 +66,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from pipeline.config import TARGET_SETS
 from pipeline.errors import PipelineError
 
 __all__ = [
@@ -80,14 +83,8 @@ __all__ = [
 
 #: The channels the network learns by default (kept for backward compatibility).
 TARGET_CHANNELS = ("foreground",)
-#: Every channel name `labels_to_targets` knows.
+#: Every channel name `labels_to_targets` knows (those of every set in `TARGET_SETS`).
 KNOWN_CHANNELS = ("foreground", "border", "centre")
-#: Named target sets; the first channel of each is always ``foreground``.
-TARGET_SETS: dict[str, tuple[str, ...]] = {
-    "foreground": ("foreground",),
-    "border": ("foreground", "border"),
-    "border_centre": ("foreground", "border", "centre"),
-}
 #: Rim width by equivalent radius: ``(radius_below, width)``, the first row that fits.
 RIM_WIDTHS: tuple[tuple[float, int], ...] = ((8.0, 1), (16.0, 2), (math.inf, 3))
 #: Pixels (chessboard distance) within which two different nuclei make a contact zone.
