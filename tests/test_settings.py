@@ -178,6 +178,16 @@ def test_config_choices_match_the_implementations():
     assert tuple(losses.LOSSES) == LOSSES
 
 
+def test_the_device_takes_the_declared_precisions():
+    from pipeline.config import PRECISIONS
+    from pipeline.errors import PipelineError
+    from pipeline.learning import device
+
+    assert PRECISIONS == ("auto", "float32", "bfloat16")
+    with pytest.raises(PipelineError, match=r"unknown precision 'float16'; choose from \('auto'"):
+        device.configure("auto", "float16")
+
+
 def test_value_parser_passes_strings_through():
     item = {f.name: f for f in dataclasses.fields(SECTIONS["model"])}["targets"]
     assert cli.value_parser(item)("border") == "border"

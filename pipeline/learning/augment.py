@@ -51,7 +51,7 @@ from albumentations.core.transforms_interface import DualTransform
 from albumentations.core.type_definitions import Targets
 from scipy import ndimage
 
-from pipeline.config import AUGMENT_STRENGTHS
+from pipeline.config import AUGMENT_STRENGTHS, TrainConfig
 from pipeline.fileio import atomic_path
 
 __all__ = [
@@ -71,7 +71,9 @@ log = logging.getLogger(__name__)
 
 STRENGTHS = ("none", *AUGMENT_STRENGTHS)
 PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
-DEFAULT_SCALE_RANGE = (0.75, 1.5)
+# The random scale of a sample, by default: the declared defaults of train.scale_min and
+# train.scale_max.
+DEFAULT_SCALE_RANGE = (TrainConfig.scale_min, TrainConfig.scale_max)
 DIM_CONTRAST_RANGE = (0.1, 0.6)  # kept contrast of a dimmed nucleus (`dim_nuclei`)
 # Stain concentrations of `stain_like_tissue` (skimage's rgb2hed units). The 96 histology
 # images of stage1_train measure about 0.06-0.08 hematoxylin in nuclei and 0.02-0.04 around
@@ -233,7 +235,7 @@ def build_augmentation(
         Side of every output sample.
     strength : str
         ``"none"``: only a random crop (padded where the image is smaller), no pixel value
-        changes. ``"default"``: a random scale in 0.75-1.5 then a crop, flips, 90 degree
+        changes. ``"default"``: a random scale in ``scale_range`` then a crop, flips, 90 degree
         rotations, brightness/contrast, gamma, hue/saturation, Gaussian noise and CLAHE.
         ``"strong"``: the same geometry with wider gamma (0.5-2), hue (+-40) and
         saturation changes, grey versions of colour images, blur, noise and CLAHE.

@@ -12,6 +12,7 @@ import re
 import sys
 import tempfile
 
+from pipeline.config import PRECISIONS
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ def configure(device: str, precision: str) -> str:
     ``precision``: "float32", "bfloat16" (mixed: bfloat16 compute, float32 weights) or
     "auto" (mixed precision on a GPU, float32 on a CPU).
     """
+    if precision not in PRECISIONS:
+        raise PipelineError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
     import keras
 
     on_gpu = gpu_available()
@@ -126,8 +129,6 @@ def configure(device: str, precision: str) -> str:
             f"--device gpu: the Keras backend {keras.config.backend()!r} sees no GPU "
             "(use --device auto or cpu)"
         )
-    if precision not in ("auto", "float32", "bfloat16"):
-        raise PipelineError(f"unknown precision {precision!r}; use auto, float32 or bfloat16")
     if precision == "auto":
         precision = "bfloat16" if on_gpu else "float32"
     keras.mixed_precision.set_global_policy(
