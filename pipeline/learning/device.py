@@ -103,16 +103,6 @@ def gpu_available() -> bool:
     return False
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def configure(device: str, precision: str) -> str:
     """Check the device and set Keras' dtype policy; return a one-line description.
 
