@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import albumentations as A
 import numpy as np
 import pytest
-from PIL import Image
 from scipy import ndimage
 from skimage.draw import disk
 
@@ -18,8 +15,6 @@ from pipeline.learning.augment import (
     build_augmentation,
     dim_nuclei,
     paste_touching_nuclei,
-    random_crop,
-    save_augmentation_preview,
     stain_like_tissue,
 )
 
@@ -170,7 +165,12 @@ def test_strength_none_only_crops_a_larger_image() -> None:
         ]
         assert found  # the output is a window of the input, pixel for pixel
         positions.add(found[0])
+        again = augment(transform, image, labels, seed)
+        assert np.array_equal(again[0], out_image) and np.array_equal(again[1], out_labels)
     assert len(positions) > 1
+    before = image.copy()
+    out_image[:] = 0  # a copy, not a view into the input
+    np.testing.assert_array_equal(image, before)
 
 
 @pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
@@ -189,6 +189,26 @@ def test_strength_none_only_pads_a_smaller_image(pad_mode: str) -> None:
         np.testing.assert_array_equal(out_image, np.pad(image, (*pads, (0, 0)), mode=numpy_mode))
         np.testing.assert_array_equal(out_labels, np.pad(labels, pads, mode=numpy_mode))
     assert len(offsets) > 1  # the image sits at a random place
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+def test_strength_none_pads_one_axis_and_crops_the_other(pad_mode: str) -> None:
+    """32 rows (padded to 64) by 100 columns (cropped to 64)."""
+    image, labels = _sample(32, 100, seed=8)
+    transform = build_augmentation(CROP, "none", pad_mode)
+    out_image, out_labels = augment(transform, image, labels, 2)
+    assert out_image.shape == (CROP, CROP, 3) and out_labels.shape == (CROP, CROP)
+    matches = []
+    for top in range(CROP - 32 + 1):
+        rows = ((top, CROP - 32 - top),)
+        padded_image = np.pad(image, (*rows, (0, 0), (0, 0)), mode=pad_mode)
+        padded_labels = np.pad(labels, (*rows, (0, 0)), mode=pad_mode)
+        for left in range(100 - CROP + 1):
+            if np.array_equal(padded_image[:, left : left + CROP], out_image) and np.array_equal(
+                padded_labels[:, left : left + CROP], out_labels
+            ):
+                matches.append((top, left))
+    assert len(matches) == 1
 
 
 # --- determinism ---------------------------------------------------------------------------
@@ -274,42 +294,7 @@ def test_strong_strength_changes_colours_more_than_default() -> None:
     assert hue_spread("strong") > 1.5 * hue_spread("default")
 
 
-# --- random_crop ---------------------------------------------------------------------------
-
-
-def test_random_crop_larger_image_is_a_window_and_seeded() -> None:
-    image, labels = _sample(80, 100, seed=7)
-    out_image, out_labels = random_crop(image, labels, CROP, np.random.default_rng(1))
-    assert out_image.shape == (CROP, CROP, 3) and out_labels.dtype == np.int32
-    (top, left), *_ = _find_window(image, out_image)
-    np.testing.assert_array_equal(out_labels, labels[top : top + CROP, left : left + CROP])
-    again = random_crop(image, labels, CROP, np.random.default_rng(1))
-    assert np.array_equal(again[0], out_image) and np.array_equal(again[1], out_labels)
-    before = image.copy()
-    out_image[:] = 0  # a copy, not a view into the input
-    np.testing.assert_array_equal(image, before)
-
-
-@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
-def test_random_crop_pads_a_smaller_image(pad_mode: str) -> None:
-    """32 rows (padded to 64) by 100 columns (cropped to 64)."""
-    image, labels = _sample(32, 100, seed=8)
-    out_image, out_labels = random_crop(image, labels, CROP, np.random.default_rng(2), pad_mode)
-    assert out_image.shape == (CROP, CROP, 3) and out_labels.shape == (CROP, CROP)
-    matches = []
-    for top in range(CROP - 32 + 1):
-        rows = ((top, CROP - 32 - top),)
-        padded_image = np.pad(image, (*rows, (0, 0), (0, 0)), mode=pad_mode)
-        padded_labels = np.pad(labels, (*rows, (0, 0)), mode=pad_mode)
-        for left in range(100 - CROP + 1):
-            if np.array_equal(padded_image[:, left : left + CROP], out_image) and np.array_equal(
-                padded_labels[:, left : left + CROP], out_labels
-            ):
-                matches.append((top, left))
-    assert len(matches) == 1
-
-
-# --- checks and preview --------------------------------------------------------------------
+# --- checks -----------------------------------------------------------------------------------
 
 
 def test_bad_inputs_are_refused() -> None:
@@ -327,18 +312,6 @@ def test_bad_inputs_are_refused() -> None:
         build_augmentation(CROP, "extreme")
     with pytest.raises(ValueError, match="pad_mode"):
         build_augmentation(CROP, "none", "wrap")
-
-
-def test_preview_is_written_as_a_png(tmp_path: Path) -> None:
-    image, labels = _sample(100, 120, seed=9)
-    path = save_augmentation_preview(image, labels, tmp_path / "preview.png", n=4, crop_size=CROP)
-    assert path == tmp_path / "preview.png"
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(path) as picture:
-        picture.verify()
-    with Image.open(path) as picture:
-        assert picture.format == "PNG" and picture.width >= 300 and picture.height >= 300
-    assert [p.name for p in tmp_path.iterdir()] == ["preview.png"]  # no temporary left
 
 
 # --- dimmed nuclei ----------------------------------------------------------------------------

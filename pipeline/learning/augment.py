@@ -36,12 +36,10 @@ Example
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import threading
 import weakref
-from pathlib import Path
 from typing import Any
 
 import albumentations as A
@@ -52,7 +50,6 @@ from albumentations.core.type_definitions import Targets
 from scipy import ndimage
 
 from pipeline.config import AUGMENT_STRENGTHS, TrainConfig
-from pipeline.fileio import atomic_path
 
 __all__ = [
     "PAD_MODES",
@@ -61,13 +58,9 @@ __all__ = [
     "augment",
     "build_augmentation",
     "dim_nuclei",
-    "random_crop",
     "paste_touching_nuclei",
-    "save_augmentation_preview",
     "stain_like_tissue",
 ]
-
-log = logging.getLogger(__name__)
 
 STRENGTHS = ("none", *AUGMENT_STRENGTHS)
 PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
@@ -559,137 +552,3 @@ def _paste_against(image, labels, shape, pixels, target, rng) -> None:
     window = (slice(top, top + shape.shape[0]), slice(left, left + shape.shape[1]))
     image[window][shape] = pixels[shape]
     labels[window][shape] = int(labels.max()) + 1
-
-
-def random_crop(
-    image: np.ndarray,
-    labels: np.ndarray,
-    crop_size: int,
-    rng: np.random.Generator,
-    pad_mode: str = "reflect",
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random ``crop_size`` square of an image and its labels, nothing else changed.
-
-    Where the image is smaller than the crop on an axis, it sits at a random place in the
-    crop and the rest is padded (``"reflect"`` or ``"constant"`` 0).
-
-    Parameters
-    ----------
-    image : np.ndarray
-        uint8 (H, W, 3).
-    labels : np.ndarray
-        Integer (H, W) instance labels.
-    crop_size : int
-        Side of the crop.
-    rng : np.random.Generator
-        Chooses the position.
-    pad_mode : str
-        ``"reflect"`` or ``"constant"``.
-
-    Returns
-    -------
-    image : np.ndarray
-        uint8 (crop_size, crop_size, 3).
-    labels : np.ndarray
-        int32 (crop_size, crop_size).
-    """
-    image, labels = _check_pair(image, labels)
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
-    if int(crop_size) < 1:
-        raise ValueError(f"crop_size must be >= 1, got {crop_size}")
-    crop_size = int(crop_size)
-
-    def draw(low: int, high: int) -> int:
-        return int(rng.integers(low, high, endpoint=True))
-
-    height, width = labels.shape
-    top = _window_origin(height, crop_size, draw)
-    left = _window_origin(width, crop_size, draw)
-    border_mode = PAD_MODES[pad_mode]
-    mask = np.ascontiguousarray(labels, dtype=_mask_dtype(labels))
-    return (
-        _extract_window(image, top, left, crop_size, border_mode),
-        _extract_window(mask, top, left, crop_size, border_mode).astype(np.int32),
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# A picture of what the augmentation does
-# ---------------------------------------------------------------------------------------
-
-
-def _outlined(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The image with each instance's inner boundary drawn in yellow."""
-    from skimage.segmentation import find_boundaries
-
-    picture = image.copy()
-    picture[find_boundaries(labels, mode="inner")] = (255, 255, 0)
-    return picture
-
-
-def _write_panels(panels: list[tuple[str, np.ndarray]], path: Path) -> None:
-    """A grid of titled pictures, as a PNG written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    columns = min(3, len(panels)) if len(panels) <= 3 else math.ceil(math.sqrt(len(panels)))
-    rows = math.ceil(len(panels) / columns)
-    figure = Figure(figsize=(2.6 * columns, 2.8 * rows), dpi=100)
-    FigureCanvasAgg(figure)
-    for index, (title, picture) in enumerate(panels):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        axes.imshow(picture, interpolation="nearest")
-        axes.set_title(title, fontsize=8)
-        axes.set_axis_off()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-
-
-def save_augmentation_preview(
-    image: np.ndarray,
-    labels: np.ndarray,
-    path: str | Path,
-    n: int = 8,
-    seed: int = 0,
-    *,
-    crop_size: int = 256,
-    strength: str = "default",
-    transform: A.Compose | None = None,
-) -> Path:
-    """Write a PNG grid: the input, then ``n`` augmented versions, with label outlines.
-
-    Parameters
-    ----------
-    image, labels : np.ndarray
-        uint8 (H, W, 3) and integer (H, W) instance labels.
-    path : str or Path
-        The PNG to write (atomically).
-    n : int
-        Number of augmented versions (>= 1).
-    seed : int
-        Seeds the versions: the same seed shows the same samples.
-    crop_size, strength : int, str
-        Passed to `build_augmentation` when ``transform`` is None.
-    transform : albumentations.Compose, optional
-        The pipeline to show instead.
-
-    Returns
-    -------
-    Path
-        ``path``.
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    image, labels = _check_pair(image, labels)
-    if transform is None:
-        transform = build_augmentation(crop_size, strength)
-    seeds = np.random.SeedSequence(seed).generate_state(n).tolist()
-    panels = [("input", _outlined(image, labels))]
-    for sample_seed in seeds:
-        sample_image, sample_labels = augment(transform, image, labels, sample_seed)
-        panels.append((f"seed {sample_seed}", _outlined(sample_image, sample_labels)))
-    _write_panels(panels, Path(path))
-    log.info("augmentation preview (%d samples) written to %s", n, path)
-    return Path(path)
