@@ -24,12 +24,13 @@ from skimage.draw import disk
 from skimage.morphology import erosion
 
 from pipeline import cli, provenance
+from pipeline.data.reconcile import read_solution
 from pipeline.data.rle import encode_mask
 from pipeline.data.submission import SubmissionWriter, write_submission_metadata
 from pipeline.errors import PipelineError
 from pipeline.evaluation import leaderboard
 from pipeline.evaluation.leaderboard import COLUMNS, append_entry, read_leaderboard
-from pipeline.evaluation.score import labelled_pairs, read_solution, score_submission
+from pipeline.evaluation.score import labelled_pairs, score_submission
 from pipeline.provenance import git_commit
 
 # ------------------------------------------------------------------ synthetic solution

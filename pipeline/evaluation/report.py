@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.data import dataset
+from pipeline.data.reconcile import SolutionImage, read_solution
 from pipeline.data.submission import (
     Problem,
     decode_image_rows,
@@ -64,7 +65,6 @@ from pipeline.data.submission import (
 )
 from pipeline.errors import PipelineError
 from pipeline.evaluation.metric import score_image
-from pipeline.evaluation.score import SolutionImage, read_solution
 from pipeline.fileio import atomic_dir, atomic_path, atomic_write_text
 
 __all__ = [

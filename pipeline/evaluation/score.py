@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline import paths
+from pipeline.data.reconcile import SolutionImage, read_solution
 from pipeline.data.submission import (
     Problem,
     decode_image_rows,
@@ -37,76 +37,13 @@ from pipeline.evaluation import leaderboard
 from pipeline.evaluation.metric import THRESHOLDS, SetScore, score_images
 
 __all__ = [
-    "SolutionImage",
     "format_report",
     "labelled_pairs",
-    "read_solution",
     "score_and_record",
     "score_submission",
 ]
 
 log = logging.getLogger(__name__)
-
-SOLUTION_COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width")
-
-
-@dataclass
-class SolutionImage:
-    """The ground truth of one image: its size and its rows as ``(line, encoding)``."""
-
-    shape: tuple[int, int]
-    rows: list[tuple[int, str]] = field(default_factory=list)
-
-
-def _positive_int(text: str, path: Path, line: int, column: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise PipelineError(f"{path}: line {line}: {column} {text!r} is not a positive integer")
-    return value
-
-
-def read_solution(
-    solution_csv: str | os.PathLike[str],
-) -> tuple[dict[str, SolutionImage], set[str]]:
-    """Read a solution CSV (``ImageId,EncodedPixels,Height,Width[,Usage]``).
-
-    Returns
-    -------
-    images : dict of str to SolutionImage
-        The images to score, in file order.
-    ignored : set of str
-        Images whose rows are all ``Usage == "Ignored"`` (not scored).
-
-    Raises
-    ------
-    PipelineError
-        When the file is not such a CSV or an image's size is missing or inconsistent.
-    """
-    path = Path(solution_csv)
-    table = read_submission(path, required=SOLUTION_COLUMNS)
-    usage = table["Usage"] if "Usage" in table.columns else None
-    images: dict[str, SolutionImage] = {}
-    seen: set[str] = set()
-    for line, row in zip(table.index.tolist(), table.itertuples(index=False), strict=True):
-        image_id = row.ImageId
-        seen.add(image_id)
-        if usage is not None and usage.loc[line] == "Ignored":
-            continue
-        shape = (
-            _positive_int(row.Height, path, line, "Height"),
-            _positive_int(row.Width, path, line, "Width"),
-        )
-        image = images.setdefault(image_id, SolutionImage(shape))
-        if image.shape != shape:
-            raise PipelineError(
-                f"{path}: line {line}: {image_id}: size {shape[0]}x{shape[1]} differs from "
-                f"{image.shape[0]}x{image.shape[1]} on line {image.rows[0][0]}"
-            )
-        image.rows.append((line, row.EncodedPixels))
-    return images, seen - set(images)
 
 
 def score_submission(

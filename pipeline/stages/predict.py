@@ -164,7 +164,7 @@ def default_out_csv(found: ImageFiles, model_dir: Path) -> Path:
 def _check(out_csv: Path, found: ImageFiles) -> None:
     """Check the written submission against the images; raise on any problem."""
     if found.layout == "kaggle":
-        from pipeline.data.submission import check_submission
+        from pipeline.data.reconcile import check_submission
 
         problems = check_submission(out_csv, found.location)
     else:
