@@ -84,17 +84,21 @@ def summary(problems: Sequence[Problem], more: str = "problem(s)") -> str:
 
 
 def refusal(
-    path: Path, problems: Sequence[Problem], more: str = "problem(s)", lead: str = ""
+    path: Path,
+    problems: Sequence[Problem],
+    more: str = "problem(s)",
+    lead: str = "",
+    then: str = "",
 ) -> PipelineError:
-    """The error of a run-length CSV that cannot be used as it is: its first problem, how
-    many more, and the command that lists them all.
+    """The error of a run-length CSV that cannot be used as it is: ``lead``, its first
+    problem and how many ``more``, the command that lists them all, and ``then``.
 
     >>> print(refusal(Path("s.csv"), [Problem(3, "a", "odd number of values (3)")]))
     s.csv: line 3: a: odd number of values (3); ./run.sh check-submission s.csv lists every problem
     """
     return PipelineError(
         f"{path}: {lead}{summary(problems, more)}; "
-        f"./run.sh check-submission {path} lists every problem"
+        f"./run.sh check-submission {path} lists every problem{then}"
     )
 
 
