@@ -100,9 +100,9 @@ def test_a_missing_thresholds_json_of_a_tuned_model_is_refused(
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ("none", "3 of the 3 images have no row"),  # the header alone
-        ("first two", "1 of the 3 images have no row"),
-        ("all and one more", "1 ImageId(s) are not in"),
+        ("none", "missing: no row for this image (an image with no nucleus is"),  # header only
+        ("first two", "missing: no row for this image (an image with no nucleus is"),
+        ("all and one more", "not-an-image: unknown ImageId: no such image (1 row(s)"),
     ],
     ids=["header only", "missing ids", "unknown ids"],
 )

@@ -24,12 +24,13 @@ from skimage.draw import disk
 from skimage.morphology import erosion
 
 from pipeline import cli, provenance
+from pipeline.data.reconcile import read_solution
 from pipeline.data.rle import encode_mask
 from pipeline.data.submission import SubmissionWriter, write_submission_metadata
 from pipeline.errors import PipelineError
 from pipeline.evaluation import leaderboard
 from pipeline.evaluation.leaderboard import COLUMNS, append_entry, read_leaderboard
-from pipeline.evaluation.score import labelled_pairs, read_solution, score_submission
+from pipeline.evaluation.score import labelled_pairs, score_submission
 from pipeline.provenance import git_commit
 
 # ------------------------------------------------------------------ synthetic solution
@@ -108,19 +109,29 @@ def test_left_out_missed_extra_and_unknown(
     assert result.fp.tolist() == [1] * 10
     assert result.fn.tolist() == [2] * 10
     warnings = [record.getMessage() for record in caplog.records]
-    assert any("1 ImageId(s) not in the solution" in m and m.endswith(": zz") for m in warnings)
-    assert any("1 of the 3 images have no row" in m for m in warnings)
+    assert (
+        f"{submission}: line 4: zz: unknown ImageId: no such image (1 row(s), line(s) 4); ignored"
+        in warnings
+    )
+    assert (
+        f"{submission}: s2: missing: no row for this image (an image with no nucleus is 's2,'); "
+        "they score as empty predictions"
+    ) in warnings
     assert not any("s3" in m for m in warnings)
 
 
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        ([], r"3 of the 3 images have no row \(s1, s2, s4\)"),  # the header alone
-        (["s1,1 1", "s4,"], r"1 of the 3 images have no row \(s2\)"),
+        (  # the header alone
+            [],
+            r"s1: missing: no row for this image \(an image with no nucleus is 's1,'\) "
+            r"\(and 2 more problem\(s\)\)",
+        ),
+        (["s1,1 1", "s4,"], r"solution\.csv: s2: missing: no row for this image"),
         (
             ["s1,1 1", "s2,", "s4,", "zz,1 1"],
-            r"1 ImageId\(s\) are not in solution\.csv \(zz\)",
+            r"line 5: zz: unknown ImageId: no such image \(1 row\(s\), line\(s\) 5\); ",
         ),
     ],
 )
@@ -248,7 +259,7 @@ def test_score_stage_prints_the_report_json_and_adds_to_the_leaderboard(
 
     partial = write_lines(tmp_path / "partial.csv", [f"s1,{S1_RLES[1]}", "s4,1 1"])
     assert cli.main(["score", str(partial), *argv[2:]]) == 2  # s2 has no row: refused
-    assert "1 of the 3 images have no row (s2)" in capsys.readouterr().err
+    assert "s2: missing: no row for this image" in capsys.readouterr().err
     assert cli.main(["score", str(partial), *argv[2:], "--unchecked"]) == 0
     assert capsys.readouterr().out.startswith("score 0.166667  (3 images)")
     assert len(read_leaderboard(board)) == 2  # an unchecked score is never ranked

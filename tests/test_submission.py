@@ -11,11 +11,11 @@ from PIL import Image
 from skimage.draw import disk
 
 from pipeline import cli
+from pipeline.data.reconcile import check_submission
 from pipeline.data.rle import decode_labels
 from pipeline.data.submission import (
     Problem,
     SubmissionWriter,
-    check_submission,
     decode_image_rows,
     metadata_path,
     read_submission,
@@ -238,7 +238,7 @@ BROKEN = [
     ),
     pytest.param(
         [*VALID[:3], "img_z,1 1", "img_z,9 1", *VALID[3:]],
-        [(4, "img_z", "unknown ImageId: no such image in")],
+        [(4, "img_z", "unknown ImageId: no such image (2 row(s), line(s) 4, 5)")],
         id="unknown-image",
     ),
     pytest.param(

@@ -5,10 +5,11 @@ Three kinds of file share this format: the training labels (``stage1_train_label
 ``Width`` and ``Usage`` too) and submissions (see `pipeline.data.submission`). This module
 is the one reader of them all. It keeps the line number of every row, for messages, and
 collects what is wrong instead of stopping at the first problem, so that
-`pipeline.data.submission.check_submission` can list every problem of a file. What the
+`pipeline.data.reconcile.check_submission` can list every problem of a file. What the
 rows mean (sizes, usage, overlapping nuclei) is left to the callers:
-`pipeline.data.dataset.labels_from_rle_csv` (labels for training and evaluation) and
-`pipeline.data.submission.read_submission` (submissions, and solutions for the scorer).
+`pipeline.data.dataset.labels_from_rle_csv` (labels for training and evaluation),
+`pipeline.data.reconcile` (submissions against their images and solutions) and
+`pipeline.data.submission.read_submission` (a table of any of them).
 
 Example
 -------

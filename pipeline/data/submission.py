@@ -1,4 +1,5 @@
-"""Submission files: writing them, reading them, checking them (stage ``check-submission``).
+"""Submission files: writing them and reading them (checking them, against their images:
+`pipeline.data.reconcile`).
 
 Format
 ------
@@ -14,8 +15,8 @@ An image in which no nucleus was found still gets exactly ONE row, with an empty
 ``EncodedPixels`` (``<ImageId>,``). Kaggle's DSB2018 scorer accepted that row and read it
 as "no nucleus". The ``1 1`` that the sample submission puts on every image is not a
 placeholder: it is a one-pixel nucleus, a false positive on every such image. An image
-with no row at all is an error for `check_submission` and scores 0 (unless it truly has
-no nucleus).
+with no row at all is an error for `pipeline.data.reconcile.check_submission` and scores 0
+(unless it truly has no nucleus).
 
 The nuclei of one image must not share pixels, and each encoding must be valid: integer
 ``start length`` pairs, starts ascending, runs not overlapping and inside the image.
@@ -44,17 +45,15 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from pipeline.data import dataset
-from pipeline.data.rle import RLEError, decode_flat_indices, encode_labels, parse_rle
+from pipeline.data.rle import RLEError, decode_flat_indices, encode_labels
 from pipeline.data.rle_csv import REQUIRED, Problem, read_rle_table
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, atomic_write_text
@@ -63,11 +62,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "HEADER",
-    "CheckSummary",
     "Problem",
     "SubmissionWriter",
-    "check_submission",
-    "check_submission_summary",
     "decode_image_rows",
     "group_rows",
     "metadata_path",
@@ -455,110 +451,3 @@ def decode_image_rows(
         line_of_label.append(line)
         flat[indices] = len(line_of_label)
     return np.ascontiguousarray(flat.reshape((height, width), order="F")), problems
-
-
-# -------------------------------------------------------------------------- checking
-
-
-@dataclass(frozen=True)
-class CheckSummary:
-    """What `check_submission` found, with counts for the summary line."""
-
-    problems: list[Problem]
-    n_rows: int
-    n_images: int
-    n_nuclei: int
-
-
-def check_submission_summary(
-    csv_path: str | os.PathLike[str], images_dir: str | os.PathLike[str]
-) -> CheckSummary:
-    """`check_submission`, with the counts of rows, images and nuclei."""
-    csv_path, images_dir = Path(csv_path), Path(images_dir)
-    image_ids = dataset.list_image_ids(images_dir)
-    table = read_rle_table(csv_path, HEADER)
-    problems, rows = list(table.problems), table.rows
-    if table.header is None:
-        return CheckSummary(problems, 0, 0, 0)
-    id_column, rle_column = table.header.index("ImageId"), table.header.index("EncodedPixels")
-    by_image: dict[str, list[tuple[int, str]]] = {}
-    for line, fields in rows:
-        image_id = fields[id_column]
-        if not image_id.strip():
-            problems.append(Problem(line, None, "empty ImageId"))
-            continue
-        by_image.setdefault(image_id, []).append((line, fields[rle_column]))
-
-    known = set(image_ids)
-    n_nuclei = 0
-    for image_id, image_rows in tqdm(
-        by_image.items(), desc="checking", unit="image", disable=None, leave=False
-    ):
-        n_nuclei += sum(1 for _, rle in image_rows if rle.strip())
-        if image_id not in known:
-            lines = [line for line, _ in image_rows]
-            problems.append(
-                Problem(
-                    lines[0],
-                    image_id,
-                    f"unknown ImageId: no such image in {images_dir} "
-                    f"({len(lines)} row(s), line(s) {_line_list(lines)})",
-                )
-            )
-            for line, rle in image_rows:  # still report encodings that cannot be read
-                try:
-                    parse_rle(rle)
-                except RLEError as error:
-                    problems.append(Problem(line, image_id, str(error)))
-            continue
-        shape = dataset.read_image_shape(dataset.image_path(images_dir, image_id))
-        problems += decode_image_rows(image_id, image_rows, shape)[1]
-    problems += [
-        Problem(
-            None,
-            image_id,
-            f"missing: no row for this image (an image with no nucleus is '{image_id},')",
-        )
-        for image_id in image_ids
-        if image_id not in by_image
-    ]
-    problems.sort(key=lambda problem: (problem.row is None, problem.row or 0))
-    return CheckSummary(problems, len(rows), len(by_image), n_nuclei)
-
-
-def _line_list(lines: Sequence[int], limit: int = 5) -> str:
-    shown = ", ".join(str(line) for line in lines[:limit])
-    return shown + (", ..." if len(lines) > limit else "")
-
-
-def check_submission(
-    csv_path: str | os.PathLike[str], images_dir: str | os.PathLike[str]
-) -> list[Problem]:
-    """Every problem of a submission file, for the images of a folder in Kaggle layout.
-
-    Parameters
-    ----------
-    csv_path : str or Path
-        The submission CSV.
-    images_dir : str or Path
-        The images it is for (``<id>/images/<id>.png``); their sizes bound the runs.
-
-    Returns
-    -------
-    list of Problem
-        Empty when the file is valid; else sorted by line, with problems of the whole
-        file or of images without rows last. Found: an empty file, a wrong or repeated
-        header, rows with the wrong number of fields, encodings that are not integer
-        pairs, have an odd number of values, unsorted or overlapping runs or runs
-        outside the image, nuclei of one image that share pixels, unknown ImageIds and
-        images with no row.
-
-    Raises
-    ------
-    PipelineError
-        When the file or the folder of images does not exist.
-    """
-    return check_submission_summary(csv_path, images_dir).problems
-
-
-# ----------------------------------------------------------------------------- stage

@@ -15,10 +15,12 @@
 The images are those of ``--images`` (Kaggle layout). Scores need the ground truth
 (``--solution``, ``ImageId,EncodedPixels,Height,Width[,Usage]``): when it is absent or does
 not cover every image, the report shows the predictions only (no score, no true outline; the
-overlays are those of the first N images by id). Images whose solution rows are all
-``Ignored`` are left out, as `pipeline.evaluation.score` leaves them out. Decoding and
-scoring are those of `pipeline.evaluation.score`: an image without submission rows is an
-empty prediction, and a submission that cannot be decoded is refused.
+overlays are those of the first N images by id). The submission is matched with the images
+and the solution as `pipeline.evaluation.score` and ``check-submission`` match it
+(`pipeline.data.reconcile`), and its problems read the same: images whose solution rows are
+all ``Ignored`` are left out, an image without submission rows is an empty prediction and an
+unknown ImageId is ignored (these two with a warning), and a submission that cannot be read
+or decoded is refused. The scores are the competition metric's (`pipeline.evaluation.metric`).
 
 The folder is built in a temporary folder and then replaces ``--out`` in one step, so an
 interrupted run leaves the previous report (or none), never half of one.
@@ -55,16 +57,10 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.data import dataset
-from pipeline.data.submission import (
-    Problem,
-    decode_image_rows,
-    group_rows,
-    read_submission,
-    read_submission_metadata,
-)
+from pipeline.data.reconcile import Reconciled, images_in_folder, read_labels, reconcile
+from pipeline.data.submission import read_submission_metadata
 from pipeline.errors import PipelineError
 from pipeline.evaluation.metric import score_image
-from pipeline.evaluation.score import SolutionImage, read_solution
 from pipeline.fileio import atomic_dir, atomic_path, atomic_write_text
 
 __all__ = [
@@ -177,108 +173,37 @@ class Report:
 # ----------------------------------------------------------------------------- inputs
 
 
-@dataclass
-class _Inputs:
-    """The decoded-on-demand inputs of a report."""
-
-    submission_csv: Path
-    images_dir: Path
-    image_ids: list[str]
-    predicted: dict[str, list[tuple[int, str]]]
-    truth: dict[str, SolutionImage] | None
-    solution_csv: Path | None
-
-    def labels(self, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predicted and true labels of one image (true ones None without ground truth)."""
-        true_labels = None
-        if self.truth is not None:
-            assert self.solution_csv is not None
-            truth = self.truth[image_id]
-            if truth.shape != shape:
-                raise PipelineError(
-                    f"{self.solution_csv}: line {truth.rows[0][0]}: {image_id} is "
-                    f"{truth.shape[0]}x{truth.shape[1]} but its image "
-                    f"{dataset.image_path(self.images_dir, image_id)} is {shape[0]}x{shape[1]}"
-                )
-            true_labels, problems = decode_image_rows(image_id, truth.rows, shape)
-            if problems:
-                raise _decode_error(self.solution_csv, problems)
-        pred_labels, problems = decode_image_rows(image_id, self.predicted.get(image_id, []), shape)
-        if problems:
-            raise _decode_error(self.submission_csv, problems)
-        return pred_labels, true_labels
+def _read_inputs(submission_csv: Path, images_dir: Path, solution_csv: Path | None) -> Reconciled:
+    """The submission reconciled with the images and the solution (`pipeline.data.reconcile`):
+    refused when unreadable; unknown images are ignored and missing ones shown as empty
+    predictions, with warnings."""
+    images = images_in_folder(images_dir)
+    labels = None if solution_csv is None else read_labels(solution_csv)
+    reconciled = reconcile(submission_csv, images, labels)
+    reconciled.refuse_unreadable()
+    reconciled.warn_incomplete("they show as empty predictions")
+    return reconciled
 
 
-def _decode_error(path: Path, problems: list[Problem]) -> PipelineError:
-    more = f" (and {len(problems) - 1} more in this image)" if len(problems) > 1 else ""
-    return PipelineError(
-        f"{path}: {problems[0]}{more}; ./run.sh check-submission {path} lists every problem"
-    )
-
-
-def _read_inputs(submission_csv: Path, images_dir: Path, solution_csv: Path | None) -> _Inputs:
-    """Read the submission and the solution, and decide which images the report shows."""
-    image_ids = dataset.list_image_ids(images_dir)
-    predicted = group_rows(read_submission(submission_csv))
-    truth: dict[str, SolutionImage] | None = None
-    if solution_csv is not None:
-        if not solution_csv.is_file():
-            raise PipelineError(f"{solution_csv}: no such solution file")
-        solution, ignored = read_solution(solution_csv)
-        left_out = [image_id for image_id in image_ids if image_id in ignored]
-        if left_out:
-            log.info("%d image(s) are Ignored in %s: left out", len(left_out), solution_csv)
-            image_ids = [image_id for image_id in image_ids if image_id not in ignored]
-            if not image_ids:
-                raise PipelineError(f"{solution_csv}: every image of {images_dir} is Ignored")
-        uncovered = [image_id for image_id in image_ids if image_id not in solution]
-        if uncovered:
-            log.warning(
-                "%s covers %d of the %d images of %s (not: %s); showing predictions only",
-                solution_csv,
-                len(image_ids) - len(uncovered),
-                len(image_ids),
-                images_dir,
-                ", ".join(uncovered[:3]) + (", ..." if len(uncovered) > 3 else ""),
-            )
-        else:
-            truth = solution
-    unknown = [image_id for image_id in predicted if image_id not in set(image_ids)]
-    if unknown:
-        log.warning(
-            "%s: %d ImageId(s) not among the images of %s, ignored: %s",
-            submission_csv,
-            len(unknown),
-            images_dir,
-            ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else ""),
-        )
-    left_out = [image_id for image_id in image_ids if image_id not in predicted]
-    if left_out:
-        log.warning(
-            "%s: %d of the %d images have no row; they show as empty predictions",
-            submission_csv,
-            len(left_out),
-            len(image_ids),
-        )
-    return _Inputs(
-        submission_csv,
-        images_dir,
-        image_ids,
-        predicted,
-        truth,
-        solution_csv if truth is not None else None,
-    )
+def _labels(
+    reconciled: Reconciled, image_id: str, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted and true labels of one image (true ones None without ground truth)."""
+    true_labels = reconciled.true_labels(image_id, shape)
+    return reconciled.predicted_labels(image_id, shape), true_labels
 
 
 # ---------------------------------------------------------------------------- scoring
 
 
-def _evaluate(inputs: _Inputs) -> list[ImageResult]:
+def _evaluate(reconciled: Reconciled, images_dir: Path) -> list[ImageResult]:
     results = []
-    for image_id in tqdm(inputs.image_ids, desc="scoring", unit="image", disable=None, leave=False):
-        image = dataset.read_image(dataset.image_path(inputs.images_dir, image_id))
+    for image_id in tqdm(
+        reconciled.images.sources, desc="scoring", unit="image", disable=None, leave=False
+    ):
+        image = dataset.read_image(dataset.image_path(images_dir, image_id))
         kind = dataset.image_kind(image)
-        pred_labels, true_labels = inputs.labels(image_id, image.shape[:2])
+        pred_labels, true_labels = _labels(reconciled, image_id, image.shape[:2])
         if true_labels is None:
             results.append(ImageResult(image_id, kind, n_pred=int(pred_labels.max(initial=0))))
             continue
@@ -295,7 +220,7 @@ def _evaluate(inputs: _Inputs) -> list[ImageResult]:
                 fn=int(scored.fn[0]),
             )
         )
-    if inputs.truth is not None:
+    if reconciled.labels is not None:
         results.sort(key=lambda result: (result.score, result.image_id))
     return results
 
@@ -326,11 +251,11 @@ def evaluate_images(
     PipelineError
         When a file or the folder is missing or unreadable, or an encoding is invalid.
     """
-    images_dir = paths.TEST_DIR if images_dir is None else images_dir
-    inputs = _read_inputs(
-        Path(submission_csv), Path(images_dir), None if solution_csv is None else Path(solution_csv)
+    images_dir = Path(paths.TEST_DIR if images_dir is None else images_dir)
+    reconciled = _read_inputs(
+        Path(submission_csv), images_dir, None if solution_csv is None else Path(solution_csv)
     )
-    return _evaluate(inputs)
+    return _evaluate(reconciled, images_dir)
 
 
 def scores_table(results: Sequence[ImageResult]) -> pd.DataFrame:
@@ -559,11 +484,13 @@ def _overlay_title(result: ImageResult) -> str:
     return f"{_short_id(result.image_id)}  |  {result.kind}  |  {score}"
 
 
-def _write_overlays(inputs: _Inputs, shown: Sequence[ImageResult], folder: Path) -> None:
+def _write_overlays(
+    reconciled: Reconciled, images_dir: Path, shown: Sequence[ImageResult], folder: Path
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for result in tqdm(shown, desc="overlays", unit="image", disable=None, leave=False):
-        image = dataset.read_image(dataset.image_path(inputs.images_dir, result.image_id))
-        pred_labels, true_labels = inputs.labels(result.image_id, image.shape[:2])
+        image = dataset.read_image(dataset.image_path(images_dir, result.image_id))
+        pred_labels, true_labels = _labels(reconciled, result.image_id, image.shape[:2])
         write_overlay_png(
             folder / overlay_file_name(result.image_id),
             image,
@@ -816,8 +743,8 @@ def build_report(
     if n < 0:
         raise PipelineError(f"--n must be 0 or more, got {n}")
     _check_out_dir(out)
-    inputs = _read_inputs(submission_csv, images_dir, solution)
-    results = _evaluate(inputs)
+    reconciled = _read_inputs(submission_csv, images_dir, solution)
+    results = _evaluate(reconciled, images_dir)
     worst, best = select_galleries(results, n)
     scored = [r.score for r in results if r.score is not None]
     overall = float(np.mean(scored)) if scored else None
@@ -826,10 +753,10 @@ def build_report(
         results,
         worst,
         best,
-        _details(submission_csv, images_dir, inputs.solution_csv),
+        _details(submission_csv, images_dir, None if reconciled.labels is None else solution),
     )
     with atomic_dir(out) as tmp:
-        _write_overlays(inputs, [*worst, *best], tmp / OVERLAYS_DIR)
+        _write_overlays(reconciled, images_dir, [*worst, *best], tmp / OVERLAYS_DIR)
         atomic_write_text(tmp / SCORES_CSV, scores_table(results).to_csv(index=False))
         atomic_write_text(tmp / INDEX_HTML, page)
     return Report(out, out / INDEX_HTML, results, overall, worst, best)

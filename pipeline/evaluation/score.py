@@ -6,7 +6,8 @@ the score, the TP/FP/FN totals at each IoU threshold and the worst images; the s
 added to the local leaderboard (see `pipeline.evaluation.leaderboard`).
 
 Every image of the solution is scored, except rows whose ``Usage`` is ``Ignored``. A
-submission that ``check-submission`` would reject is refused: one that leaves an image out
+submission that ``check-submission`` would reject is refused, in its words (both match the
+submission with its images through `pipeline.data.reconcile`): one that leaves an image out
 or names an image that is not in the solution, and one that cannot be decoded (a bad
 encoding, nuclei that overlap). With ``checked=False`` (``score --unchecked``) a left-out
 image scores as if nothing was predicted in it and unknown rows are ignored, with
@@ -18,95 +19,25 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.data.submission import (
-    Problem,
-    decode_image_rows,
-    group_rows,
-    read_submission,
-    read_submission_metadata,
-)
+from pipeline.data.reconcile import Reconciled, read_labels, reconcile, refusal
+from pipeline.data.submission import read_submission_metadata
 from pipeline.errors import PipelineError
 from pipeline.evaluation import leaderboard
 from pipeline.evaluation.metric import THRESHOLDS, SetScore, score_images
 
 __all__ = [
-    "SolutionImage",
     "format_report",
     "labelled_pairs",
-    "read_solution",
     "score_and_record",
     "score_submission",
 ]
 
 log = logging.getLogger(__name__)
-
-SOLUTION_COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width")
-
-
-@dataclass
-class SolutionImage:
-    """The ground truth of one image: its size and its rows as ``(line, encoding)``."""
-
-    shape: tuple[int, int]
-    rows: list[tuple[int, str]] = field(default_factory=list)
-
-
-def _positive_int(text: str, path: Path, line: int, column: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise PipelineError(f"{path}: line {line}: {column} {text!r} is not a positive integer")
-    return value
-
-
-def read_solution(
-    solution_csv: str | os.PathLike[str],
-) -> tuple[dict[str, SolutionImage], set[str]]:
-    """Read a solution CSV (``ImageId,EncodedPixels,Height,Width[,Usage]``).
-
-    Returns
-    -------
-    images : dict of str to SolutionImage
-        The images to score, in file order.
-    ignored : set of str
-        Images whose rows are all ``Usage == "Ignored"`` (not scored).
-
-    Raises
-    ------
-    PipelineError
-        When the file is not such a CSV or an image's size is missing or inconsistent.
-    """
-    path = Path(solution_csv)
-    table = read_submission(path, required=SOLUTION_COLUMNS)
-    usage = table["Usage"] if "Usage" in table.columns else None
-    images: dict[str, SolutionImage] = {}
-    seen: set[str] = set()
-    for line, row in zip(table.index.tolist(), table.itertuples(index=False), strict=True):
-        image_id = row.ImageId
-        seen.add(image_id)
-        if usage is not None and usage.loc[line] == "Ignored":
-            continue
-        shape = (
-            _positive_int(row.Height, path, line, "Height"),
-            _positive_int(row.Width, path, line, "Width"),
-        )
-        image = images.setdefault(image_id, SolutionImage(shape))
-        if image.shape != shape:
-            raise PipelineError(
-                f"{path}: line {line}: {image_id}: size {shape[0]}x{shape[1]} differs from "
-                f"{image.shape[0]}x{image.shape[1]} on line {image.rows[0][0]}"
-            )
-        image.rows.append((line, row.EncodedPixels))
-    return images, seen - set(images)
 
 
 def score_submission(
@@ -161,76 +92,27 @@ def labelled_pairs(
         As `score_submission`.
     """
     solution_csv = paths.SOLUTION_CSV if solution_csv is None else solution_csv
-    submission_csv, solution_csv = Path(submission_csv), Path(solution_csv)
-    solution, ignored = read_solution(solution_csv)
-    if not solution:
-        raise PipelineError(f"{solution_csv}: no image to score (every row is Ignored)")
-    predicted = group_rows(read_submission(submission_csv))
-    unknown = [image_id for image_id in predicted if image_id not in solution]
-    unknown = [image_id for image_id in unknown if image_id not in ignored]
-    left_out = [image_id for image_id in solution if image_id not in predicted]
-    if checked and (unknown or left_out):
-        raise _incomplete_error(submission_csv, solution_csv, left_out, unknown, len(solution))
-    if unknown:
-        log.warning(
-            "%s: %d ImageId(s) not in the solution %s, ignored: %s",
-            submission_csv,
-            len(unknown),
-            solution_csv,
-            _some(unknown),
+    reconciled = reconcile(submission_csv, labels=read_labels(solution_csv))
+    reconciled.refuse_unreadable()
+    incomplete = reconciled.unknown_problems() + reconciled.missing_problems()
+    if checked and incomplete:
+        raise refusal(
+            reconciled.csv_path,
+            incomplete,
+            lead=f"not a complete submission for {solution_csv}: ",
+            then="; score --unchecked scores it anyway (missing images as empty, off the "
+            "leaderboard)",
         )
-    if left_out:
-        log.warning(
-            "%s: %d of the %d images have no row; they score as empty predictions",
-            submission_csv,
-            len(left_out),
-            len(solution),
-        )
-    return _decoded(solution, predicted, submission_csv, solution_csv)
+    reconciled.warn_incomplete("they score as empty predictions")
+    return _decoded(reconciled)
 
 
-def _some(ids: list[str], most: int = 3) -> str:
-    """
-    >>> _some(["a", "b", "c", "d"])
-    'a, b, c, ...'
-    """
-    return ", ".join(ids[:most]) + (", ..." if len(ids) > most else "")
-
-
-def _incomplete_error(
-    submission: Path, solution: Path, left_out: list[str], unknown: list[str], total: int
-) -> PipelineError:
-    """The refusal of a submission whose ImageIds are not the solution's."""
-    parts = []
-    if left_out:
-        parts.append(f"{len(left_out)} of the {total} images have no row ({_some(left_out)})")
-    if unknown:
-        parts.append(f"{len(unknown)} ImageId(s) are not in {solution.name} ({_some(unknown)})")
-    return PipelineError(
-        f"{submission}: not a complete submission for {solution}: {'; '.join(parts)}. "
-        f"./run.sh check-submission {submission} lists its problems; score --unchecked "
-        "scores it anyway (missing images as empty, off the leaderboard)"
-    )
-
-
-def _decoded(
-    solution: dict[str, SolutionImage],
-    predicted: dict[str, list[tuple[int, str]]],
-    submission_csv: Path,
-    solution_csv: Path,
-) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
-    for image_id, truth in tqdm(
-        solution.items(), desc="scoring", unit="image", disable=None, leave=False
+def _decoded(reconciled: Reconciled) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+    for image_id in tqdm(
+        reconciled.images.sources, desc="scoring", unit="image", disable=None, leave=False
     ):
-        true_labels, problems = decode_image_rows(image_id, truth.rows, truth.shape)
-        if problems:
-            raise _decode_error(solution_csv, problems)
-        pred_labels, problems = decode_image_rows(
-            image_id, predicted.get(image_id, []), truth.shape
-        )
-        if problems:
-            raise _decode_error(submission_csv, problems)
-        yield image_id, (true_labels, pred_labels)
+        true_labels = reconciled.true_labels(image_id)
+        yield image_id, (true_labels, reconciled.predicted_labels(image_id))
 
 
 def score_and_record(
@@ -277,13 +159,6 @@ def record_score(
             f"({error.strerror or error}); the score above stands, --no-leaderboard skips it"
         ) from error
     log.info("added to the leaderboard %s", leaderboard_csv)
-
-
-def _decode_error(path: Path, problems: list[Problem]) -> PipelineError:
-    more = f" (and {len(problems) - 1} more in this image)" if len(problems) > 1 else ""
-    return PipelineError(
-        f"{path}: {problems[0]}{more}; ./run.sh check-submission {path} lists every problem"
-    )
 
 
 def format_report(result: SetScore, worst: int = 10) -> str:

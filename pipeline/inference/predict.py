@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pipeline.data.dataset import ImageFile
-    from pipeline.data.submission import Problem
+    from pipeline.data.rle_csv import Problem
 
 log = logging.getLogger(__name__)
 
@@ -622,24 +622,10 @@ def load_for_prediction(
 
 
 def check_predictions(out_csv: Path, image_files: Sequence[ImageFile]) -> list[Problem]:
-    """What is wrong with a submission written for ``image_files`` (any layout): a missing
+    """Every problem of a submission written for ``image_files`` (any layout), as
+    ``check-submission`` finds them (`pipeline.data.reconcile`): the file itself, a missing
     or unknown ImageId, an invalid encoding, nuclei sharing pixels; the image shapes come
-    from the files' headers (`pipeline.data.submission.check_submission` does the same for
-    a Kaggle-layout folder)."""
-    from pipeline.data.images import read_image_shape
-    from pipeline.data.submission import Problem, decode_image_rows, group_rows, read_submission
+    from the files' headers."""
+    from pipeline.data.reconcile import images_of_files, reconcile
 
-    rows = group_rows(read_submission(out_csv))
-    problems: list[Problem] = []
-    for image_file in image_files:
-        image_rows = rows.pop(image_file.image_id, None)
-        if image_rows is None:
-            problems.append(Problem(None, image_file.image_id, "missing: no row for this image"))
-            continue
-        shape = read_image_shape(image_file.path)
-        problems += decode_image_rows(image_file.image_id, image_rows, shape)[1]
-    problems += [
-        Problem(image_rows[0][0], image_id, "unknown ImageId: no such image")
-        for image_id, image_rows in rows.items()
-    ]
-    return problems
+    return reconcile(out_csv, images_of_files(image_files)).problems()

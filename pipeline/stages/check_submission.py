@@ -1,7 +1,7 @@
 """Stage ``check-submission``: report every problem of a submission CSV.
 
 Its options and ``main``; the work is done by
-``pipeline.data.submission``.
+``pipeline.data.reconcile``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.data.submission import check_submission_summary
+from pipeline.data.reconcile import check_submission_summary
 
 log = logging.getLogger(__name__)
 

@@ -198,7 +198,7 @@ def _train_step(
 
 def _predict_step(model_dir: Path, data: JobData, submissions_dir: Path, device: str) -> Path:
     """[predict] and [check]: the test images' submission, checked."""
-    from pipeline.data.submission import check_submission
+    from pipeline.data.reconcile import check_submission
     from pipeline.inference.run import run_prediction
 
     suffix = "-stage2" if data.stage == 2 else ""

@@ -162,15 +162,11 @@ def default_out_csv(found: ImageFiles, model_dir: Path) -> Path:
 
 
 def _check(out_csv: Path, found: ImageFiles) -> None:
-    """Check the written submission against the images; raise on any problem."""
-    if found.layout == "kaggle":
-        from pipeline.data.submission import check_submission
+    """Check the written submission against the images (any layout, as check-submission
+    does for a Kaggle-layout folder); raise on any problem."""
+    from pipeline.inference.predict import check_predictions
 
-        problems = check_submission(out_csv, found.location)
-    else:
-        from pipeline.inference.predict import check_predictions
-
-        problems = check_predictions(out_csv, found.files)
+    problems = check_predictions(out_csv, found.files)
     for problem in problems:
         log.error("%s", problem)
     if problems:

@@ -1,7 +1,7 @@
 """Stage ``submit``: send a checked submission to Kaggle, wait for its scores, record them.
 
 Its options and ``main``, over the functions that do the work: the check
-(`pipeline.data.submission.check_submission_summary`, against the images the submission was
+(`pipeline.data.reconcile.check_submission_summary`, against the images the submission was
 predicted from, named in its sidecar ``.json``), the Kaggle calls
 (`pipeline.data.kaggle_api`: ``competition_submit``, then ``competition_submissions`` polled
 until the submission is scored), the local score (`pipeline.evaluation.score`, when labels
@@ -31,11 +31,8 @@ from pipeline.data.kaggle_api import (
     submit_file,
     wait_for_scores,
 )
-from pipeline.data.submission import (
-    check_submission_summary,
-    metadata_path,
-    read_submission_metadata,
-)
+from pipeline.data.reconcile import check_submission_summary
+from pipeline.data.submission import metadata_path, read_submission_metadata
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -162,7 +159,8 @@ def local_score(csv_path: Path, images_dir: Path, solution: Path | None) -> floa
     """The submission's score on ``solution`` (as ``./run.sh score``), when its labels cover
     every image of ``images_dir``; None otherwise (stage 2 has no released labels)."""
     from pipeline.data.dataset import list_image_ids
-    from pipeline.evaluation.score import read_solution, score_submission
+    from pipeline.data.reconcile import read_solution
+    from pipeline.evaluation.score import score_submission
 
     if solution is None or not solution.is_file():
         log.info("no local score: %s not found", solution)
