@@ -62,6 +62,10 @@ class OnnxNetwork:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads or session_threads()
         options.log_severity_level = 3  # errors only
+        # Threads that spin between runs take the cores from the numpy work between them
+        # (TTA's flips, post-processing): on 2 cores, TTA ran at 0.62 images/s spinning and
+        # 1.33 without (bench/bench_speed.py --phases predict-tta-ort --limit 24).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return onnxruntime.InferenceSession(
                 str(self.path), options, providers=["CPUExecutionProvider"]
