@@ -34,8 +34,8 @@ WORK = ROOT / "submissions" / "diameter"  # git-ignored
 
 def read_diameter(solution: pd.DataFrame, image_id: str) -> float:
     """The median equivalent diameter of the nuclei of ``image_id`` in the solution."""
+    from pipeline.core.nucleus_size import median_nucleus_diameter
     from pipeline.data.rle import decode_labels
-    from pipeline.learning.nucleus_size import median_nucleus_diameter
 
     rows = solution[solution.ImageId == image_id]
     shape = (int(rows.Height.iloc[0]), int(rows.Width.iloc[0]))
@@ -107,8 +107,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    from pipeline.learning.model_store import load_config
-    from pipeline.learning.nucleus_size import training_median_diameter
+    from pipeline.core.model_store import load_config
+    from pipeline.core.nucleus_size import training_median_diameter
 
     trained, _ = training_median_diameter(ROOT / MODEL, load_config(ROOT / MODEL))
     solution = pd.read_csv(ROOT / "input" / "stage1_solution.csv")

@@ -46,11 +46,11 @@ def phase_train(model_dir: Path, precision: str, steps: int, images_dir: Path) -
     import keras
     import numpy as np
 
+    from pipeline.core import device
+    from pipeline.core.model_store import load_config, target_channels
+    from pipeline.core.models import build_model, model_outputs
     from pipeline.data.dataset import list_image_ids, load_samples
-    from pipeline.learning import device
     from pipeline.learning.losses import get_loss
-    from pipeline.learning.model_store import load_config, target_channels
-    from pipeline.learning.models import build_model, model_outputs
     from pipeline.learning.training import BatchSource
 
     config = load_config(model_dir)
@@ -90,7 +90,7 @@ def phase_matmul(size: int = 2048, repeats: int = 20) -> dict:
     import keras
     import numpy as np
 
-    from pipeline.learning import device
+    from pipeline.core import device
 
     description = device.configure("auto", "float32")
     rng = np.random.default_rng(0)
@@ -140,11 +140,11 @@ def phase_predict(
     """Images per second of the predict stage's code over a folder (its first ``limit``
     images, 0: all), post-processing included, in ``precision`` (float32 or bfloat16,
     `PredictConfig.precision`), the network run by ``engine`` (`PredictConfig.engine`)."""
+    from pipeline.core import device
+    from pipeline.core.model_store import load_model
     from pipeline.data.dataset import list_image_ids
     from pipeline.inference.engines import load_network
     from pipeline.inference.predict import iter_predictions
-    from pipeline.learning import device
-    from pipeline.learning.model_store import load_model
 
     description = device.configure("auto", precision)
     keras_model, config = load_model(model_dir)

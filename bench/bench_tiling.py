@@ -29,10 +29,10 @@ def phase(model_dir: Path, side: int, tile_size: int) -> dict:
     """Predict the synthetic image once (after loading the model); time and peak memory."""
     import numpy as np
 
+    from pipeline.core import device
+    from pipeline.core.model_store import load_model
     from pipeline.data.synthetic import make_sample
     from pipeline.inference.predict import predict_probabilities
-    from pipeline.learning import device
-    from pipeline.learning.model_store import load_model
 
     device.configure("cpu", "float32")
     model, config = load_model(model_dir)

@@ -62,12 +62,12 @@ def size_figures(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, f
 def measure(model_dir: Path, grow: list[int]) -> list[dict]:
     from skimage.segmentation import expand_labels
 
+    from pipeline.core import device
+    from pipeline.core.model_store import load_model
     from pipeline.data.dataset import labels_from_rle_csv, load_samples
     from pipeline.evaluation.metric import score_images
     from pipeline.evaluation.validation import validation_samples
     from pipeline.inference.predict import predict_labels
-    from pipeline.learning import device
-    from pipeline.learning.model_store import load_model
 
     device.configure("cpu", "float32")
     model, config = load_model(model_dir)

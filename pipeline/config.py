@@ -34,7 +34,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 METHODS = ("components", "watershed", "random_walker")
 SOURCE_WEIGHTINGS = ("sqrt", "size", "equal")
 #: The target sets ``targets`` names -> the channels the network learns of each
-#: (`pipeline.learning.targets`); the first is always ``foreground``.
+#: (`pipeline.core.targets`); the first is always ``foreground``.
 TARGET_SETS: dict[str, tuple[str, ...]] = {
     "foreground": ("foreground",),
     "border": ("foreground", "border"),
@@ -132,12 +132,12 @@ def check_heads(heads: str) -> str:
 
 def check_scales(scales: str) -> str:
     """``scales`` as ``PredictConfig.scales`` holds it: test-time scale factors, separated by
-    commas, each within `pipeline.inference.scale.FACTOR_LIMITS`, none twice.
+    commas, each within `pipeline.core.scale.FACTOR_LIMITS`, none twice.
 
     >>> check_scales(" 0.5, 1,2 "), check_scales("1")
     ('0.5,1,2', '1')
     """
-    from pipeline.inference.scale import FACTOR_LIMITS
+    from pipeline.core.scale import FACTOR_LIMITS
 
     low, high = FACTOR_LIMITS
     factors = []
@@ -286,7 +286,7 @@ class ModelConfig:
     )
     targets: str = setting(
         "foreground",
-        "what the network learns (pipeline.learning.targets.TARGET_SETS): foreground, or "
+        "what the network learns (pipeline.core.targets.TARGET_SETS): foreground, or "
         "with a border (border) and a centre (border_centre) channel for the watershed",
         choices=tuple(TARGET_SETS),
     )
@@ -527,7 +527,7 @@ class PredictConfig:
         "1",
         "test-time scales: each image is predicted at every factor given (e.g. 0.5,1,2) "
         "and the one whose foreground is most confident is kept, image by image "
-        "(pipeline.inference.scale.most_confident); 1: its own size only. For models "
+        "(pipeline.core.scale.most_confident); 1: its own size only. For models "
         "trained at native scale: the nucleus and resize policies set the scale themselves",
         parse=check_scales,
         group="network output",

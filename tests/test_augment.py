@@ -390,7 +390,7 @@ def test_stain_like_tissue_turns_bright_nuclei_into_hematoxylin_on_a_light_groun
 def test_stain_like_tissue_keeps_nuclei_brighter_than_the_ground_in_the_grey_input_space():
     """In the grey input space a light image is inverted, so the re-coloured nuclei are
     again brighter than the tissue around them, for every draw of the stains."""
-    from pipeline.learning.preprocess import normalise_image
+    from pipeline.core.preprocess import normalise_image
 
     image, labels = _two_nuclei(10, 210)
     for seed in range(20):

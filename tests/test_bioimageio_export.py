@@ -48,7 +48,7 @@ def network_switched_off():
 def not_inverting_copy(tiny_model: Path, folder: Path) -> Path:
     """A finished copy of the tiny model that does not invert light backgrounds (the same
     network and weights): its normalisation is bioimage.io's ``zero_mean_unit_variance``."""
-    from pipeline.learning.model_store import mark_complete, read_json
+    from pipeline.core.model_store import mark_complete, read_json
 
     model_dir = folder / "plain"
     shutil.copytree(tiny_model, model_dir)
@@ -235,8 +235,8 @@ def test_only_a_package_this_pipeline_wrote_is_replaced_without_force(
 @pytest.mark.parametrize("heads", ["all", "2"])
 def test_a_network_with_several_heads_is_exported_as_one_output(heads: str) -> None:
     from pipeline.config import ModelConfig
+    from pipeline.core.models import build_unetpp
     from pipeline.learning.bioimageio_package import package_network
-    from pipeline.learning.models import build_unetpp
 
     model = build_unetpp(ModelConfig(arch="unetpp", base_filters=2, depth=2))
     batch = np.random.default_rng(0).normal(size=(1, 8, 8, 3)).astype(np.float32)

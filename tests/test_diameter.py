@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from conftest import one_error_line, predict_argv, run_cli
 
-from pipeline.data.extra import load_labelled
-from pipeline.learning.model_store import read_json
-from pipeline.learning.nucleus_size import (
+from pipeline.core.model_store import read_json
+from pipeline.core.nucleus_size import (
     NUCLEI_FILE,
     STAGE1_TRAIN_MEDIAN_DIAMETER,
     median_nucleus_diameter,
     training_median_diameter,
 )
+from pipeline.data.extra import load_labelled
 
 pytest.importorskip("keras")
 
@@ -35,7 +35,7 @@ def test_a_training_records_the_median_diameter_of_its_training_nuclei(tiny_mode
 
 
 def test_a_model_without_the_record_falls_back_to_stage1_trains_median(model_copy, tmp_path):
-    from pipeline.learning.model_store import load_config
+    from pipeline.core.model_store import load_config
 
     config = load_config(model_copy)
     assert (

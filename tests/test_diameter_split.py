@@ -29,8 +29,8 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
+from pipeline.core.nucleus_size import median_nucleus_diameter, record_training_nuclei
 from pipeline.evaluation.metric import score_image
-from pipeline.learning.nucleus_size import median_nucleus_diameter, record_training_nuclei
 
 keras = pytest.importorskip("keras")
 
@@ -105,8 +105,8 @@ def detector_weights() -> dict[str, list[np.ndarray]]:
 def disc_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished model folder of the fixed detector, written as a training writes one."""
     from pipeline.config import Config, ModelConfig
-    from pipeline.learning import model_store
-    from pipeline.learning.models import build_model
+    from pipeline.core import model_store
+    from pipeline.core.models import build_model
 
     model_dir = tmp_path_factory.mktemp("disc_detector")
     model = ModelConfig(

@@ -23,11 +23,11 @@ pytestmark = pytest.mark.slow
 ONE_STEP = """
 import json
 import numpy as np
-from pipeline.learning import device, distribute
+from pipeline.core import device, distribute
 device.select_device("cpu", 2)
 import keras
 from pipeline.config import preset
-from pipeline.learning.models import build_model
+from pipeline.core.models import build_model
 config = preset("demo").model
 config.base_filters, config.depth, config.dropout = 4, 2, 0.0
 rng = np.random.default_rng(0)

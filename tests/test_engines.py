@@ -62,7 +62,7 @@ def synthetic_images() -> list[np.ndarray]:
 
 
 def test_export_records_the_onnx_file_in_complete_json(onnx_model: Path) -> None:
-    from pipeline.learning.model_store import file_sha256
+    from pipeline.core.model_store import file_sha256
 
     record = json.loads((onnx_model / "complete.json").read_text())
     assert record["onnx_sha256"] == file_sha256(onnx_model / "model.onnx")

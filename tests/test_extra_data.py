@@ -267,8 +267,8 @@ def test_init_starts_from_the_models_exact_weights(tiny_model, tmp_path):
     import keras
 
     from pipeline.config import Config
+    from pipeline.core.model_store import load_model
     from pipeline.learning import training
-    from pipeline.learning.model_store import load_model
 
     config = Config.load(tiny_model / "config.json")
     expected, _ = load_model(tiny_model, tuned=False)

@@ -12,7 +12,7 @@ keras = pytest.importorskip("keras")
 
 
 def test_unet_keeps_the_input_size_and_outputs_probabilities():
-    from pipeline.learning.models import build_model, input_multiple
+    from pipeline.core.models import build_model, input_multiple
 
     config = ModelConfig(base_filters=4, depth=2)
     model = build_model(config, out_channels=2)
@@ -24,7 +24,7 @@ def test_unet_keeps_the_input_size_and_outputs_probabilities():
 
 
 def test_unet_width_and_depth_come_from_the_config():
-    from pipeline.learning.models import build_model
+    from pipeline.core.models import build_model
 
     small = build_model(ModelConfig(base_filters=4, depth=2)).count_params()
     wide = build_model(ModelConfig(base_filters=8, depth=2)).count_params()
@@ -33,8 +33,8 @@ def test_unet_width_and_depth_come_from_the_config():
 
 
 def test_unknown_architecture_is_refused():
+    from pipeline.core.models import build_model
     from pipeline.errors import PipelineError
-    from pipeline.learning.models import build_model
 
     with pytest.raises(PipelineError, match="unknown architecture"):
         build_model(ModelConfig(arch="resnet"))
@@ -65,10 +65,10 @@ def test_model_and_loss_code_is_backend_agnostic():
     """Model, loss and metric code must run on JAX or PyTorch too: no tf.* there."""
     root = Path(__file__).resolve().parents[1] / "pipeline"
     for name in (
-        "learning/models.py",
+        "core/models.py",
         "learning/losses.py",
         "evaluation/metric.py",
-        "learning/targets.py",
+        "core/targets.py",
         "inference/postprocess.py",
     ):
         source = (root / name).read_text()
@@ -92,7 +92,7 @@ def _outputs_as_list(y):
 
 @pytest.mark.parametrize("arch", sorted(TINY_ARCHS))
 def test_every_architecture_keeps_non_square_input_sizes(arch):
-    from pipeline.learning.models import ARCHITECTURES, build_model, input_multiple, model_outputs
+    from pipeline.core.models import ARCHITECTURES, build_model, input_multiple, model_outputs
 
     assert arch in ARCHITECTURES
     config = TINY_ARCHS[arch]
@@ -107,7 +107,7 @@ def test_every_architecture_keeps_non_square_input_sizes(arch):
 
 
 def test_input_multiples():
-    from pipeline.learning.models import input_multiple
+    from pipeline.core.models import input_multiple
 
     assert input_multiple(ModelConfig(arch="unet", depth=3)) == 8
     assert input_multiple(ModelConfig(arch="unetpp", depth=4)) == 16
@@ -115,7 +115,7 @@ def test_input_multiples():
 
 
 def test_unetpp_has_one_head_per_top_level_node():
-    from pipeline.learning.models import build_model
+    from pipeline.core.models import build_model
 
     model = build_model(ModelConfig(arch="unetpp", base_filters=4, depth=3))
     assert model.output_names == ["probabilities_1", "probabilities_2", "probabilities_3"]
@@ -127,9 +127,9 @@ def test_unetpp_has_one_head_per_top_level_node():
 
 
 def test_unetpp_prediction_averages_the_heads_or_uses_one():
+    from pipeline.core.models import build_model, select_heads
     from pipeline.errors import PipelineError
     from pipeline.inference.predict import _predict_batch, _run_model
-    from pipeline.learning.models import build_model, select_heads
 
     model = build_model(ModelConfig(arch="unetpp", base_filters=4, depth=2, batch_norm=False))
     x = np.random.default_rng(1).normal(size=(2, 8, 12, 3)).astype("float32")
@@ -150,9 +150,9 @@ def test_unetpp_prediction_averages_the_heads_or_uses_one():
 
 def test_heads_setting_is_checked():
     from pipeline.config import PredictConfig, check_heads
+    from pipeline.core.models import build_model
     from pipeline.errors import PipelineError
     from pipeline.inference.predict import _run_model
-    from pipeline.learning.models import build_model
 
     assert PredictConfig().heads == "all"
     assert check_heads("ALL") == "all" and check_heads(3) == "3"
@@ -168,8 +168,8 @@ def test_heads_setting_is_checked():
 
 def test_predict_probabilities_uses_the_configured_heads():
     from pipeline.config import Config
+    from pipeline.core.models import build_model
     from pipeline.inference.predict import predict_probabilities
-    from pipeline.learning.models import build_model
 
     config = Config(model=ModelConfig(arch="unetpp", base_filters=4, depth=2))
     model = build_model(config.model)
@@ -182,7 +182,7 @@ def test_predict_probabilities_uses_the_configured_heads():
 
 
 def test_mobilenetv2_skips_come_from_strides_2_to_32():
-    from pipeline.learning.models import MOBILENETV2_OUTPUT, MOBILENETV2_SKIPS, build_model
+    from pipeline.core.models import MOBILENETV2_OUTPUT, MOBILENETV2_SKIPS, build_model
 
     model = build_model(TINY_ARCHS["mobilenetv2_unet"])
     encoder = model.get_layer("encoder")
@@ -195,7 +195,7 @@ def test_mobilenetv2_skips_come_from_strides_2_to_32():
 
 
 def test_frozen_encoder_leaves_only_the_decoder_trainable():
-    from pipeline.learning.models import build_model
+    from pipeline.core.models import build_model
 
     config = TINY_ARCHS["mobilenetv2_unet"]
     frozen = build_model(config)
@@ -207,7 +207,7 @@ def test_frozen_encoder_leaves_only_the_decoder_trainable():
 
 
 def test_per_image_range_maps_each_image_to_minus_one_one():
-    from pipeline.learning.models import PerImageRange
+    from pipeline.core.models import PerImageRange
 
     x = np.stack([np.full((2, 2, 3), 5.0), np.arange(12.0).reshape(2, 2, 3)]).astype("float32")
     y = np.asarray(PerImageRange()(x))
@@ -217,8 +217,8 @@ def test_per_image_range_maps_each_image_to_minus_one_one():
 
 
 def test_missing_imagenet_weights_is_a_clear_error(monkeypatch, tmp_path):
+    from pipeline.core.models import build_model
     from pipeline.errors import PipelineError
-    from pipeline.learning.models import build_model
 
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure on https://storage.googleapis.com/...: None")
@@ -244,7 +244,7 @@ def test_imagenet_weights_are_loaded_from_keras_cache(monkeypatch, tmp_path):
     import h5py
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-    from pipeline.learning.models import build_model
+    from pipeline.core.models import build_model
 
     keras.utils.set_random_seed(3)
     source = keras.applications.MobileNetV2(
@@ -275,8 +275,8 @@ def test_weights_and_resume_checkpoint_round_trip(arch, tmp_path):
 
     (The U-Net's go through the command line in tests/test_end_to_end.py.)
     """
+    from pipeline.core.models import build_model, custom_objects, input_multiple, model_outputs
     from pipeline.learning.losses import bce_dice_loss, get_loss, soft_dice_loss
-    from pipeline.learning.models import build_model, custom_objects, input_multiple, model_outputs
 
     config = TINY_ARCHS[arch]
     model = build_model(config)
@@ -365,7 +365,7 @@ def test_random_init_mobilenetv2_learns_batch_norm_statistics_at_a_usable_pace()
     """From random weights, Keras' 0.999 momentum left inference-mode output as noise."""
     from keras import layers
 
-    from pipeline.learning.models import RANDOM_INIT_BN_MOMENTUM, build_model
+    from pipeline.core.models import RANDOM_INIT_BN_MOMENTUM, build_model
 
     def momenta(model):
         encoder = model.get_layer("encoder")

@@ -5,6 +5,7 @@ import pytest
 from scipy import ndimage
 from skimage.draw import disk
 
+from pipeline.core.targets import TARGET_SETS, labels_to_targets
 from pipeline.data.synthetic import make_sample
 from pipeline.evaluation.metric import iou_matrix, score_image
 from pipeline.inference.postprocess import (
@@ -16,7 +17,6 @@ from pipeline.inference.postprocess import (
     remove_small_instances,
     tune_postprocess,
 )
-from pipeline.learning.targets import TARGET_SETS, labels_to_targets
 
 
 def test_two_separate_blobs_become_two_instances():

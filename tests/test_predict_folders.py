@@ -175,8 +175,8 @@ def test_more_nuclei_than_a_16_bit_png_holds_go_to_a_32_bit_tiff(tmp_path):
 def test_the_progress_bar_moves_image_by_image_within_a_chunk(tiny_model, tiny_demo, monkeypatch):
     """Half an image when the network is done with it, the other half when its nuclei are
     found: the bar moves through a chunk of 32 images instead of jumping at its end."""
+    from pipeline.core.model_store import load_model
     from pipeline.inference import predict
-    from pipeline.learning.model_store import load_model
 
     positions: list[float] = []
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline.learning.preprocess import crop_to_shape, normalise_image, pad_to_multiple
+from pipeline.core.preprocess import crop_to_shape, normalise_image, pad_to_multiple
 
 
 def test_normalise_gives_zero_mean_unit_std():

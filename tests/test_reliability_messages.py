@@ -15,7 +15,7 @@ import pytest
 from conftest import one_error_line, predict_argv, run_cli
 from PIL import Image
 
-from pipeline.learning.model_store import mark_complete
+from pipeline.core.model_store import mark_complete
 
 pytest.importorskip("keras")
 
@@ -224,7 +224,7 @@ def test_tensorflow_loads_without_its_start_up_lines(tmp_path):
     root = Path(__file__).resolve().parents[1]
     code = (
         "import sys\n"
-        "from pipeline.learning import device\n"
+        "from pipeline.core import device\n"
         "device.select_device('cpu')\n"
         "import keras\n"
         "print('after loading', file=sys.stderr)\n"
@@ -256,7 +256,7 @@ def test_train_resume_shows_no_tensorflow_start_up_lines(model_copy, tmp_path):
     case 13); the checkpoint's name now lives with the model folder's other names."""
     import sys
 
-    from pipeline.learning.device import STARTUP_NOISE
+    from pipeline.core.device import STARTUP_NOISE
 
     root = Path(__file__).resolve().parents[1]
     environment = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import one_error_line, predict_argv, run_cli
 
-from pipeline.learning.model_store import check_finished, file_sha256, load_config
+from pipeline.core.model_store import check_finished, file_sha256, load_config
 
 pytest.importorskip("keras")
 

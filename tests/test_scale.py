@@ -11,10 +11,8 @@ from skimage.draw import disk
 from skimage.measure import label
 
 from pipeline.config import Config
-from pipeline.data.dataset import Sample
-from pipeline.errors import PipelineError
-from pipeline.inference import scale
-from pipeline.inference.scale import (
+from pipeline.core import scale
+from pipeline.core.scale import (
     FACTOR_LIMITS,
     MAX_SCALED_PIXELS,
     limit_factor,
@@ -26,6 +24,8 @@ from pipeline.inference.scale import (
     restore_size,
     scale_factor,
 )
+from pipeline.data.dataset import Sample
+from pipeline.errors import PipelineError
 
 
 def _discs(shape: tuple[int, int], radius: int, spacing: int) -> np.ndarray:

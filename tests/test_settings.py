@@ -150,8 +150,8 @@ def test_out_of_range_flags_are_refused_with_the_flag_and_the_value(argv, messag
 
 
 def test_postprocess_defaults_and_tunable_settings_come_from_predict_config():
+    from pipeline.core.model_store import TUNABLE as STORED
     from pipeline.inference.postprocess import DEFAULT_PARAMS, PARAM_NAMES
-    from pipeline.learning.model_store import TUNABLE as STORED
 
     declared = PredictConfig()
     assert DEFAULT_PARAMS == POSTPROCESS_DEFAULTS
@@ -180,8 +180,8 @@ def test_config_choices_match_the_implementations():
 
 def test_the_device_takes_the_declared_precisions():
     from pipeline.config import PRECISIONS
+    from pipeline.core import device
     from pipeline.errors import PipelineError
-    from pipeline.learning import device
 
     assert PRECISIONS == ("auto", "float32", "bfloat16")
     with pytest.raises(PipelineError, match=r"unknown precision 'float16'; choose from \('auto'"):
@@ -229,8 +229,8 @@ def test_a_config_file_with_a_value_out_of_range_is_refused_naming_it(
 
 
 def test_tuned_thresholds_out_of_range_are_refused_naming_the_file(tmp_path):
+    from pipeline.core.model_store import load_config
     from pipeline.errors import PipelineError
-    from pipeline.learning.model_store import load_config
 
     preset("default").save(tmp_path / "config.json")
     (tmp_path / "thresholds.json").write_text(json.dumps({"params": {"threshold": 7.5}}))

@@ -5,8 +5,7 @@ import pytest
 from scipy import ndimage
 from skimage.draw import disk
 
-from pipeline.errors import PipelineError
-from pipeline.learning.targets import (
+from pipeline.core.targets import (
     KNOWN_CHANNELS,
     TARGET_CHANNELS,
     TARGET_SETS,
@@ -15,6 +14,7 @@ from pipeline.learning.targets import (
     labels_to_targets,
     rim_width,
 )
+from pipeline.errors import PipelineError
 
 
 def _ball(radius: int) -> np.ndarray:

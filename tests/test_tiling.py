@@ -100,8 +100,8 @@ def test_network_prediction_in_tiles_matches_the_whole_image():
     """A small U-Net (reach well under 48 pixels): tiling changes nothing but rounding."""
     pytest.importorskip("keras")
     from pipeline.config import Config, ModelConfig
+    from pipeline.core.models import build_model
     from pipeline.inference.predict import predict_probabilities
-    from pipeline.learning.models import build_model
 
     config = Config(model=ModelConfig(base_filters=4, depth=2))
     model = build_model(config.model, out_channels=2)

@@ -33,8 +33,8 @@ def test_covers():
 def test_the_default_settings_of_each_preset_are_in_its_grid_or_added():
     """The presets' untuned settings are tried by the default grids themselves."""
     from pipeline.config import preset
+    from pipeline.core.model_store import target_channels
     from pipeline.inference.predict import postprocess_params
-    from pipeline.learning.model_store import target_channels
 
     for name in ("default", "seeds-baseline", "demo"):
         config = preset(name)

@@ -91,8 +91,8 @@ def search(
 
 def _search_both(model, samples, config, base: dict[str, Any]) -> dict[bool, tuple]:
     """The grid search without and with TTA: ``{tta: (params, score, table, probs)}``."""
+    from pipeline.core.model_store import target_channels
     from pipeline.inference.predict import predict_probabilities
-    from pipeline.learning.model_store import target_channels
 
     channels = target_channels(config)
     truths = [s.labels for s in samples]
@@ -120,10 +120,10 @@ def _untuned_score(table: list[dict[str, Any]], base: dict[str, Any]) -> float:
 
 def _tuned_record(results: dict[bool, tuple], samples, config, base: dict[str, Any]) -> dict:
     """What thresholds.json holds: the best settings, TTA only where it helped."""
+    from pipeline.core.model_store import target_channels
     from pipeline.evaluation.metric import score_images
     from pipeline.evaluation.validation import kind_means
     from pipeline.inference.postprocess import instances_from_channels
-    from pipeline.learning.model_store import target_channels
 
     use_tta = results[True][1] > results[False][1]
     params, score, table, probs = results[use_tta]
@@ -149,12 +149,10 @@ def _tuned_record(results: dict[bool, tuple], samples, config, base: dict[str, A
 def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "auto") -> dict:
     """Tune ``model_dir``'s post-processing on its validation split; write thresholds.json
     (and the tuned score into scores.json)."""
-    from pipeline.learning import device as device_module
+    from pipeline.core import device as device_module
 
     device_module.select_device(device)
-    from pipeline.evaluation.validation import validation_samples
-    from pipeline.inference.predict import postprocess_params
-    from pipeline.learning.model_store import (
+    from pipeline.core.model_store import (
         SCORES_FILE,
         THRESHOLDS_FILE,
         is_complete,
@@ -163,6 +161,8 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
         read_json,
         write_json,
     )
+    from pipeline.evaluation.validation import validation_samples
+    from pipeline.inference.predict import postprocess_params
 
     model_dir = Path(model_dir)
     device_module.configure(device, "float32")

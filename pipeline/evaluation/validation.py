@@ -54,8 +54,8 @@ def score_samples(model, samples: Sequence, config) -> dict[str, Any]:
 
 def validation_samples(model_dir: Path, images_dir: Path | None = None) -> list:
     """The labelled validation images of a model, as its ``split.json`` records them."""
+    from pipeline.core.model_store import SPLIT_FILE, read_json, training_images_dir
     from pipeline.data.extra import load_labelled
-    from pipeline.learning.model_store import SPLIT_FILE, read_json, training_images_dir
 
     split = read_json(Path(model_dir) / SPLIT_FILE)
     if not split.get("val"):
@@ -76,11 +76,11 @@ def evaluate_model(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Score ``model_dir`` on its validation split; see the module docstring for the keys."""
-    from pipeline.learning import device as device_module
+    from pipeline.core import device as device_module
 
     device_module.select_device(device)
+    from pipeline.core.model_store import SPLIT_FILE, read_json
     from pipeline.inference.predict import load_for_prediction, postprocess_params
-    from pipeline.learning.model_store import SPLIT_FILE, read_json
 
     model, config = load_for_prediction(Path(model_dir), overrides, device, tuned)
     samples = validation_samples(model_dir, images_dir)
@@ -117,12 +117,12 @@ def score_extra_sets(
     dict
         Set name -> ``{"score", "images", "held_out_whole", "per_image"}``.
     """
-    from pipeline.learning import device as device_module
+    from pipeline.core import device as device_module
 
     device_module.select_device(device)
+    from pipeline.core.model_store import SPLIT_FILE, read_json
     from pipeline.data.extra import load_extra_set
     from pipeline.inference.predict import load_for_prediction
-    from pipeline.learning.model_store import SPLIT_FILE, read_json
 
     split = read_json(Path(model_dir) / SPLIT_FILE)
     held_val = split.get("extra_val", {})

@@ -151,7 +151,7 @@ def _worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> 
 
 
 def _load_worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> tuple:
-    from pipeline.learning import device as device_module
+    from pipeline.core import device as device_module
 
     device_module.select_device(device)
     if not Path(model_dir).is_dir():

@@ -1,7 +1,7 @@
 """The engines that run a model's network: Keras (the default) and ONNX Runtime.
 
 ``predict --engine onnxruntime`` runs the network exported once from the model's weights
-(`pipeline.learning.onnx_export.onnx_file`) with ONNX Runtime on the CPU; everything
+(`pipeline.core.onnx_export.onnx_file`) with ONNX Runtime on the CPU; everything
 before and after the network (normalisation, tiles, TTA, scales, post-processing) is the
 same code as with Keras. `OnnxNetwork` pickles as its file, so that a Dask worker or a
 page loads its own session.
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import check_heads
+from pipeline.core.model_store import load_model
+from pipeline.core.onnx_export import onnx_file
 from pipeline.errors import PipelineError
-from pipeline.learning.model_store import load_model
-from pipeline.learning.onnx_export import onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class OnnxNetwork:
     Parameters
     ----------
     path
-        The ONNX file (`pipeline.learning.onnx_export.onnx_file`).
+        The ONNX file (`pipeline.core.onnx_export.onnx_file`).
     threads
         Intra-op threads; 0: `session_threads`.
     """

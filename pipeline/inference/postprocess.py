@@ -1,6 +1,6 @@
 """Network probabilities to nucleus instances (independent of Keras).
 
-The counterpart of ``pipeline.learning.targets.labels_to_targets``. Tested without a model.
+The counterpart of ``pipeline.core.targets.labels_to_targets``. Tested without a model.
 
 Three methods (``method=``):
 
@@ -15,7 +15,7 @@ Three methods (``method=``):
        ``centre_prob > marker_threshold`` when a centre map is given, else of
        ``foreground_prob - border_weight * border_prob > marker_threshold`` when a border
        map is given, else of the mask's own centre map (each component's distance to its
-       edge divided by its largest, as `pipeline.learning.targets` computes it from labels; this
+       edge divided by its largest, as `pipeline.core.targets` computes it from labels; this
        splits only nuclei of similar size with a narrow waist between them);
        markers smaller than ``min_marker_size`` pixels are dropped;
     3. ``skimage.segmentation.watershed`` of the elevation ``-centre`` (or
@@ -41,7 +41,7 @@ Example
 Two touching 5 x 5 squares with their perfect targets: the components merge them, the
 watershed on foreground minus border splits them again.
 
->>> from pipeline.learning.targets import TARGET_SETS, labels_to_targets
+>>> from pipeline.core.targets import TARGET_SETS, labels_to_targets
 >>> labels = np.zeros((7, 12), np.int32)
 >>> labels[1:6, 1:6] = 1
 >>> labels[1:6, 6:11] = 2
@@ -174,7 +174,7 @@ class _Maps:
 
     def mask_centre(self, threshold: float) -> np.ndarray:
         if threshold not in self._mask_centres:
-            from pipeline.learning.targets import labels_to_targets
+            from pipeline.core.targets import labels_to_targets
 
             components = self.components(threshold)
             self._mask_centres[threshold] = labels_to_targets(components, ("centre",))[..., 0]
@@ -292,7 +292,7 @@ def probabilities_to_labels(
         2-D foreground probability.
     border_prob, centre_prob : np.ndarray, optional
         Border and centre probabilities (the ``border`` and ``centre`` channels of
-        `pipeline.learning.targets`), same shape; used by the watershed only.
+        `pipeline.core.targets`), same shape; used by the watershed only.
     **params
         Any of `PARAM_NAMES` (declared, with their defaults and meaning, in
         `pipeline.config.PredictConfig`): ``threshold`` (a pixel is foreground strictly
@@ -369,7 +369,7 @@ def instances_from_channels(
         ``(H, W, C)`` probabilities, one channel per name in ``channels``.
     channels : sequence of str
         The channel names, ``"foreground"`` first (a value of
-        ``pipeline.learning.targets.TARGET_SETS``); ``"border"`` and ``"centre"`` are passed to
+        ``pipeline.core.targets.TARGET_SETS``); ``"border"`` and ``"centre"`` are passed to
         `probabilities_to_labels` as ``border_prob`` and ``centre_prob``.
     params : mapping, optional
         Any of `PARAM_NAMES`; the others take `DEFAULT_PARAMS`, except ``method``, which

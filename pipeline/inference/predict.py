@@ -5,7 +5,7 @@ Per image: normalise, predict (whole image padded to the network's multiple, in
 overlapping tiles when a side is longer than ``tile_size`` (``pipeline.inference.tiling``),
 resized to the training size for ``resize_policy="resize"``, or rescaled by its estimated
 nucleus size for ``resize_policy="nucleus"``, or at each of ``--scales`` with the most
-confident kept (``pipeline.inference.scale``)), bring the
+confident kept (``pipeline.core.scale``)), bring the
 probabilities back to the image's own size, turn them into instances
 (``pipeline.inference.postprocess``) and stream them into the outputs (`PredictionOutputs`:
 the submission writer, label images, measurements). Images of the same size are predicted
@@ -82,8 +82,8 @@ def _run_model(model, batch: np.ndarray, heads: str = "all") -> np.ndarray:
     # ONNX Runtime (`pipeline.inference.engines`) gives numpy arrays, and needs no Keras.
     if isinstance(model, OnnxNetwork):
         return _mean_of_heads(model.outputs(batch, heads))
-    from pipeline.learning.distribute import distributing
-    from pipeline.learning.models import select_heads
+    from pipeline.core.distribute import distributing
+    from pipeline.core.models import select_heads
 
     network = select_heads(model, heads)
     if distributing():
@@ -131,7 +131,7 @@ def predict_probabilities(
     each image rescaled by its estimated nucleus size (`_predict_nucleus_scaled`). With
     ``config.predict.diameter`` (the user's typical nucleus diameter), every image is
     rescaled by ``train.nucleus_diameter / diameter`` (within
-    `pipeline.inference.scale.FACTOR_LIMITS` and ``MAX_SCALED_PIXELS``) instead.
+    `pipeline.core.scale.FACTOR_LIMITS` and ``MAX_SCALED_PIXELS``) instead.
     ``on_image`` is called once per image as soon as its probabilities are done (a
     progress bar's tick).
     """
@@ -139,7 +139,7 @@ def predict_probabilities(
     if config.predict.diameter > 0 and config.train.resize_policy != "resize":
         # The user's nucleus size to the model's training size (`prediction_config` put
         # the model's median training diameter in nucleus_diameter): one scale.
-        from pipeline.inference.scale import scale_factor
+        from pipeline.core.scale import scale_factor
 
         factor = scale_factor(config.predict.diameter, config.train.nucleus_diameter)
         return _predict_most_confident_scale(model, images, config, tta, (factor,), on_image)
@@ -168,11 +168,11 @@ def _predict_most_confident_scale(
     """Probabilities of each image at the most confident of several scales.
 
     Every image is predicted at each factor (no image enlarged past
-    `pipeline.inference.scale.MAX_SCALED_PIXELS`), the probabilities are brought back to
-    its own size, and `pipeline.inference.scale.most_confident` picks one of them.
+    `pipeline.core.scale.MAX_SCALED_PIXELS`), the probabilities are brought back to
+    its own size, and `pipeline.core.scale.most_confident` picks one of them.
     ``on_image`` ticks as each image's last factor is done.
     """
-    from pipeline.inference.scale import limit_factor, most_confident, rescale_image, restore_size
+    from pipeline.core.scale import limit_factor, most_confident, rescale_image, restore_size
 
     at_scale = []
     for number, factor in enumerate(factors, start=1):
@@ -200,7 +200,7 @@ def _predict_nucleus_scaled(
     (without TTA); the last scale is predicted (with TTA if asked, reusing the last pass
     when it is the same) and brought back to the image's own size.
     """
-    from pipeline.inference.scale import (
+    from pipeline.core.scale import (
         REFINE_PASSES,
         limit_factor,
         median_diameter,
@@ -236,7 +236,7 @@ def _predict_nucleus_scaled(
 def _network_input(image: np.ndarray, config: Config, multiple: int) -> np.ndarray:
     """An RGB uint8 image as the network takes it: normalised, then resized to the crop
     size (``resize`` policy) or padded to a multiple of the network's stride."""
-    from pipeline.learning.preprocess import normalise_image, pad_to_multiple
+    from pipeline.core.preprocess import normalise_image, pad_to_multiple
 
     x = normalise_image(image, config.model.invert_light_background, config.model.input_space)
     if config.train.resize_policy == "resize":
@@ -255,9 +255,9 @@ def _predict_as_trained(
     on_image: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
     """`predict_probabilities` for the ``native`` and ``resize`` policies."""
+    from pipeline.core.models import input_multiple
+    from pipeline.core.preprocess import crop_to_shape
     from pipeline.inference.tiling import predict_in_tiles
-    from pipeline.learning.models import input_multiple
-    from pipeline.learning.preprocess import crop_to_shape
 
     batch_size = max(1, config.predict.batch_size)
     multiple = input_multiple(config.model)
@@ -310,15 +310,15 @@ def _predict_as_trained(
 
 def postprocess_params(config: Config) -> dict:
     """The post-processing settings of ``config`` as ``instances_from_channels`` takes them."""
-    from pipeline.learning.model_store import TUNABLE
+    from pipeline.core.model_store import TUNABLE
 
     return {key: getattr(config.predict, key) for key in TUNABLE if key != "tta"}
 
 
 def labels_from_probabilities(prob: np.ndarray, config: Config) -> np.ndarray:
     """Instances from the network's output channels, with the config's thresholds."""
+    from pipeline.core.model_store import target_channels
     from pipeline.inference.postprocess import instances_from_channels
-    from pipeline.learning.model_store import target_channels
 
     return instances_from_channels(prob, target_channels(config), postprocess_params(config))
 
@@ -559,7 +559,7 @@ def prediction_config(
     """The config a prediction with a finished model runs with: the model's (its tuned
     ``predict`` settings when ``tuned``), the overrides applied. ``edited_ok``: a config
     or thresholds file edited since the model was finished is taken, with a warning."""
-    from pipeline.learning.model_store import check_finished, load_config
+    from pipeline.core.model_store import check_finished, load_config
 
     check_finished(model_dir, edited_ok)
     config = load_config(model_dir, tuned=tuned)
@@ -579,9 +579,9 @@ def prediction_config(
 
 def _resolve_diameter(model_dir: Path, config: Config, asked_scales: str | None) -> None:
     """Put the median nucleus diameter the model was trained on into
-    ``config.train.nucleus_diameter`` (`pipeline.learning.nucleus_size`), the size that
+    ``config.train.nucleus_diameter`` (`pipeline.core.nucleus_size`), the size that
     ``config.predict.diameter`` rescales images to; refuse a diameter the model cannot use."""
-    from pipeline.learning.nucleus_size import training_median_diameter
+    from pipeline.core.nucleus_size import training_median_diameter
 
     diameter = config.predict.diameter
     if config.train.resize_policy == "resize":
@@ -610,7 +610,7 @@ def load_for_prediction(
     precision the config asks for (``predict.precision``), run by the engine it asks for
     (``predict.engine``: a Keras model, or an ONNX Runtime session,
     `pipeline.inference.engines.load_network`)."""
-    from pipeline.learning import device as device_module
+    from pipeline.core import device as device_module
 
     config = prediction_config(model_dir, overrides, tuned, edited_ok)
     if config.predict.engine == "keras":

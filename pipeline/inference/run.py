@@ -148,9 +148,9 @@ def run_prediction(
     submission this pipeline wrote, unless ``force``. With ``dask`` (``local:N`` or an
     address) the images go to a Dask cluster's workers (`pipeline.inference.dask_predict`),
     ``chunk_images`` at a time; the outputs are the same. ``edited_ok`` takes a model edited
-    since it was finished, with a warning (`pipeline.learning.model_store.check_complete`).
+    since it was finished, with a warning (`pipeline.core.model_store.check_complete`).
     """
-    from pipeline.learning import device as device_module
+    from pipeline.core import device as device_module
 
     device_module.select_device(device)
     from pipeline.data.dataset import list_image_files

@@ -9,7 +9,7 @@ The package follows the bioimage.io model format 0.5 (`bioimageio.spec`). It hol
   citations, the licence, and under ``config.dsb2018`` the tuned post-processing settings
   and where the package came from;
 - ``weights.keras`` (``keras_v3``, the original) and ``weights.onnx`` (``onnx``,
-  converted from it by `pipeline.learning.onnx_export`);
+  converted from it by `pipeline.core.onnx_export`);
 - ``test_input.npy`` and ``test_output.npy``: a synthetic image
   (`pipeline.data.synthetic`, never competition data) and this network's output on it,
   and the same as TIFF images to look at (``sample_input.tif``, ``sample_output.tif``);
@@ -23,7 +23,7 @@ The package follows the bioimage.io model format 0.5 (`bioimageio.spec`). It hol
 The network is the one that prediction runs: a model with several output heads (U-Net++)
 is exported as one output, the mean of its heads or the head that ``heads`` names.
 
-`pipeline.learning.preprocess.normalise_image` is bioimage.io's ``zero_mean_unit_variance``
+`pipeline.core.preprocess.normalise_image` is bioimage.io's ``zero_mean_unit_variance``
 over y, x and channel jointly, per image, for a model with the ``rgb`` input space that
 does not invert light backgrounds: the input is then the RGB image itself. Inverting a
 light background (``--invert-light``, and always in the ``grey`` input space) depends on
@@ -64,11 +64,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from pipeline.config import Config, section_fields
-from pipeline.data.synthetic import make_sample
-from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path, check_writable_file, temporary_prefix
-from pipeline.learning.data_card import data_card
-from pipeline.learning.model_store import (
+from pipeline.core.model_store import (
     SCORES_FILE,
     THRESHOLDS_FILE,
     check_complete,
@@ -76,9 +72,13 @@ from pipeline.learning.model_store import (
     read_json,
     target_channels,
 )
-from pipeline.learning.models import input_multiple, model_outputs, select_heads
-from pipeline.learning.onnx_export import export_onnx
-from pipeline.learning.preprocess import normalise_image
+from pipeline.core.models import input_multiple, model_outputs, select_heads
+from pipeline.core.onnx_export import export_onnx
+from pipeline.core.preprocess import normalise_image
+from pipeline.data.synthetic import make_sample
+from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_path, check_writable_file, temporary_prefix
+from pipeline.learning.data_card import data_card
 from pipeline.locks import output_lock
 from pipeline.outputs import check_not_input, check_replaceable
 from pipeline.provenance import git_commit
@@ -116,7 +116,7 @@ ARCHITECTURE_NAMES = {
     "unetpp": "U-Net++",
     "mobilenetv2_unet": "MobileNetV2 U-Net",
 }
-#: What each output channel holds (`pipeline.learning.targets`).
+#: What each output channel holds (`pipeline.core.targets`).
 CHANNEL_MEANINGS = {
     "foreground": "the probability that the pixel belongs to a nucleus",
     "border": "the probability that the pixel is on a nucleus's rim or where two nuclei touch",

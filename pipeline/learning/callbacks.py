@@ -31,14 +31,14 @@ from typing import Any
 import keras
 
 from pipeline.config import Config
-from pipeline.fileio import atomic_path
-from pipeline.learning.model_store import (
+from pipeline.core.model_store import (
     CHECKPOINT_DIR,
     LAST_MODEL_FILE,
     WEIGHTS_FILE,
     read_json,
     write_json,
 )
+from pipeline.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class WallClockBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # state.seconds: all epochs so far, this one included (TrainingClock).
-        from pipeline.learning.distribute import agree
+        from pipeline.core.distribute import agree
 
         spent = self.state.seconds
         late = out_of_time(spent, epoch + 1, self.max_minutes)

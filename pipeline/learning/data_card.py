@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.core.model_store import SCORES_FILE, SPLIT_FILE, read_json
 from pipeline.data.extra import KNOWN_SETS, UNKNOWN_LICENCE
 from pipeline.fileio import atomic_write_text
-from pipeline.learning.model_store import SCORES_FILE, SPLIT_FILE, read_json
 
 DATA_FILE = "DATA.md"
 

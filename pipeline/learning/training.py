@@ -1,9 +1,9 @@
 """Training: a network from labelled images (``stage1_train`` or the demo set) to a
-model folder (``pipeline.learning.model_store``), in named steps (`train_model`).
+model folder (``pipeline.core.model_store``), in named steps (`train_model`).
 
 - a seeded train/validation split (``pipeline.learning.splits``), saved with the model;
 - joint image and label augmentation (``pipeline.learning.augment``), random crops at the
-  images' own scale, at a scale normalised by nucleus size (``pipeline.inference.scale``),
+  images' own scale, at a scale normalised by nucleus size (``pipeline.core.scale``),
   or of whole images resized (the seeds' baseline);
 - the best checkpoint chosen by the competition metric on the validation images,
   computed every ``eval_every`` epochs, with early stopping on it
@@ -12,7 +12,7 @@ model folder (``pipeline.learning.model_store``), in named steps (`train_model`)
 - ``max_minutes`` gives the training a wall-clock budget (architectures compared on
   equal time: ``bench/compare_architectures.py``).
 
-Any architecture of ``pipeline.learning.models`` trains here; a model with several output
+Any architecture of ``pipeline.core.models`` trains here; a model with several output
 heads (U-Net++'s deep supervision) learns the same targets at every head (the loss is
 their sum).
 """
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import RESIZE_POLICIES, Config
+from pipeline.core.nucleus_size import record_training_nuclei
 from pipeline.errors import PipelineError
-from pipeline.learning.nucleus_size import record_training_nuclei
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def prepare_training_samples(samples, config: Config):
             raise PipelineError(
                 f"nucleus_diameter must be > 0, got {config.train.nucleus_diameter}"
             )
-        from pipeline.inference.scale import rescale_labelled
+        from pipeline.core.scale import rescale_labelled
 
         prepared = []
         for sample in samples:
@@ -121,13 +121,13 @@ class BatchSource:
     batches than an uninterrupted one. A generator is consumed in order, so a training
     resumed after epoch ``k`` sees exactly the batches the uninterrupted one saw.
 
-    For a model with ``outputs`` heads (``pipeline.learning.models.model_outputs``) the
+    For a model with ``outputs`` heads (``pipeline.core.models.model_outputs``) the
     targets are repeated, one copy per head.
     """
 
     def __init__(self, samples, config: Config, steps: int, seed: int, outputs: int = 1):
+        from pipeline.core.model_store import target_channels
         from pipeline.learning.augment import build_augmentation
-        from pipeline.learning.model_store import target_channels
 
         self.samples, self.config, self.steps = samples, config, steps
         self.seed, self.outputs = seed, outputs
@@ -151,14 +151,14 @@ class BatchSource:
 
     def batch(self, epoch: int, index: int):
         """Batch ``index`` (0-based) of epoch ``epoch`` (0-based)."""
+        from pipeline.core.preprocess import normalise_image
+        from pipeline.core.targets import labels_to_targets
         from pipeline.learning.augment import (
             augment,
             dim_nuclei,
             paste_touching_nuclei,
             stain_like_tissue,
         )
-        from pipeline.learning.preprocess import normalise_image
-        from pipeline.learning.targets import labels_to_targets
 
         model = self.config.model
         rng = np.random.default_rng([self.seed, epoch, index])
@@ -194,8 +194,8 @@ class BatchSource:
 
 
 def _write_history(model_dir: Path, history: list[dict[str, Any]]) -> None:
+    from pipeline.core.model_store import CURVES_FILE, HISTORY_FILE
     from pipeline.fileio import atomic_path
-    from pipeline.learning.model_store import CURVES_FILE, HISTORY_FILE
 
     columns = sorted({key for row in history for key in row}, key=lambda k: (k != "epoch", k))
     with atomic_path(model_dir / HISTORY_FILE) as tmp:
@@ -250,7 +250,7 @@ def folder_state(model_dir: Path) -> str:
     model), ``checkpoint`` (an unfinished run that can be resumed), ``started`` (a run
     stopped before its first checkpoint, or one that diverged) or ``other`` (not a
     model folder)."""
-    from pipeline.learning.model_store import (
+    from pipeline.core.model_store import (
         CHECKPOINT_DIR,
         CONFIG_FILE,
         LAST_MODEL_FILE,
@@ -270,7 +270,7 @@ def _start_over(model_dir: Path) -> None:
     """Remove what a stopped run wrote (only the training's own files)."""
     import shutil
 
-    from pipeline.learning.model_store import CHECKPOINT_DIR, LOGS_DIR
+    from pipeline.core.model_store import CHECKPOINT_DIR, LOGS_DIR
 
     for name in _RUN_FILES:
         (model_dir / name).unlink(missing_ok=True)
@@ -281,7 +281,7 @@ def _start_over(model_dir: Path) -> None:
 def _resume_or_start(config: Config, model_dir: Path, resume: bool) -> tuple[Config, bool]:
     """``(config, resume)`` for the folder as it is: a killed run is resumed or started
     over (saying which); a finished model or a foreign folder is refused."""
-    from pipeline.learning.model_store import CONFIG_FILE
+    from pipeline.core.model_store import CONFIG_FILE
 
     state = folder_state(model_dir)
     if state == "complete" and resume:
@@ -328,7 +328,7 @@ def check_resumable(model_dir: Path) -> None:
 def _reopen_finished(model_dir: Path) -> None:
     """Make a finished model an unfinished run again, to train it further (``--resume``
     after raising its epochs): refused without its checkpoint."""
-    from pipeline.learning.model_store import CHECKPOINT_DIR, COMPLETE_FILE, LAST_MODEL_FILE
+    from pipeline.core.model_store import CHECKPOINT_DIR, COMPLETE_FILE, LAST_MODEL_FILE
 
     if not (model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE).is_file():
         raise PipelineError(
@@ -349,20 +349,20 @@ def _build_or_resume(
     init: Path | None = None,
 ):
     """The model to train and its config: a new one, or the checkpoint of a killed run;
-    on ``devices`` devices (`pipeline.learning.distribute`), whose scope is entered into
+    on ``devices`` devices (`pipeline.core.distribute`), whose scope is entered into
     ``stack`` (the compiling and fitting happen in it).
 
     Returns ``(model, config, resume, device description)``; see `_resume_or_start`.
     """
-    from pipeline.learning import device as device_module
-    from pipeline.learning import distribute
+    from pipeline.core import device as device_module
+    from pipeline.core import distribute
 
     device_module.select_device(device, devices)
     distribute.join_processes()
     import keras
 
-    from pipeline.learning.model_store import CHECKPOINT_DIR, LAST_MODEL_FILE, target_channels
-    from pipeline.learning.models import build_model
+    from pipeline.core.model_store import CHECKPOINT_DIR, LAST_MODEL_FILE, target_channels
+    from pipeline.core.models import build_model
 
     config, resume = _resume_or_start(config, model_dir, resume)
     device_description = device_module.configure(device, config.train.precision)
@@ -372,8 +372,8 @@ def _build_or_resume(
     stack.enter_context(distribute.training_scope(replicas))
     keras.utils.set_random_seed(config.train.seed)
     if resume:
+        from pipeline.core.models import custom_objects
         from pipeline.learning.losses import bce_dice_loss, soft_dice_loss
-        from pipeline.learning.models import custom_objects
 
         losses = {"bce_dice_loss": bce_dice_loss, "soft_dice_loss": soft_dice_loss}
         last = model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE
@@ -383,7 +383,7 @@ def _build_or_resume(
         # that cannot be downloaded) leaves no half-made folder behind.
         model = build_model(config.model, out_channels=len(target_channels(config)))
         if init is not None:
-            from pipeline.learning.model_store import WEIGHTS_FILE
+            from pipeline.core.model_store import WEIGHTS_FILE
 
             model.load_weights(str(Path(init) / WEIGHTS_FILE))
             log.info("starting from the weights of %s", init)
@@ -398,7 +398,7 @@ _INIT_FREE = ("dropout", "encoder_weights", "encoder_trainable")
 def check_init(config: Config, init: Path) -> None:
     """Refuse, in one line, to start ``config``'s training from the finished model ``init``
     unless its network is the same (architecture, size, input space, targets)."""
-    from pipeline.learning.model_store import check_finished, load_config
+    from pipeline.core.model_store import check_finished, load_config
 
     check_finished(init)
     theirs = load_config(init, tuned=False).model
@@ -421,8 +421,8 @@ def _stage1_test_samples(images_dir: Path, train_ids: set[str]):
     (``input/`` for ``input/stage1_train``). Returns ``(samples, record)``, the record saying
     where they came from for ``split.json``.
     """
+    from pipeline.core.model_store import portable_path
     from pipeline.data.dataset import labels_from_rle_csv, load_samples
-    from pipeline.learning.model_store import portable_path
 
     test_dir, solution = (
         images_dir.parent / "stage1_test",
@@ -485,8 +485,8 @@ def _extra_split(extra_sets, config: Config, own_train: list[str]) -> dict:
     each set's held-out ids (``extra_val``), the wholly held-out sets and each set's record."""
     from collections import Counter
 
+    from pipeline.core.model_store import portable_path
     from pipeline.data.extra import group_of
-    from pipeline.learning.model_store import portable_path
     from pipeline.learning.splits import split_extra
 
     sources = {
@@ -533,14 +533,14 @@ def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bo
     With ``with_stage1_test`` the stage-1 test images join the training side after the
     split of ``images_dir`` is drawn, so the validation images are the same as without.
     """
-    from pipeline.data.extra import load_labelled
-    from pipeline.learning.model_store import (
+    from pipeline.core.model_store import (
         CONFIG_FILE,
         SPLIT_FILE,
         portable_path,
         read_json,
         write_json,
     )
+    from pipeline.data.extra import load_labelled
     from pipeline.learning.splits import make_split
 
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -578,6 +578,9 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
     """Train until the epochs, the patience or the time budget run out; the state."""
     import keras
 
+    from pipeline.core.distribute import local_batches, process_share
+    from pipeline.core.model_store import CHECKPOINT_DIR
+    from pipeline.core.models import model_outputs
     from pipeline.learning.callbacks import (
         STATE_FILE,
         TrainingState,
@@ -585,10 +588,7 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
         restore_seed_states,
         training_callbacks,
     )
-    from pipeline.learning.distribute import local_batches, process_share
     from pipeline.learning.losses import get_loss
-    from pipeline.learning.model_store import CHECKPOINT_DIR
-    from pipeline.learning.models import model_outputs
 
     train = config.train
     # An epoch is one pass over the --images set's training images: extra sets change what
@@ -633,7 +633,7 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
 
 def _write_results(model, config: Config, model_dir: Path, state, n_val: int, run: dict):
     """The finished model folder: compact weights, curves and ``scores.json`` (last)."""
-    from pipeline.learning.model_store import (
+    from pipeline.core.model_store import (
         SCORES_FILE,
         WEIGHTS_FILE,
         compact_weights,
@@ -668,7 +668,7 @@ def _write_results(model, config: Config, model_dir: Path, state, n_val: int, ru
         "validation_per_image": best.get("per_image", {}),
     }
     if run.get("init") is not None:
-        from pipeline.learning.model_store import WEIGHTS_FILE, file_sha256, portable_path
+        from pipeline.core.model_store import WEIGHTS_FILE, file_sha256, portable_path
 
         init = Path(run["init"])
         scores["init"] = {
@@ -699,12 +699,12 @@ def train_model(
     The steps: build the model (or resume a killed run), split the images, fit, write the
     model folder, then tune its post-processing on the validation images, and score each
     extra set's held-out images (``config.train.extra``). ``devices`` (> 1, or
-    `pipeline.learning.distribute.ALL`) trains data-parallel; ``init``, a finished model
+    `pipeline.core.distribute.ALL`) trains data-parallel; ``init``, a finished model
     folder of the same network (`check_init`), gives the starting weights (fine-tuning).
     Returns the contents of the model's ``scores.json``.
     """
-    from pipeline.learning.distribute import process_model_dir
-    from pipeline.learning.model_store import SCORES_FILE, mark_complete, read_json, write_json
+    from pipeline.core.distribute import process_model_dir
+    from pipeline.core.model_store import SCORES_FILE, mark_complete, read_json, write_json
 
     model_dir = process_model_dir(model_dir)
     with contextlib.ExitStack() as stack:
@@ -750,7 +750,7 @@ def _refuse_diverged(model_dir: Path, state, config: Config) -> None:
     left) and raise, saying what to change."""
     import shutil
 
-    from pipeline.learning.model_store import CHECKPOINT_DIR, WEIGHTS_FILE
+    from pipeline.core.model_store import CHECKPOINT_DIR, WEIGHTS_FILE
 
     (model_dir / WEIGHTS_FILE).unlink(missing_ok=True)
     shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)

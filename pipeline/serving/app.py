@@ -51,7 +51,7 @@ MultiPartParser.spool_max_size = MAX_UPLOAD_BYTES
 
 def model_info(segmenter: Segmenter) -> dict[str, Any]:
     """What ``/api/model`` answers: the model's name, config, scores and commit."""
-    from pipeline.learning.model_store import SCORES_FILE, read_json
+    from pipeline.core.model_store import SCORES_FILE, read_json
 
     scores = read_json(segmenter.model_dir / SCORES_FILE)
     return {

@@ -235,7 +235,7 @@ class Segmenter:
     """The model, loaded once, and the one image at a time it segments."""
 
     def __init__(self, model_dir: Path, device: str = "auto", engine: str | None = None) -> None:
-        from pipeline.learning import device as device_module
+        from pipeline.core import device as device_module
 
         device_module.select_device(device)
         from pipeline.inference.predict import load_for_prediction

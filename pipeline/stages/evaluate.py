@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from pipeline.cli import add_config_arguments, config_overrides
+from pipeline.core.device import DEVICES
 from pipeline.evaluation.validation import evaluate_model
-from pipeline.learning.device import DEVICES
 
 log = logging.getLogger(__name__)
 

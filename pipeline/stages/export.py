@@ -1,7 +1,7 @@
 """Stage ``export``: a finished model's network in other formats.
 
 ``--onnx`` writes ``model.onnx`` into the model folder, its SHA-256 recorded in
-``complete.json`` (`pipeline.learning.onnx_export.add_onnx`), for ``predict --engine
+``complete.json`` (`pipeline.core.onnx_export.add_onnx`), for ``predict --engine
 onnxruntime``. ``--out NAME.bioimageio.zip`` writes a bioimage.io model package
 (`pipeline.learning.bioimageio_package`) for Fiji (deepImageJ), ilastik and napari; its
 ``--help`` says how to open it there.
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.learning import device as device_module
+    from pipeline.core import device as device_module
 
     if not args.onnx and args.out is None:
         raise PipelineError(
@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         package = _package_module()
         package.check_package_target(Path(args.out), args.force, Path(args.model))
     if args.onnx:
-        from pipeline.learning.onnx_export import add_onnx
+        from pipeline.core.onnx_export import add_onnx
 
         add_onnx(Path(args.model))
     if args.out is not None:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.config import Config, preset
+from pipeline.core.device import DEVICES
 from pipeline.errors import PipelineError
-from pipeline.learning.device import DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _shown(path: Path) -> str:
 
 def choose_model_dir(config: Config, models_dir: Path) -> Path:
     """``models/<name>`` if it is free or holds this config's model, else a fingerprinted one."""
-    from pipeline.learning.model_store import SCORES_FILE, read_json
+    from pipeline.core.model_store import SCORES_FILE, read_json
 
     candidate = models_dir / config.name
     if not candidate.exists():
@@ -145,7 +145,7 @@ def choose_model_dir(config: Config, models_dir: Path) -> Path:
     if recorded == config.training_fingerprint():
         return candidate
     if not (candidate / SCORES_FILE).exists():
-        from pipeline.learning.model_store import CONFIG_FILE
+        from pipeline.core.model_store import CONFIG_FILE
 
         if (candidate / CONFIG_FILE).is_file() and Config.load(
             candidate / CONFIG_FILE
@@ -163,7 +163,7 @@ def _train_step(
     command: str | None,
 ) -> Path:
     """[train]: the model folder of ``config``, trained (or resumed) unless complete."""
-    from pipeline.learning.model_store import CHECKPOINT_DIR, LAST_MODEL_FILE, is_complete
+    from pipeline.core.model_store import CHECKPOINT_DIR, LAST_MODEL_FILE, is_complete
     from pipeline.learning.training import train_model
     from pipeline.locks import output_lock
 
@@ -221,8 +221,8 @@ def _predict_step(model_dir: Path, data: JobData, submissions_dir: Path, device:
 
 def _score_step(model_dir: Path, data: JobData, submission: Path, leaderboard_csv: Path):
     """[score]: the submission's score, on the leaderboard and in the model's scores.json."""
+    from pipeline.core.model_store import SCORES_FILE, read_json, write_json
     from pipeline.evaluation.score import score_and_record
-    from pipeline.learning.model_store import SCORES_FILE, read_json, write_json
 
     log.info("[score] %s against %s", submission, data.solution_csv)
     score = score_and_record(submission, data.solution_csv, leaderboard_csv)

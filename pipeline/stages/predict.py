@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
+from pipeline.core.device import DEVICES
 from pipeline.data.dataset import ImageFiles, list_image_files
 from pipeline.errors import PipelineError
 from pipeline.inference.run import run_prediction
-from pipeline.learning.device import DEVICES
 
 log = logging.getLogger(__name__)
 

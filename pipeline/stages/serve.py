@@ -13,8 +13,8 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.cli import add_setting_argument, finite_float
 from pipeline.config import PredictConfig
+from pipeline.core.device import DEVICES
 from pipeline.errors import PipelineError
-from pipeline.learning.device import DEVICES
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
 from pipeline.config import Config, check_network_fits, check_section, preset
+from pipeline.core.device import DEVICES
+from pipeline.core.distribute import parse_devices, process_model_dir
 from pipeline.errors import PipelineError
-from pipeline.learning.device import DEVICES
-from pipeline.learning.distribute import parse_devices, process_model_dir
 from pipeline.learning.training import train_model
 from pipeline.locks import output_lock
 from pipeline.outputs import check_not_input
@@ -85,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.config is not None:
         config = Config.load(args.config)
     elif args.init is not None and args.preset is None:
-        from pipeline.learning.model_store import check_finished, load_config
+        from pipeline.core.model_store import check_finished, load_config
 
         check_finished(args.init)
         config = load_config(args.init, tuned=False)
@@ -123,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
 
         check_resumable(Path(args.out))
     if images_dir is None and args.resume and args.out is not None:
-        from pipeline.learning.model_store import training_images_dir
+        from pipeline.core.model_store import training_images_dir
 
         images_dir = training_images_dir(Path(args.out))
     images_dir = Path(images_dir or paths.TRAIN_DIR)

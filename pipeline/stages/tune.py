@@ -10,8 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.core.device import DEVICES
 from pipeline.evaluation.tuning import tune_model
-from pipeline.learning.device import DEVICES
 from pipeline.locks import output_lock
 
 log = logging.getLogger(__name__)

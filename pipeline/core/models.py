@@ -63,7 +63,7 @@ def input_multiple(config: ModelConfig) -> int:
 class PerImageRange(layers.Layer):
     """Rescale each image linearly to [-1, 1]: its minimum to -1, its maximum to 1.
 
-    The pipeline standardises images per image (``pipeline.learning.preprocess.normalise_image``);
+    The pipeline standardises images per image (``pipeline.core.preprocess.normalise_image``);
     ImageNet-trained encoders expect pixels scaled to [-1, 1]. A linear map per image
     turns one into the other (up to a contrast stretch), whatever the standardisation
     did; a flat image becomes all -1.
@@ -270,7 +270,7 @@ def build_model(config: ModelConfig, out_channels: int = 1, pretrained: bool = T
     """The network named by ``config.arch``.
 
     ``pretrained=False`` leaves out pretrained encoder weights (no download): for a model
-    whose trained weights are loaded next (``pipeline.learning.model_store.load_model``).
+    whose trained weights are loaded next (``pipeline.core.model_store.load_model``).
     """
     if config.arch == "unet":
         return build_unet(config, out_channels=out_channels)

@@ -58,7 +58,7 @@ def median_nucleus_diameter(label_images: Iterable[np.ndarray]) -> tuple[float |
 
 def record_training_nuclei(model_dir: Path, samples) -> None:
     """Write `NUCLEI_FILE` for the training ``samples`` (as prepared for the network)."""
-    from pipeline.learning.model_store import write_json
+    from pipeline.core.model_store import write_json
 
     median, count = median_nucleus_diameter(sample.labels for sample in samples)
     record = {"median_diameter": median, "nuclei": count, "images": len(samples)}
@@ -69,7 +69,7 @@ def training_median_diameter(model_dir: Path, config: Config) -> tuple[float, st
     """``(diameter, where from)``: the median nucleus diameter the model in ``model_dir``
     was trained on: ``nucleus_diameter`` for a model trained with ``resize_policy
     nucleus``, else its `NUCLEI_FILE`, else `STAGE1_TRAIN_MEDIAN_DIAMETER`."""
-    from pipeline.learning.model_store import read_json
+    from pipeline.core.model_store import read_json
 
     if config.train.resize_policy == "nucleus":
         return float(config.train.nucleus_diameter), "its nucleus_diameter"
@@ -82,8 +82,8 @@ def training_median_diameter(model_dir: Path, config: Config) -> tuple[float, st
 def split_median_diameter(model_dir: Path) -> tuple[float | None, int]:
     """`median_nucleus_diameter` of the training images recorded in a model's
     ``split.json`` (its ``train`` ids, read from its ``images_dir``), at their own scale."""
+    from pipeline.core.model_store import SPLIT_FILE, read_json, training_images_dir
     from pipeline.data.extra import load_labelled
-    from pipeline.learning.model_store import SPLIT_FILE, read_json, training_images_dir
 
     ids = read_json(Path(model_dir) / SPLIT_FILE).get("train", [])
     samples = load_labelled(training_images_dir(model_dir), ids)

@@ -30,9 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path
-from pipeline.learning.model_store import (
+from pipeline.core.model_store import (
     COMPLETE_FILE,
     check_complete,
     file_sha256,
@@ -40,6 +38,8 @@ from pipeline.learning.model_store import (
     load_model,
     write_json,
 )
+from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 

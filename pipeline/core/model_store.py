@@ -266,7 +266,7 @@ def load_model(model_dir: Path, tuned: bool = True, finished: bool = True, edite
     config or thresholds file is only warned about). Raises ``PipelineError`` naming what
     is missing or wrong.
     """
-    from pipeline.learning.models import build_model
+    from pipeline.core.models import build_model
 
     model_dir = Path(model_dir)
     if finished:

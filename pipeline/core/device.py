@@ -23,8 +23,8 @@ DEVICES = ("auto", "cpu", "gpu")
 def select_device(device: str, replicas: int = 1) -> None:
     """Apply ``--device`` before Keras loads: ``cpu`` hides every GPU. ``replicas`` > 1
     (``train --devices``) makes a CPU without GPUs show that many virtual devices
-    (`pipeline.learning.distribute`)."""
-    from pipeline.learning import distribute
+    (`pipeline.core.distribute`)."""
+    from pipeline.core import distribute
 
     if device not in DEVICES:
         raise PipelineError(f"unknown device {device!r}; choose from {DEVICES}")
@@ -53,7 +53,7 @@ def import_tensorflow_quietly() -> bool:
 
     Its standard error is caught in a file while it loads, then passed on without them
     (so a process killed while TensorFlow loads, by a CPU it cannot run on, loses that
-    output; `pipeline.learning.device` is then the place to look, with ``--verbose``).
+    output; `pipeline.core.device` is then the place to look, with ``--verbose``).
     """
     import importlib.util
 

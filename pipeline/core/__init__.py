@@ -1,0 +1,2 @@
+"""core: what training, prediction, evaluation and serving all use (preprocessing, target
+channels, the scale policy, the model folder and its network, the device)."""
