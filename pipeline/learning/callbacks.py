@@ -8,7 +8,9 @@ In the order they run after each epoch:
 - `WallClockBudget` stops before an epoch that would end past ``max_minutes``;
 - `ValidationScore` scores the validation images with the competition metric every
   ``eval_every`` epochs (and after the last one), puts it in the logs as ``val_score``,
-  and writes the best weights;
+  and writes the best weights; the scoring function is handed to it (by the ``train``
+  stage: `pipeline.evaluation.validation.score_samples`), since learning does not import
+  evaluation;
 - `ResumableEarlyStopping`: Keras' own ``EarlyStopping`` on ``val_score`` (it counts only
   the epochs that were scored), carried over a ``--resume``;
 - `ResumeCheckpoint` writes the full model (weights and optimiser) and the state, for
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,10 @@ from pipeline.core.model_store import (
 from pipeline.fileio import atomic_path
 
 log = logging.getLogger(__name__)
+
+#: ``(model, samples, config) -> {"score": ..., ...}``: a network's competition score on
+#: validation samples (`ValidationScore`).
+ScoreSamples = Callable[[Any, Any, Config], dict[str, Any]]
 
 STATE_FILE = "state.json"
 #: A training whose epoch loss grows past this many times its first epoch's has diverged.
@@ -197,14 +204,23 @@ class WallClockBudget(keras.callbacks.Callback):
 
 class ValidationScore(keras.callbacks.Callback):
     """Every ``eval_every`` epochs (and the last one): the competition score on the
-    validation images, as ``val_score`` in the logs; the best weights are written."""
+    validation images, as ``val_score`` in the logs; the best weights are written.
+    ``score_samples(model, samples, config)`` gives the score, a dict with ``"score"``."""
 
-    def __init__(self, state: TrainingState, model_dir: Path, val_samples, config: Config):
+    def __init__(
+        self,
+        state: TrainingState,
+        model_dir: Path,
+        val_samples,
+        config: Config,
+        score_samples: ScoreSamples,
+    ):
         super().__init__()
         self.state = state
         self.model_dir = model_dir
         self.val_samples = val_samples
         self.config = config
+        self.score_samples = score_samples
 
     def _due(self, done: int) -> bool:
         return bool(self.val_samples) and (
@@ -214,15 +230,13 @@ class ValidationScore(keras.callbacks.Callback):
         )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        from pipeline.evaluation.validation import score_samples
-
         if self.state.stopped_by == "diverged":
             return
         logs = logs if logs is not None else {}
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
         if self._due(epoch + 1):
             started = time.time()
-            result = score_samples(self.model, self.val_samples, self.config)
+            result = self.score_samples(self.model, self.val_samples, self.config)
             row["val_score"] = logs["val_score"] = result["score"]
             improved = result["score"] > self.state.best_score
             log.info(
@@ -289,14 +303,18 @@ class ResumeCheckpoint(keras.callbacks.Callback):
 
 
 def training_callbacks(
-    state: TrainingState, model_dir: Path, val_samples, config: Config
+    state: TrainingState,
+    model_dir: Path,
+    val_samples,
+    config: Config,
+    score_samples: ScoreSamples,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a training, in the order they must run (module docstring)."""
     callbacks: list[keras.callbacks.Callback] = [
         DivergenceGuard(state),
         TrainingClock(state),
         WallClockBudget(state, config.train.max_minutes),
-        ValidationScore(state, model_dir, val_samples, config),
+        ValidationScore(state, model_dir, val_samples, config, score_samples),
         ResumableEarlyStopping(state, config.train.patience),
         ResumeCheckpoint(state, model_dir),
     ]

@@ -26,6 +26,7 @@ import itertools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,19 @@ from pipeline.core.nucleus_size import record_training_nuclei
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """What a training asks of evaluation, handed in by the stage (learning does not
+    import evaluation): ``samples(model, samples, config)``, the validation score between
+    epochs (`pipeline.learning.callbacks.ValidationScore`); ``tune(model_dir, images_dir,
+    device)``, the post-processing tuned on the written folder; ``extra_sets(model_dir,
+    tuned=, device=)``, each extra set's score of the finished model."""
+
+    samples: Callable[[Any, Any, Config], dict[str, Any]]
+    tune: Callable[[Path, Path, str], Any]
+    extra_sets: Callable[..., dict[str, Any]]
 
 
 def _resized_to_crop(samples, size: int):
@@ -574,8 +588,9 @@ def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bo
     return train_samples, [by_id[i] for i in split["val"]]
 
 
-def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, resume: bool):
-    """Train until the epochs, the patience or the time budget run out; the state."""
+def _fit(model, config: Config, samples, model_dir: Path, resume: bool, scoring: Scoring):
+    """Train on ``samples`` (training, validation) until the epochs, the patience or the
+    time budget run out; the state."""
     import keras
 
     from pipeline.core.distribute import local_batches, process_share
@@ -591,6 +606,7 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
     from pipeline.learning.losses import get_loss
 
     train = config.train
+    train_samples, val_samples = samples
     # An epoch is one pass over the --images set's training images: extra sets change what
     # is drawn, not how long an epoch takes.
     own = sum(1 for sample in train_samples if not sample.source) or len(train_samples)
@@ -624,7 +640,7 @@ def _fit(model, config: Config, train_samples, val_samples, model_dir: Path, res
             epochs=train.epochs,
             initial_epoch=state.epoch,
             shuffle=False,  # BatchSource shuffles, by (seed, epoch)
-            callbacks=training_callbacks(state, model_dir, val_samples, config),
+            callbacks=training_callbacks(state, model_dir, val_samples, config, scoring.samples),
             verbose=1 if sys.stderr.isatty() else 2,
         )
     state.seconds = seconds_before + (time.time() - started)
@@ -693,6 +709,8 @@ def train_model(
     tune: bool = True,
     devices: int = 1,
     init: Path | None = None,
+    *,
+    scoring: Scoring,
 ) -> dict[str, Any]:
     """Train ``config`` on the labelled images of ``images_dir`` into ``model_dir``.
 
@@ -701,7 +719,8 @@ def train_model(
     extra set's held-out images (``config.train.extra``). ``devices`` (> 1, or
     `pipeline.core.distribute.ALL`) trains data-parallel; ``init``, a finished model
     folder of the same network (`check_init`), gives the starting weights (fine-tuning).
-    Returns the contents of the model's ``scores.json``.
+    ``scoring`` holds the validation, tuning and extra-set scoring (evaluation's
+    functions, which learning does not import). Returns the contents of ``scores.json``.
     """
     from pipeline.core.distribute import process_model_dir
     from pipeline.core.model_store import SCORES_FILE, mark_complete, read_json, write_json
@@ -721,16 +740,14 @@ def train_model(
             len(val_samples),
             device_description,
         )
-        state = _fit(model, config, train_samples, val_samples, model_dir, resume)
+        state = _fit(model, config, (train_samples, val_samples), model_dir, resume, scoring)
     if state.stopped_by == "diverged":
         _refuse_diverged(model_dir, state, config)
     run = {"device": device_description, "command": command, "init": init}
     scores = _write_results(model, config, model_dir, state, len(val_samples), run)
     tuned = bool(val_samples) and tune
     if tuned:
-        from pipeline.evaluation.tuning import tune_model
-
-        tune_model(model_dir, images_dir, device)
+        scoring.tune(model_dir, images_dir, device)
         scores = read_json(model_dir / SCORES_FILE)
     if config.train.extra or init is not None:
         from pipeline.learning.data_card import write_data_card
@@ -738,9 +755,7 @@ def train_model(
         write_data_card(model_dir)
     mark_complete(model_dir, tuned=tuned)  # from now on the folder is a model
     if config.train.extra:  # measured on the finished model, reported beside validation
-        from pipeline.evaluation.validation import score_extra_sets
-
-        scores["extra_validation"] = score_extra_sets(model_dir, tuned=tuned, device=device)
+        scores["extra_validation"] = scoring.extra_sets(model_dir, tuned=tuned, device=device)
         write_json(model_dir / SCORES_FILE, scores)
     return scores
 

@@ -166,6 +166,7 @@ def _train_step(
     from pipeline.core.model_store import CHECKPOINT_DIR, LAST_MODEL_FILE, is_complete
     from pipeline.learning.training import train_model
     from pipeline.locks import output_lock
+    from pipeline.stages.train import evaluation_scoring
 
     model_dir = choose_model_dir(config, models_dir)
     if retrain and model_dir.exists():
@@ -192,6 +193,7 @@ def _train_step(
             resume=resume,
             device=device,
             command=command or typed,
+            scoring=evaluation_scoring(),
         )
     return model_dir
 

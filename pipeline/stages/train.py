@@ -16,11 +16,19 @@ from pipeline.config import Config, check_network_fits, check_section, preset
 from pipeline.core.device import DEVICES
 from pipeline.core.distribute import parse_devices, process_model_dir
 from pipeline.errors import PipelineError
-from pipeline.learning.training import train_model
+from pipeline.evaluation.tuning import tune_model
+from pipeline.evaluation.validation import score_extra_sets, score_samples
+from pipeline.learning.training import Scoring, train_model
 from pipeline.locks import output_lock
 from pipeline.outputs import check_not_input
 
 log = logging.getLogger(__name__)
+
+
+def evaluation_scoring() -> Scoring:
+    """Evaluation's functions that a training calls: the validation score between epochs,
+    the tuning at its end, the extra sets' scores (learning does not import evaluation)."""
+    return Scoring(samples=score_samples, tune=tune_model, extra_sets=score_extra_sets)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,5 +156,6 @@ def main(args: argparse.Namespace) -> int:
             tune=not args.no_tune,
             devices=devices,
             init=args.init,
+            scoring=evaluation_scoring(),
         )
     return 0
