@@ -8,6 +8,7 @@ from skimage.draw import disk
 from pipeline.core.targets import TARGET_SETS, labels_to_targets
 from pipeline.data.synthetic import make_sample
 from pipeline.evaluation.metric import iou_matrix, score_image
+from pipeline.evaluation.tuning import tune_postprocess
 from pipeline.inference.postprocess import (
     DEFAULT_PARAMS,
     PARAM_NAMES,
@@ -15,7 +16,6 @@ from pipeline.inference.postprocess import (
     instances_from_channels,
     probabilities_to_labels,
     remove_small_instances,
-    tune_postprocess,
 )
 
 

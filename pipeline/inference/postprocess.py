@@ -33,8 +33,8 @@ Three methods (``method=``):
 Both then fill holes (optional) and drop instances smaller than ``min_size`` pixels.
 
 `instances_from_channels` takes the network's (H, W, C) output with its channel names and
-a dict of parameters; `tune_postprocess` grid-searches those parameters for the best mean
-competition score on validation images.
+a dict of parameters; `pipeline.evaluation.tuning.tune_postprocess` grid-searches those
+parameters for the best mean competition score on validation images.
 
 Example
 -------
@@ -55,8 +55,6 @@ watershed on foreground minus border splits them again.
 
 from __future__ import annotations
 
-import itertools
-import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -65,7 +63,6 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.segmentation import random_walker, watershed
-from tqdm import tqdm
 
 from pipeline.config import METHODS, POSTPROCESS_DEFAULTS
 
@@ -73,20 +70,20 @@ __all__ = [
     "DEFAULT_PARAMS",
     "METHODS",
     "PARAM_NAMES",
+    "ChannelMaps",
     "fill_instance_holes",
     "instances_from_channels",
+    "maps_from_channels",
     "probabilities_to_labels",
     "remove_small_instances",
-    "tune_postprocess",
+    "resolve_params",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Defaults of the post-processing parameters, as `pipeline.config.PredictConfig` declares
 #: them (``method`` is chosen from the channels by `instances_from_channels` when not
 #: given).
 DEFAULT_PARAMS: dict[str, Any] = dict(POSTPROCESS_DEFAULTS)
-#: The parameter names `instances_from_channels` and `tune_postprocess` accept.
+#: The parameter names `instances_from_channels` and the tuning's grid search accept.
 PARAM_NAMES = tuple(DEFAULT_PARAMS)
 
 
@@ -138,7 +135,7 @@ def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
     return _fill_from(labels, *_hole_sources(labels != 0))
 
 
-class _Maps:
+class ChannelMaps:
     """One image's probability maps and what is shared between parameter settings.
 
     The mask, its components, its centre map and its holes depend on the threshold only;
@@ -317,14 +314,14 @@ def probabilities_to_labels(
     foreground_prob = np.asarray(foreground_prob)
     if foreground_prob.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {foreground_prob.shape}")
-    resolved = _resolve_params((), params)
+    resolved = resolve_params((), params)
     _check_map("border_prob", border_prob, foreground_prob.shape)
     _check_map("centre_prob", centre_prob, foreground_prob.shape)
-    maps = _Maps(foreground_prob, border_prob, centre_prob)
+    maps = ChannelMaps(foreground_prob, border_prob, centre_prob)
     return maps.finish(resolved)
 
 
-def _resolve_params(channels: Sequence[str], params: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_params(channels: Sequence[str], params: Mapping[str, Any]) -> dict[str, Any]:
     """All parameters: the given ones over the defaults; the method from the channels."""
     unknown = sorted(set(params) - set(PARAM_NAMES))
     if unknown:
@@ -338,7 +335,7 @@ def _resolve_params(channels: Sequence[str], params: Mapping[str, Any]) -> dict[
     return resolved
 
 
-def _maps_from_channels(prob: np.ndarray, channels: Sequence[str]) -> _Maps:
+def maps_from_channels(prob: np.ndarray, channels: Sequence[str]) -> ChannelMaps:
     prob = np.asarray(prob)
     channels = tuple(channels)
     if prob.ndim != 3 or prob.shape[-1] != len(channels):
@@ -355,7 +352,7 @@ def _maps_from_channels(prob: np.ndarray, channels: Sequence[str]) -> _Maps:
     def plane(name: str) -> np.ndarray | None:
         return prob[..., channels.index(name)] if name in channels else None
 
-    return _Maps(prob[..., 0], plane("border"), plane("centre"))
+    return ChannelMaps(prob[..., 0], plane("border"), plane("centre"))
 
 
 def instances_from_channels(
@@ -392,129 +389,6 @@ def instances_from_channels(
     >>> instances_from_channels(prob, ("foreground", "border"), {"min_size": 0}).tolist()
     [[1, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2]]
     """
-    resolved = _resolve_params(channels, params or {})
-    maps = _maps_from_channels(prob, channels)
+    resolved = resolve_params(channels, params or {})
+    maps = maps_from_channels(prob, channels)
     return maps.finish(resolved)
-
-
-def _grid_settings(grid: Mapping[str, Any], channels: Sequence[str]) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, in order, over the defaults."""
-    names = list(grid)
-    unknown = sorted(set(names) - set(PARAM_NAMES))
-    if unknown:
-        raise ValueError(f"unknown post-processing parameters {unknown}; known: {PARAM_NAMES}")
-    values = []
-    for name in names:
-        options = grid[name]
-        if isinstance(options, str) or not isinstance(options, Sequence):
-            options = [options]  # a single value
-        if len(options) == 0:
-            raise ValueError(f"grid[{name!r}] is empty")
-        values.append(list(options))
-    return [
-        _resolve_params(channels, dict(zip(names, combination, strict=True)))
-        for combination in itertools.product(*values)
-    ]
-
-
-def _score_settings(maps: _Maps, truth: np.ndarray, settings: list[dict[str, Any]]) -> np.ndarray:
-    """The score of each setting on one image, sharing the work between settings."""
-    from pipeline.evaluation.metric import score_image
-
-    scores = np.zeros(len(settings), dtype=np.float64)
-    # Settings grouped by their labels before filling: one watershed per group, and
-    # only one group's label images held at a time.
-    groups: dict[tuple, list[int]] = {}
-    for setting_index, setting in enumerate(settings):
-        groups.setdefault(maps.raw_key(setting), []).append(setting_index)
-    for members in groups.values():
-        raw = maps.raw_labels(settings[members[0]])
-        filled: dict[bool, np.ndarray] = {}
-        scored: dict[tuple[bool, int], float] = {}
-        for setting_index in members:
-            fill = bool(settings[setting_index]["fill_holes"])
-            key = (fill, int(settings[setting_index]["min_size"]))
-            if key not in scored:
-                if fill not in filled:
-                    threshold = float(settings[setting_index]["threshold"])
-                    filled[fill] = maps.fill_holes(raw, threshold) if fill else raw
-                labels = remove_small_instances(filled[fill], key[1])
-                scored[key] = score_image(truth, labels).score
-            scores[setting_index] = scored[key]
-    return scores
-
-
-def _score_table(prob_maps, true_labels, channels, settings, progress: bool) -> np.ndarray:
-    """Scores of every setting (columns) on every image (rows)."""
-    scores = np.zeros((len(prob_maps), len(settings)), dtype=np.float64)
-    pairs = zip(prob_maps, true_labels, strict=True)
-    for image_index, (prob, truth) in enumerate(
-        tqdm(pairs, total=len(prob_maps), desc="tune", unit="img", disable=not progress)
-    ):
-        maps = _maps_from_channels(prob, channels)
-        if np.shape(truth) != maps.foreground.shape:
-            raise ValueError(
-                f"image {image_index}: labels {np.shape(truth)} but probabilities "
-                f"{maps.foreground.shape}"
-            )
-        scores[image_index] = _score_settings(maps, truth, settings)
-    return scores
-
-
-def tune_postprocess(
-    prob_maps: Sequence[np.ndarray],
-    true_labels: Sequence[np.ndarray],
-    channels: Sequence[str],
-    grid: Mapping[str, Any],
-    progress: bool = False,
-) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
-    """Grid search of the post-processing parameters for the best competition score.
-
-    Each setting of the grid turns every probability map into instances
-    (`instances_from_channels`) and is scored by the mean of
-    ``pipeline.evaluation.metric.score_image`` over the images. Work is shared: per image,
-    the mask and its components are made once per threshold, the watershed once per
-    distinct (threshold, marker parameters), hole filling once per watershed, and settings
-    that differ only in parameters their method ignores are scored once.
-
-    Parameters
-    ----------
-    prob_maps, true_labels : sequence of np.ndarray
-        ``(H, W, C)`` probabilities and true ``(H, W)`` instance labels of each image.
-    channels : sequence of str
-        The channel names of ``prob_maps``, ``"foreground"`` first.
-    grid : mapping of str to sequence
-        Values to try for each of `PARAM_NAMES`, e.g. ``{"threshold": [0.4, 0.5],
-        "min_size": [0, 10]}``; a parameter not in the grid takes its default.
-    progress : bool
-        Show a progress bar over the images.
-
-    Returns
-    -------
-    best_params, best_score, table : dict, float, list of dict
-        Every parameter of the best setting (the first in grid order on a tie), its mean
-        score, and one row per setting, in grid order: its parameters and ``"score"``.
-
-    Examples
-    --------
-    >>> prob = np.zeros((8, 8, 1)); prob[2:6, 2:6, 0] = 0.9; prob[1, 2:6, 0] = 0.6
-    >>> truth = np.zeros((8, 8), np.int32); truth[2:6, 2:6] = 1
-    >>> best, score, table = tune_postprocess(
-    ...     [prob], [truth], ("foreground",), {"threshold": [0.5, 0.7], "min_size": 0}
-    ... )
-    >>> best["threshold"], score, [row["score"] for row in table]
-    (0.7, 1.0, [0.6, 1.0])
-    """
-    if len(prob_maps) != len(true_labels):
-        raise ValueError(f"{len(prob_maps)} probability maps but {len(true_labels)} label images")
-    if len(prob_maps) == 0:
-        raise ValueError("no image to tune on")
-    settings = _grid_settings(grid, channels)
-    scores = _score_table(prob_maps, true_labels, channels, settings, progress)
-    means = scores.mean(axis=0)
-    best = int(np.argmax(means))
-    table = [
-        {**setting, "score": float(score)} for setting, score in zip(settings, means, strict=True)
-    ]
-    log.debug("best post-processing %s: score %.4f", settings[best], means[best])
-    return dict(settings[best]), float(means[best]), table
