@@ -18,15 +18,14 @@ import argparse
 import dataclasses
 import importlib
 import logging
-import math
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pipeline import __version__
-from pipeline.config import SECTIONS
+from pipeline.config import SECTIONS, value_parser
 from pipeline.errors import PipelineError
 
 if not sys.stderr.isatty():
@@ -107,73 +106,6 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     module.add_arguments(parser)
     parser.set_defaults(_stage_main=module.main)
     return parser
-
-
-def _range_text(low: float | None, high: float | None) -> str:
-    if low is not None and high is not None:
-        return f"in [{low:g}, {high:g}]"
-    return f">= {low:g}" if low is not None else f"<= {high:g}"
-
-
-def _in_range(value: float, low: float | None, high: float | None) -> bool:
-    return (low is None or value >= low) and (high is None or value <= high)
-
-
-def value_parser(item: dataclasses.Field) -> Callable[[str], Any]:
-    """The argparse ``type`` of a config field's flag: its type, range and own parser.
-
-    >>> from pipeline.config import TrainConfig
-    >>> epochs = {f.name: f for f in dataclasses.fields(TrainConfig)}["epochs"]
-    >>> value_parser(epochs)("12")
-    12
-    """
-    meta = item.metadata
-    low, high = meta["low"], meta["high"]
-
-    def parse(text: str) -> Any:
-        if meta["parse"] is not None:
-            try:
-                return meta["parse"](text)
-            except PipelineError as error:
-                raise argparse.ArgumentTypeError(str(error)) from None
-        if item.type is int:
-            try:
-                value = int(text)
-            except ValueError:
-                value = None
-            if value is None or not _in_range(value, low, high):
-                bounds = _range_text(low, high) if (low, high) != (None, None) else ""
-                message = f"expected a whole number {bounds}".rstrip()
-                raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
-            return value
-        if item.type is float:
-            value = finite_float(text)
-            if (low, high) != (None, None) and not _in_range(value, low, high):
-                raise argparse.ArgumentTypeError(f"{text} is not {_range_text(low, high)}")
-            return value
-        return text
-
-    return parse
-
-
-def finite_float(text: str) -> float:
-    """The argparse ``type`` of every number flag: a float, never NaN nor infinite (a
-    limit of NaN could never refuse anything).
-
-    >>> finite_float("2.5")
-    2.5
-    >>> finite_float("nan")
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: 'nan' is not a finite number
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
 
 
 def refuse_conflicts(args: argparse.Namespace, flags: Sequence[tuple[str, str]]) -> None:

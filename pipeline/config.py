@@ -9,6 +9,7 @@ model), ``seeds-baseline`` (the 128x128 resize U-Net the project grew from) and 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -130,15 +131,18 @@ def check_heads(heads: str) -> str:
     raise PipelineError(f"heads must be 'all' or a head number from 1, got {heads!r}")
 
 
+#: The range of every scale factor (`pipeline.core.scale`): no image is shrunk or enlarged
+#: more than four times.
+FACTOR_LIMITS = (0.25, 4.0)
+
+
 def check_scales(scales: str) -> str:
     """``scales`` as ``PredictConfig.scales`` holds it: test-time scale factors, separated by
-    commas, each within `pipeline.core.scale.FACTOR_LIMITS`, none twice.
+    commas, each within `FACTOR_LIMITS`, none twice.
 
     >>> check_scales(" 0.5, 1,2 "), check_scales("1")
     ('0.5,1,2', '1')
     """
-    from pipeline.core.scale import FACTOR_LIMITS
-
     low, high = FACTOR_LIMITS
     factors = []
     for part in str(scales).split(","):
@@ -565,6 +569,74 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "predict": PredictConfig,
 }
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"in [{low:g}, {high:g}]"
+    return f">= {low:g}" if low is not None else f"<= {high:g}"
+
+
+def _in_range(value: float, low: float | None, high: float | None) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def value_parser(item: dataclasses.Field) -> Callable[[str], Any]:
+    """The argparse ``type`` of a config field's flag: its type, range and own parser (the
+    command line's and the page's, `pipeline.serving.segmenter`).
+
+    >>> from pipeline.config import TrainConfig
+    >>> epochs = {f.name: f for f in dataclasses.fields(TrainConfig)}["epochs"]
+    >>> value_parser(epochs)("12")
+    12
+    """
+    meta = item.metadata
+    low, high = meta["low"], meta["high"]
+
+    def parse(text: str) -> Any:
+        if meta["parse"] is not None:
+            try:
+                return meta["parse"](text)
+            except PipelineError as error:
+                raise argparse.ArgumentTypeError(str(error)) from None
+        if item.type is int:
+            try:
+                value = int(text)
+            except ValueError:
+                value = None
+            if value is None or not _in_range(value, low, high):
+                bounds = _range_text(low, high) if (low, high) != (None, None) else ""
+                message = f"expected a whole number {bounds}".rstrip()
+                raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
+            return value
+        if item.type is float:
+            value = finite_float(text)
+            if (low, high) != (None, None) and not _in_range(value, low, high):
+                raise argparse.ArgumentTypeError(f"{text} is not {_range_text(low, high)}")
+            return value
+        return text
+
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """The argparse ``type`` of every number flag: a float, never NaN nor infinite (a
+    limit of NaN could never refuse anything).
+
+    >>> finite_float("2.5")
+    2.5
+    >>> finite_float("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 'nan' is not a finite number
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def section_fields(section: str, **metadata: Any) -> tuple[dataclasses.Field, ...]:

@@ -16,6 +16,7 @@ from pipeline.config import (
     Config,
     PredictConfig,
     preset,
+    value_parser,
 )
 
 #: stage -> the config sections whose fields it has flags for.
@@ -190,9 +191,9 @@ def test_the_device_takes_the_declared_precisions():
 
 def test_value_parser_passes_strings_through():
     item = {f.name: f for f in dataclasses.fields(SECTIONS["model"])}["targets"]
-    assert cli.value_parser(item)("border") == "border"
+    assert value_parser(item)("border") == "border"
     with pytest.raises(argparse.ArgumentTypeError):
-        cli.value_parser({f.name: f for f in dataclasses.fields(PredictConfig)}["tile_size"])("x")
+        value_parser({f.name: f for f in dataclasses.fields(PredictConfig)}["tile_size"])("x")
 
 
 @pytest.mark.parametrize(

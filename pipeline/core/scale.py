@@ -36,6 +36,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from pipeline.config import FACTOR_LIMITS  # the range of a factor, declared with the settings
+
 __all__ = [
     "FACTOR_LIMITS",
     "FACTOR_TOLERANCE",
@@ -53,7 +55,6 @@ __all__ = [
     "scaled_shape",
 ]
 
-FACTOR_LIMITS = (0.25, 4.0)  # no image is shrunk or enlarged more than four times
 FACTOR_TOLERANCE = 0.1  # relative change of a factor below which it is kept as it was
 REFINE_PASSES = 1  # prediction passes after the first one that re-estimate the factor
 MAX_SCALED_PIXELS = 4 * 1024 * 1024  # an image is not enlarged past four megapixels

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.config import PredictConfig
+from pipeline.config import PredictConfig, value_parser
 from pipeline.errors import PipelineError
 
 #: The settings a request may change, and those the page shows.
@@ -213,8 +213,6 @@ def parse_settings(form: dict[str, str]) -> dict[str, Any]:
 
 
 def _parse_one(item: dataclasses.Field, text: str) -> Any:
-    from pipeline.cli import value_parser
-
     if item.type is bool:
         if text.lower() in ("true", "1", "on", "yes"):
             return True

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.cli import add_setting_argument, finite_float
-from pipeline.config import PredictConfig
+from pipeline.cli import add_setting_argument
+from pipeline.config import PredictConfig, finite_float
 from pipeline.core.device import DEVICES
 from pipeline.errors import PipelineError
 

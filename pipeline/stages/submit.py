@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
-from pipeline.cli import finite_float
+from pipeline.config import finite_float
 from pipeline.data.kaggle_api import (
     COMPETITION,
     MAX_SUBMISSION_MIB,
