@@ -108,7 +108,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     from pipeline.core.model_store import load_config
-    from pipeline.core.nucleus_size import training_median_diameter
+    from pipeline.core.scale_policy import training_median_diameter
 
     trained, _ = training_median_diameter(ROOT / MODEL, load_config(ROOT / MODEL))
     solution = pd.read_csv(ROOT / "input" / "stage1_solution.csv")

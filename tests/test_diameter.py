@@ -18,8 +18,8 @@ from pipeline.core.nucleus_size import (
     NUCLEI_FILE,
     STAGE1_TRAIN_MEDIAN_DIAMETER,
     median_nucleus_diameter,
-    training_median_diameter,
 )
+from pipeline.core.scale_policy import training_median_diameter
 from pipeline.data.extra import load_labelled
 
 pytest.importorskip("keras")

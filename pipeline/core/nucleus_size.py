@@ -2,8 +2,8 @@
 
 A user who knows the typical diameter of their nuclei in pixels gives it; each image is
 rescaled so that it matches the median diameter of the nuclei the model was trained on
-(`training_median_diameter`), predicted, and brought back to its own size
-(`pipeline.inference.predict`).
+(`pipeline.core.scale_policy.training_median_diameter`), predicted, and brought back to
+its own size (`pipeline.core.scale_policy`).
 
 A training records that median in the model folder, `NUCLEI_FILE`, when it has split its
 images (`record_training_nuclei`): the equivalent diameter (of a disc of the same area) of
@@ -21,8 +21,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +63,12 @@ def record_training_nuclei(model_dir: Path, samples) -> None:
     write_json(Path(model_dir) / NUCLEI_FILE, record)
 
 
-def training_median_diameter(model_dir: Path, config: Config) -> tuple[float, str]:
-    """``(diameter, where from)``: the median nucleus diameter the model in ``model_dir``
-    was trained on: ``nucleus_diameter`` for a model trained with ``resize_policy
-    nucleus``, else its `NUCLEI_FILE`, else `STAGE1_TRAIN_MEDIAN_DIAMETER`."""
+def recorded_median_diameter(model_dir: Path) -> tuple[float, str]:
+    """``(diameter, where from)``: the median nucleus diameter a model's `NUCLEI_FILE`
+    records, else `STAGE1_TRAIN_MEDIAN_DIAMETER` (a model of the nucleus policy was trained
+    on its ``nucleus_diameter``: `pipeline.core.scale_policy.training_median_diameter`)."""
     from pipeline.core.model_store import read_json
 
-    if config.train.resize_policy == "nucleus":
-        return float(config.train.nucleus_diameter), "its nucleus_diameter"
     median = read_json(Path(model_dir) / NUCLEI_FILE).get("median_diameter")
     if isinstance(median, (int, float)) and math.isfinite(median) and median > 0:
         return float(median), NUCLEI_FILE

@@ -1,15 +1,15 @@
 """Stage ``predict``: a folder of images (Kaggle layout or plain) or one image file to a
 submission CSV, and on request a label image per input and a table of measurements.
 
-Per image: normalise, predict (whole image padded to the network's multiple, in
-overlapping tiles when a side is longer than ``tile_size`` (``pipeline.inference.tiling``),
-resized to the training size for ``resize_policy="resize"``, or rescaled by its estimated
-nucleus size for ``resize_policy="nucleus"``, or at each of ``--scales`` with the most
-confident kept (``pipeline.core.scale``)), bring the
-probabilities back to the image's own size, turn them into instances
-(``pipeline.inference.postprocess``) and stream them into the outputs (`PredictionOutputs`:
-the submission writer, label images, measurements). Images of the same size are predicted
-in batches; only a bounded chunk of images is in memory at once.
+Per image: normalise, predict at the scales of the model's input-scale policy
+(``pipeline.core.scale_policy``: at its own scale padded to the network's multiple, resized
+to the crop size, rescaled by its estimated nucleus size, or at each of ``--scales`` with
+the most confident kept), in overlapping tiles when a side is longer than ``tile_size``
+(``pipeline.inference.tiling``), bring the probabilities back to the image's own size,
+turn them into instances (``pipeline.inference.postprocess``) and stream them into the
+outputs (`PredictionOutputs`: the submission writer, label images, measurements). Images
+of the same size are predicted in batches; only a bounded chunk of images is in memory at
+once.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import numpy as np
-from skimage.transform import resize
 from tqdm import tqdm
 
-from pipeline.config import Config, scale_factors
+from pipeline.config import Config
+from pipeline.core.scale_policy import ScalePolicy, scale_policy, settle_prediction_scale
 from pipeline.errors import PipelineError
 from pipeline.inference.engines import OnnxNetwork, load_network
 
@@ -127,124 +127,34 @@ def predict_probabilities(
     """Per-pixel probabilities (H, W, C) float32 for each RGB uint8 image, at its own size.
 
     A model with several output heads gives the mean of its heads, or the one head that
-    ``config.predict.heads`` names. A model trained with ``resize_policy="nucleus"`` sees
-    each image rescaled by its estimated nucleus size (`_predict_nucleus_scaled`). With
-    ``config.predict.diameter`` (the user's typical nucleus diameter), every image is
-    rescaled by ``train.nucleus_diameter / diameter`` (within
-    `pipeline.core.scale.FACTOR_LIMITS` and ``MAX_SCALED_PIXELS``) instead.
+    ``config.predict.heads`` names. Each image is seen at the scales of the model's
+    input-scale policy (`pipeline.core.scale_policy.scale_policy`: its own, the crop
+    size, its estimated nucleus size, test-time ``--scales`` or a user's ``--diameter``).
     ``on_image`` is called once per image as soon as its probabilities are done (a
     progress bar's tick).
     """
     tta = config.predict.tta if tta is None else tta
-    if config.predict.diameter > 0 and config.train.resize_policy != "resize":
-        # The user's nucleus size to the model's training size (`prediction_config` put
-        # the model's median training diameter in nucleus_diameter): one scale.
-        from pipeline.core.scale import scale_factor
 
-        factor = scale_factor(config.predict.diameter, config.train.nucleus_diameter)
-        return _predict_most_confident_scale(model, images, config, tta, (factor,), on_image)
-    factors = scale_factors(config.predict.scales)
-    # Test-time scales are for models trained at the images' own scale; the other
-    # policies set the scale themselves (`prediction_config` refuses --scales for them).
-    if factors != (1.0,) and config.train.resize_policy == "native":
-        return _predict_most_confident_scale(model, images, config, tta, factors, on_image)
-    if config.train.resize_policy == "nucleus":
-        probs = _predict_nucleus_scaled(model, images, config, tta)
-        for _ in probs:
-            if on_image is not None:
-                on_image()
-        return probs
-    return _predict_as_trained(model, images, config, tta, on_image)
+    def network(scaled: Sequence[np.ndarray], tta: bool, on_image=None) -> list[np.ndarray]:
+        if on_image is None:
+            return _predict_as_trained(model, scaled, config, tta)
+        return _predict_as_trained(model, scaled, config, tta, on_image)
+
+    def instances(prob: np.ndarray) -> np.ndarray:
+        return labels_from_probabilities(prob, config)
+
+    return scale_policy(config).probabilities(images, network, tta, on_image, instances)
 
 
-def _predict_most_confident_scale(
-    model,
-    images: Sequence[np.ndarray],
-    config: Config,
-    tta: bool,
-    factors: Sequence[float],
-    on_image: Callable[[], None] | None = None,
-) -> list[np.ndarray]:
-    """Probabilities of each image at the most confident of several scales.
-
-    Every image is predicted at each factor (no image enlarged past
-    `pipeline.core.scale.MAX_SCALED_PIXELS`), the probabilities are brought back to
-    its own size, and `pipeline.core.scale.most_confident` picks one of them.
-    ``on_image`` ticks as each image's last factor is done.
-    """
-    from pipeline.core.scale import limit_factor, most_confident, rescale_image, restore_size
-
-    at_scale = []
-    for number, factor in enumerate(factors, start=1):
-        limited = [limit_factor(factor, image.shape) for image in images]
-        scaled = [rescale_image(image, f) for image, f in zip(images, limited, strict=True)]
-        last = number == len(factors)
-        probs = _predict_as_trained(model, scaled, config, tta, on_image if last else None)
-        at_scale.append(
-            [restore_size(prob, image.shape[:2]) for prob, image in zip(probs, images, strict=True)]
-        )
-    chosen = []
-    for i in range(len(images)):
-        candidates = [probs[i] for probs in at_scale]
-        chosen.append(candidates[most_confident(candidates, factors)])
-    return chosen
-
-
-def _predict_nucleus_scaled(
-    model, images: Sequence[np.ndarray], config: Config, tta: bool
-) -> list[np.ndarray]:
-    """Probabilities with each image rescaled so that its nuclei have the training size.
-
-    The median nucleus diameter is measured on the model's own instances: first at the
-    image's own scale, then ``REFINE_PASSES`` times at the scale the last pass suggested
-    (without TTA); the last scale is predicted (with TTA if asked, reusing the last pass
-    when it is the same) and brought back to the image's own size.
-    """
-    from pipeline.core.scale import (
-        REFINE_PASSES,
-        limit_factor,
-        median_diameter,
-        next_factor,
-        rescale_image,
-        restore_size,
-    )
-
-    target = config.train.nucleus_diameter
-    factors = [1.0] * len(images)
-    probs: list[np.ndarray] = []
-    for _ in range(1 + REFINE_PASSES):
-        measured = factors
-        scaled = [rescale_image(image, f) for image, f in zip(images, measured, strict=True)]
-        probs = _predict_as_trained(model, scaled, config, tta=False)
-        factors = [
-            limit_factor(
-                next_factor(f, median_diameter(labels_from_probabilities(prob, config)), target),
-                image.shape,
-            )
-            for f, prob, image in zip(measured, probs, images, strict=True)
-        ]
-    redo = [i for i, (f, g) in enumerate(zip(factors, measured, strict=True)) if tta or f != g]
-    if redo:
-        again = _predict_as_trained(
-            model, [rescale_image(images[i], factors[i]) for i in redo], config, tta
-        )
-        for i, prob in zip(redo, again, strict=True):
-            probs[i] = prob
-    return [restore_size(prob, image.shape[:2]) for prob, image in zip(probs, images, strict=True)]
-
-
-def _network_input(image: np.ndarray, config: Config, multiple: int) -> np.ndarray:
-    """An RGB uint8 image as the network takes it: normalised, then resized to the crop
-    size (``resize`` policy) or padded to a multiple of the network's stride."""
-    from pipeline.core.preprocess import normalise_image, pad_to_multiple
+def _network_input(
+    image: np.ndarray, config: Config, policy: ScalePolicy, multiple: int
+) -> np.ndarray:
+    """An RGB uint8 image as the network takes it: normalised, then as the input-scale
+    ``policy`` has it (`pipeline.core.scale_policy.ScalePolicy.before`)."""
+    from pipeline.core.preprocess import normalise_image
 
     x = normalise_image(image, config.model.invert_light_background, config.model.input_space)
-    if config.train.resize_policy == "resize":
-        size = config.train.crop_size
-        x = resize(x, (size, size), order=1, preserve_range=True, anti_aliasing=True)
-    else:
-        x = pad_to_multiple(x, multiple)
-    return x.astype(np.float32)
+    return policy.before(x, multiple).astype(np.float32)
 
 
 def _predict_as_trained(
@@ -254,22 +164,19 @@ def _predict_as_trained(
     tta: bool,
     on_image: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
-    """`predict_probabilities` for the ``native`` and ``resize`` policies."""
+    """`predict_probabilities` of each image as it is given (no rescaling), brought back to
+    its size by the policy's `pipeline.core.scale_policy.ScalePolicy.after`."""
     from pipeline.core.models import input_multiple
-    from pipeline.core.preprocess import crop_to_shape
     from pipeline.inference.tiling import predict_in_tiles
 
     batch_size = max(1, config.predict.batch_size)
     multiple = input_multiple(config.model)
-    prepared = [_network_input(image, config, multiple) for image in images]
+    policy = scale_policy(config)
+    prepared = [_network_input(image, config, policy, multiple) for image in images]
     results: list[np.ndarray | None] = [None] * len(images)
 
     def finish(i: int, prob: np.ndarray) -> None:
-        shape = images[i].shape[:2]
-        if config.train.resize_policy == "resize":
-            prob = resize(prob, shape, order=1, preserve_range=True)
-        else:
-            prob = crop_to_shape(prob, shape)
+        prob = policy.after(prob, images[i].shape[:2])
         results[i] = np.ascontiguousarray(prob, dtype=np.float32)
         if on_image is not None:
             on_image()
@@ -566,41 +473,8 @@ def prediction_config(
     for key, value in (overrides or {}).items():
         if value is not None:
             setattr(config.predict, key, value)
-    asked = (overrides or {}).get("scales")
-    policy = config.train.resize_policy
-    if asked is not None and scale_factors(asked) != (1.0,) and policy != "native":
-        raise PipelineError(
-            f"{model_dir}: --scales {asked} needs a model trained at the images' own scale "
-            f"(resize_policy native); this one's is {policy}, which sets the scale itself"
-        )
-    _resolve_diameter(model_dir, config, asked)
+    settle_prediction_scale(model_dir, config, (overrides or {}).get("scales"))
     return config
-
-
-def _resolve_diameter(model_dir: Path, config: Config, asked_scales: str | None) -> None:
-    """Put the median nucleus diameter the model was trained on into
-    ``config.train.nucleus_diameter`` (`pipeline.core.nucleus_size`), the size that
-    ``config.predict.diameter`` rescales images to; refuse a diameter the model cannot use."""
-    from pipeline.core.nucleus_size import training_median_diameter
-
-    diameter = config.predict.diameter
-    if config.train.resize_policy == "resize":
-        if diameter > 0:
-            raise PipelineError(
-                f"{model_dir}: --diameter needs a model that predicts at the images' own "
-                "scale; this one resizes every image to its crop size (resize_policy resize)"
-            )
-        return
-    trained, source = training_median_diameter(model_dir, config)
-    config.train.nucleus_diameter = trained
-    if diameter <= 0:
-        return
-    if asked_scales is not None and scale_factors(asked_scales) != (1.0,):
-        raise PipelineError("--diameter sets the scale itself: leave out --scales")
-    log.info(
-        "nuclei of %g pixels across rescaled to the %.3g pixels the model was trained on (%s)",
-        diameter, trained, source,
-    )  # fmt: skip
 
 
 def load_for_prediction(

@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import RESIZE_POLICIES, Config
+from pipeline.config import Config
 from pipeline.core.nucleus_size import record_training_nuclei
+from pipeline.core.scale_policy import scale_policy
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -52,44 +53,10 @@ class Scoring:
     extra_sets: Callable[..., dict[str, Any]]
 
 
-def _resized_to_crop(samples, size: int):
-    """The seeds' way: every image and its labels resized to ``size`` x ``size``."""
-    from skimage.transform import resize
-
-    prepared = []
-    for sample in samples:
-        image = resize(
-            sample.image, (size, size), order=1, preserve_range=True, anti_aliasing=True
-        ).astype(np.uint8)
-        labels = resize(
-            sample.labels, (size, size), order=0, preserve_range=True, anti_aliasing=False
-        ).astype(np.int32)
-        prepared.append(dataclasses.replace(sample, image=image, labels=labels))
-    return prepared
-
-
 def prepare_training_samples(samples, config: Config):
-    """The training samples as ``config.train.resize_policy`` wants them seen."""
-    policy = config.train.resize_policy
-    if policy == "native":
-        return samples
-    if policy == "resize":
-        return _resized_to_crop(samples, config.train.crop_size)
-    if policy == "nucleus":
-        if config.train.nucleus_diameter <= 0:
-            raise PipelineError(
-                f"nucleus_diameter must be > 0, got {config.train.nucleus_diameter}"
-            )
-        from pipeline.core.scale import rescale_labelled
-
-        prepared = []
-        for sample in samples:
-            image, labels = rescale_labelled(
-                sample.image, sample.labels, config.train.nucleus_diameter
-            )
-            prepared.append(dataclasses.replace(sample, image=image, labels=labels))
-        return prepared
-    raise PipelineError(f"resize_policy must be one of {RESIZE_POLICIES}, got {policy!r}")
+    """The training samples as the model's input-scale policy has the network see them
+    (`pipeline.core.scale_policy.ScalePolicy.training_samples`)."""
+    return scale_policy(config).training_samples(samples)
 
 
 def source_probabilities(
