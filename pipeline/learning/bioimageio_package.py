@@ -75,6 +75,7 @@ from pipeline.core.model_store import (
 from pipeline.core.models import input_multiple, model_outputs, select_heads
 from pipeline.core.onnx_export import export_onnx
 from pipeline.core.preprocess import normalise_image
+from pipeline.core.scale_policy import scale_policy
 from pipeline.data.synthetic import make_sample
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, check_writable_file, temporary_prefix
@@ -246,9 +247,7 @@ def synthetic_test_image(config: Config) -> np.ndarray:
     `TEST_SIDE` rounded up to the network's multiple (the crop size for a model that
     resizes images)."""
     multiple = input_multiple(config.model)
-    side = -(-TEST_SIDE // multiple) * multiple
-    if config.train.resize_policy == "resize":
-        side = config.train.crop_size
+    side = scale_policy(config).fixed_side or -(-TEST_SIDE // multiple) * multiple
     image, _ = make_sample(np.random.default_rng(TEST_SEED), side, side, "fluorescence")
     return image
 
@@ -342,6 +341,7 @@ def readme(model_dir: Path, config: Config, expressible: bool) -> str:
         channels=[(name, CHANNEL_MEANINGS.get(name, name)) for name in channel_names],
         channel_names=channel_names,
         multiple=input_multiple(config.model),
+        fixed_side=scale_policy(config).fixed_side,
         expressible=expressible,
         eps=EPS,
         onnx_tolerance=f"{ONNX_TOLERANCE:g}",
@@ -360,8 +360,9 @@ def _input_descr(config: Config, files: PackageFiles) -> v0_5.InputTensorDescr:
     can express it."""
     multiple = input_multiple(config.model)
     size: int | v0_5.ParameterizedSize = v0_5.ParameterizedSize(min=multiple, step=multiple)
-    if config.train.resize_policy == "resize":
-        size = config.train.crop_size
+    fixed_side = scale_policy(config).fixed_side
+    if fixed_side is not None:
+        size = fixed_side
     expressible = normalisation_expressible(config)
     preprocessing = []
     if expressible:

@@ -26,6 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.config import PredictConfig, value_parser
+from pipeline.core.scale_policy import scale_policy
 from pipeline.errors import PipelineError
 
 #: The settings a request may change, and those the page shows.
@@ -253,7 +254,7 @@ class Segmenter:
         from pipeline.inference.measure import measure_nuclei
         from pipeline.inference.predict import predict_labels
 
-        if settings.get("diameter") and self.config.train.resize_policy == "resize":
+        if settings.get("diameter") and not scale_policy(self.config).takes_diameter:
             raise UploadError(
                 "diameter: this model resizes every image to its crop size; it cannot "
                 "rescale by a nucleus diameter",
