@@ -316,25 +316,26 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
     import hashlib
     import json
 
-    from pipeline.config import preset
+    from pipeline.config import ModelConfig, TrainConfig, preset
 
     for name in ("default", "demo", "seeds-baseline"):
         config = preset(name)
         data = config.to_dict()
         for key in ("encoder_weights", "encoder_trainable"):
             del data["model"][key]
-        del data["train"]["max_minutes"]
-        if data["train"]["augment_strength"] == "default":
-            del data["train"]["augment_strength"]
-        del data["train"]["dim_nuclei"]
-        del data["train"]["stain_tissue"]
-        del data["train"]["paste_nuclei"]
-        del data["train"]["nucleus_diameter"]
-        for key in ("split", "scale_min", "scale_max", "with_stage1_test"):
-            del data["train"][key]
+        at_default = {
+            "train": ("max_minutes", "augment_strength", "dim_nuclei", "stain_tissue")
+            + ("paste_nuclei", "split", "scale_min", "scale_max", "with_stage1_test"),
+            "model": ("input_space",),
+        }
+        for section, keys in at_default.items():
+            declared = {"train": TrainConfig(), "model": ModelConfig()}[section]
+            for key in keys:
+                if data[section][key] == getattr(declared, key):
+                    del data[section][key]
+        del data["train"]["nucleus_diameter"]  # native policy: unused
         for key in ("extra", "source_weighting"):  # no extra set
             del data["train"][key]
-        del data["model"]["input_space"]
         payload = json.dumps({"model": data["model"], "train": data["train"]}, sort_keys=True)
         assert config.training_fingerprint() == hashlib.sha256(payload.encode()).hexdigest()[:12]
         config.train.max_minutes = 30
@@ -344,16 +345,16 @@ def test_new_settings_at_their_defaults_keep_old_fingerprints():
     strong = preset("seeds-baseline")
     strong.train.augment_strength = "strong"
     assert strong.training_fingerprint() != "36aa5e14d6c7"
-    assert preset("default").training_fingerprint() == "a64205032922"
+    assert preset("default").training_fingerprint() == "50d91d718203"
     dimmed = preset("default")
     dimmed.train.dim_nuclei = 0.5
-    assert dimmed.training_fingerprint() != "a64205032922"
+    assert dimmed.training_fingerprint() != "50d91d718203"
     stained = preset("default")
     stained.train.stain_tissue = 0.3
-    assert stained.training_fingerprint() != "a64205032922"
+    assert stained.training_fingerprint() != "50d91d718203"
     crowded = preset("default")
     crowded.train.paste_nuclei = 0.5
-    assert crowded.training_fingerprint() != "a64205032922"
+    assert crowded.training_fingerprint() != "50d91d718203"
     mobile = preset("default")
     mobile.model.arch = "mobilenetv2_unet"
     frozen = preset("default")

@@ -14,7 +14,9 @@ from pipeline.config import (
     SECTIONS,
     TUNABLE,
     Config,
+    ModelConfig,
     PredictConfig,
+    TrainConfig,
     preset,
     value_parser,
 )
@@ -165,11 +167,11 @@ def test_postprocess_defaults_and_tunable_settings_come_from_predict_config():
 
 
 def test_a_model_config_without_the_newer_fields_loads_with_their_defaults():
-    data = preset("default").to_dict()
+    data = first_default().to_dict()
     del data["predict"]["min_marker_size"], data["model"]["input_space"]
     config = Config.from_dict(data)
     assert config.predict.min_marker_size == 3 and config.model.input_space == "rgb"
-    assert config.training_fingerprint() == preset("default").training_fingerprint()
+    assert config.training_fingerprint() == first_default().training_fingerprint()
 
 
 def test_config_choices_match_the_implementations():
@@ -258,14 +260,27 @@ def test_a_preset_with_a_value_out_of_range_is_refused_naming_it(monkeypatch):
             config_module.preset(name)  # the shipped presets are all within range
 
 
-#: Training fingerprints as they were before fingerprint neutrality became part of each
-#: setting's declaration: a model folder named by one must keep it (else it is retrained).
+#: The presets' training fingerprints: a model folder named by one must keep it (else the
+#: main job trains it again); the default's is that of the shipped models/default.
 PINNED_FINGERPRINTS = {
-    "default": "a64205032922",
+    "default": "50d91d718203",
     "demo": "8b8fcde4fa38",
     "seeds-baseline": "36aa5e14d6c7",
 }
-#: The default preset with some settings changed -> its fingerprint. Each setting that
+
+
+def first_default() -> Config:
+    """The default preset as it was until 2026-12-05 (RGB input, 40 epochs, patience 5),
+    the recipe of the models trained from it: they keep their fingerprint, a64205032922."""
+    return Config(
+        name="default",
+        model=ModelConfig(targets="foreground", invert_light_background=False),
+        train=TrainConfig(epochs=40, augment_strength="default"),
+        predict=PredictConfig(method="watershed", scales="0.5,1"),
+    )
+
+
+#: The first default preset with some settings changed -> its fingerprint. Each setting that
 #: leaves the fingerprint as it was while it holds its default, or while another setting
 #: makes it unused, appears changed (alone and with what makes it used).
 PINNED_VARIANTS = [
@@ -307,9 +322,13 @@ def test_the_shipped_model_keeps_its_training_fingerprint():
     assert config.training_fingerprint() == PINNED_FINGERPRINTS["default"]
 
 
+def test_the_first_default_recipe_keeps_its_training_fingerprint():
+    assert first_default().training_fingerprint() == "a64205032922"
+
+
 @pytest.mark.parametrize(("changes", "fingerprint"), PINNED_VARIANTS)
 def test_changed_settings_keep_their_training_fingerprints(changes, fingerprint):
-    data = preset("default").to_dict()
+    data = first_default().to_dict()
     for section, values in changes.items():
         data[section].update(values)
     assert Config.from_dict(data).training_fingerprint() == fingerprint

@@ -114,15 +114,15 @@ def test_input_space_and_scale_flags_reach_the_config():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--input-space", "grey", "--scale-min", "0.5", "--scale-max", "2"])
+    args = parser.parse_args(["--input-space", "rgb", "--scale-min", "0.5", "--scale-max", "2"])
     config = config_from_args(args)
-    assert config.model.input_space == "grey"
+    assert config.model.input_space == "rgb"
     assert (config.train.scale_min, config.train.scale_max) == (0.5, 2.0)
-    default = config_from_args(parser.parse_args([]))
+    default = config_from_args(parser.parse_args([]))  # the default preset's
     assert (default.model.input_space, default.train.scale_min, default.train.scale_max) == (
-        "rgb",
-        0.75,
-        1.5,
+        "grey",
+        0.6,
+        1.8,
     )
 
 
@@ -141,6 +141,7 @@ def test_stain_tissue_recolours_that_share_of_the_fluorescence_samples(share, co
     labels[20:36, 20:36] = 1
     image[labels > 0] = 220
     config = preset("default")
+    config.model.input_space = "rgb"  # in grey every stain is one grey level
     config.train.crop_size, config.train.batch_size = 32, 4
     config.train.stain_tissue = share
     sample = Sample(image_id="disc", image=image, labels=labels, kind="fluorescence")
