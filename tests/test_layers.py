@@ -157,3 +157,70 @@ def test_layers_point_one_way() -> None:
         for violation in forbidden_imports(module_name(path), path.read_text(encoding="utf-8"))
     ]
     assert not violations, "imports against the layers:\n" + "\n".join(map(str, violations))
+
+
+#: Where the device is chosen (`pipeline.core.device.select_device`, which sets
+#: process-wide state before Keras loads): the entry points only, module -> the functions
+#: that may call it (None: any). The stages' ``main`` (``serve``'s is the server's start)
+#: and a Dask worker's first chunk; every library function takes the chosen device.
+DEVICE_CHOSEN_IN: dict[str, set[str] | None] = {
+    "pipeline.core.device": None,
+    "pipeline.inference.dask_predict": {"_start_worker"},
+}
+
+
+def device_choices(source: str) -> list[tuple[int, str]]:
+    """Each call of ``select_device`` in a source (by name or as an attribute), with its
+    line and the function it is in (``""`` at module level).
+
+    >>> device_choices("def main():\\n    device.select_device('cpu')\\nselect_device('gpu')\\n")
+    [(2, 'main'), (3, '')]
+    """
+    found = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            function = node.name
+        if isinstance(node, ast.Call):
+            callee = node.func
+            name = callee.attr if isinstance(callee, ast.Attribute) else getattr(callee, "id", "")
+            if name == "select_device":
+                found.append((node.lineno, function))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(source), "")
+    return sorted(found)
+
+
+def device_chosen_outside_entry_points(module: str, source: str) -> list[str]:
+    """The calls of ``select_device`` in ``module`` that no entry point makes."""
+    if layer_of(module) == "stages":
+        return []
+    allowed = DEVICE_CHOSEN_IN.get(module, set())
+    return [
+        f"{module}:{line} ({function or 'module level'}) calls select_device"
+        for line, function in device_choices(source)
+        if allowed is not None and function not in allowed
+    ]
+
+
+def test_a_library_function_that_chooses_the_device_is_found() -> None:
+    source = "def evaluate(device):\n    device_module.select_device(device)\n"
+    assert device_chosen_outside_entry_points("pipeline.evaluation.fake", source) == [
+        "pipeline.evaluation.fake:2 (evaluate) calls select_device"
+    ]
+    assert device_chosen_outside_entry_points("pipeline.stages.fake", source) == []
+    worker = "def _start_worker(device):\n    select_device(device)\n"
+    assert device_chosen_outside_entry_points("pipeline.inference.dask_predict", worker) == []
+
+
+def test_the_device_is_chosen_at_the_entry_points_only() -> None:
+    found = [
+        call
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for call in device_chosen_outside_entry_points(
+            module_name(path), path.read_text(encoding="utf-8")
+        )
+    ]
+    assert not found, "the device chosen outside an entry point:\n" + "\n".join(found)

@@ -1,7 +1,9 @@
 """Choosing the compute device and numeric precision, for any Keras backend.
 
 ``select_device`` must run before Keras is imported: hiding the GPUs from TensorFlow
-(``--device cpu``) only works through the environment.
+(``--device cpu``) only works through the environment. It sets process-wide state, so it is
+called once, at an entry point (a stage's ``main``, a Dask worker's first chunk); library
+functions take the chosen device.
 """
 
 from __future__ import annotations

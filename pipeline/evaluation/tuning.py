@@ -281,10 +281,9 @@ def _tuned_record(results: dict[bool, tuple], samples, config, base: dict[str, A
 
 def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "auto") -> dict:
     """Tune ``model_dir``'s post-processing on its validation split; write thresholds.json
-    (and the tuned score into scores.json)."""
+    (and the tuned score into scores.json). ``device`` was chosen by the entry point
+    (`pipeline.core.device.select_device`)."""
     from pipeline.core import device as device_module
-
-    device_module.select_device(device)
     from pipeline.core.model_store import (
         SCORES_FILE,
         THRESHOLDS_FILE,

@@ -75,10 +75,9 @@ def evaluate_model(
     images_dir: Path | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Score ``model_dir`` on its validation split; see the module docstring for the keys."""
-    from pipeline.core import device as device_module
+    """Score ``model_dir`` on its validation split; see the module docstring for the keys.
 
-    device_module.select_device(device)
+    ``device`` was chosen by the entry point (`pipeline.core.device.select_device`)."""
     from pipeline.core.model_store import SPLIT_FILE, read_json
     from pipeline.inference.predict import load_for_prediction, postprocess_params
 
@@ -116,10 +115,9 @@ def score_extra_sets(
     -------
     dict
         Set name -> ``{"score", "images", "held_out_whole", "per_image"}``.
-    """
-    from pipeline.core import device as device_module
 
-    device_module.select_device(device)
+    ``device`` was chosen by the entry point (`pipeline.core.device.select_device`).
+    """
     from pipeline.core.model_store import SPLIT_FILE, read_json
     from pipeline.data.extra import load_extra_set
     from pipeline.inference.predict import load_for_prediction

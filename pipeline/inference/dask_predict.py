@@ -4,12 +4,12 @@ The ``predict`` process is the client: it cuts the images into the chunks a
 single-process run predicts (`pipeline.inference.predict.CHUNK_IMAGES` images, the same
 boundaries, so the same batches and the same bytes), sends each chunk to a worker as one
 task, and hands the results to the one submission writer in image order as they come
-back. Each worker process loads the model once (`_worker_model`) and keeps it for every
-chunk it is given. At most ``TASKS_PER_WORKER`` chunks per worker are in flight, so the
-client's memory and each worker's stay bounded however many images there are. A worker
-that dies has its chunks re-run on another (Dask reschedules the tasks of a lost worker;
-a chunk that has killed ``distributed.scheduler.allowed-failures`` workers ends the run
-with an error).
+back. Each worker process chooses its device once (`_start_worker`, its first chunk),
+loads the model once (`_worker_model`) and keeps it for every chunk it is given. At most
+``TASKS_PER_WORKER`` chunks per worker are in flight, so the client's memory and each
+worker's stay bounded however many images there are. A worker that dies has its chunks
+re-run on another (Dask reschedules the tasks of a lost worker; a chunk that has killed
+``distributed.scheduler.allowed-failures`` workers ends the run with an error).
 
 ``ADDRESS`` is ``local:N`` (a cluster of N worker processes on this machine, started and
 stopped with the run) or a running scheduler's address (``tcp://host:8786``). The workers
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.core.device import select_device
 from pipeline.errors import PipelineError
 from pipeline.inference.predict import (
     labels_from_probabilities,
@@ -55,6 +56,8 @@ CONNECT_SECONDS = 30  # how long to wait for a scheduler, then for its first wor
 # the lock keeps a worker that runs several threads from loading it twice at once.
 _WORKER_MODELS: dict[tuple, tuple] = {}
 _WORKER_LOCK = threading.Lock()
+# The device this worker process chose (`_start_worker`), once: [] until its first chunk.
+_WORKER_STARTED: list[str] = []
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -150,10 +153,16 @@ def _worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> 
         return _WORKER_MODELS[key]
 
 
-def _load_worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> tuple:
-    from pipeline.core import device as device_module
+def _start_worker(device: str) -> None:
+    """The worker process's entry point, run by its first chunk (Dask starts the process,
+    not a stage's ``main``): choose the device once, before the model loads Keras."""
+    if not _WORKER_STARTED:
+        select_device(device)
+        _WORKER_STARTED.append(device)
 
-    device_module.select_device(device)
+
+def _load_worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> tuple:
+    _start_worker(device)
     if not Path(model_dir).is_dir():
         raise PipelineError(
             f"{model_dir}: no such model folder on Dask worker {os.uname().nodename} "

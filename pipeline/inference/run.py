@@ -149,10 +149,8 @@ def run_prediction(
     address) the images go to a Dask cluster's workers (`pipeline.inference.dask_predict`),
     ``chunk_images`` at a time; the outputs are the same. ``edited_ok`` takes a model edited
     since it was finished, with a warning (`pipeline.core.model_store.check_complete`).
+    ``device`` was chosen by the entry point (`pipeline.core.device.select_device`).
     """
-    from pipeline.core import device as device_module
-
-    device_module.select_device(device)
     from pipeline.data.dataset import list_image_files
 
     found = list_image_files(images_dir)

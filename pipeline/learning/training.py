@@ -334,11 +334,12 @@ def _build_or_resume(
     ``stack`` (the compiling and fitting happen in it).
 
     Returns ``(model, config, resume, device description)``; see `_resume_or_start`.
+    ``device`` (and ``devices``) were chosen by the entry point
+    (`pipeline.core.device.select_device`).
     """
     from pipeline.core import device as device_module
     from pipeline.core import distribute
 
-    device_module.select_device(device, devices)
     distribute.join_processes()
     import keras
 

@@ -231,12 +231,11 @@ def _parse_one(item: dataclasses.Field, text: str) -> Any:
 
 
 class Segmenter:
-    """The model, loaded once, and the one image at a time it segments."""
+    """The model, loaded once, and the one image at a time it segments.
+
+    ``device`` was chosen by the server's start (`pipeline.stages.serve`)."""
 
     def __init__(self, model_dir: Path, device: str = "auto", engine: str | None = None) -> None:
-        from pipeline.core import device as device_module
-
-        device_module.select_device(device)
         from pipeline.inference.predict import load_for_prediction
 
         self.model_dir = Path(model_dir)

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from pipeline.cli import add_config_arguments, config_overrides
-from pipeline.core.device import DEVICES
+from pipeline.core.device import DEVICES, select_device
 from pipeline.evaluation.validation import evaluate_model
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    select_device(args.device)
     result = evaluate_model(
         args.model, config_overrides(args, "predict"), not args.untuned, args.images, args.device
     )

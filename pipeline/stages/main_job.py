@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.config import Config, preset
-from pipeline.core.device import DEVICES
+from pipeline.core.device import DEVICES, select_device
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -338,6 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    select_device(args.device)
     result = run_main_job(
         preset(args.preset),
         demo=args.demo,

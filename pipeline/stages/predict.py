@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
-from pipeline.core.device import DEVICES
+from pipeline.core.device import DEVICES, select_device
 from pipeline.data.dataset import ImageFiles, list_image_files
 from pipeline.errors import PipelineError
 from pipeline.inference.run import run_prediction
@@ -179,6 +179,7 @@ def main(args: argparse.Namespace) -> int:
     found = list_image_files(images)
     out_csv = args.out or default_out_csv(found, model_dir)
     overrides = config_overrides(args, "predict")
+    select_device(args.device)
     run_prediction(
         model_dir,
         images,

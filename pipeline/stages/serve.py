@@ -13,7 +13,7 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.cli import add_setting_argument
 from pipeline.config import PredictConfig, finite_float
-from pipeline.core.device import DEVICES
+from pipeline.core.device import DEVICES, select_device
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def main(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise PipelineError(f"--port must be in [0, 65535], got {args.port}")
     check_address(args.host, args.port)
+    select_device(args.device)  # the server's start: the device, chosen once
     segmenter = Segmenter(args.model, args.device, args.engine)
     app = create_app(segmenter, max_megapixels=args.max_megapixels)
     log.info("serving %s on http://%s:%d/ (Ctrl-C stops)", args.model, args.host, args.port)

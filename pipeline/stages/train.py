@@ -13,7 +13,7 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
 from pipeline.config import Config, check_network_fits, check_section, preset
-from pipeline.core.device import DEVICES
+from pipeline.core.device import DEVICES, select_device
 from pipeline.core.distribute import parse_devices, process_model_dir
 from pipeline.errors import PipelineError
 from pipeline.evaluation.tuning import tune_model
@@ -146,6 +146,7 @@ def main(args: argparse.Namespace) -> int:
     check_not_input(model_dir, "--out", [(images_dir, "--images"), (args.init, "--init")])
     # Each process of a data-parallel training writes its own folder: lock that one.
     with output_lock(process_model_dir(model_dir), "--out"):
+        select_device(args.device, devices)
         train_model(
             config,
             images_dir,

@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.core.device import DEVICES
+from pipeline.core.device import DEVICES, select_device
 from pipeline.evaluation.tuning import tune_model
 from pipeline.locks import output_lock
 
@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     with output_lock(args.model, "--model"):  # a training or another tuning writes it
+        select_device(args.device)
         tuned = tune_model(args.model, args.images, args.device)
     print(f"validation score {tuned['validation_score']:.4f} with {tuned['params']}")
     return 0
