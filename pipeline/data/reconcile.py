@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from pipeline.data import dataset
 from pipeline.data.rle import RLEError, parse_rle
-from pipeline.data.rle_csv import Problem, RleTable, read_rle_table
+from pipeline.data.rle_csv import Problem, RleTable, read_rle_table, summary
 from pipeline.data.submission import HEADER, decode_image_rows, read_submission
 from pipeline.errors import PipelineError
 
@@ -71,16 +71,6 @@ Rows = list[tuple[int, str]]
 
 
 # ----------------------------------------------------------------------------- messages
-
-
-def summary(problems: Sequence[Problem], more: str = "problem(s)") -> str:
-    """The first of ``problems``, and how many more there are.
-
-    >>> summary([Problem(2, "a", "x"), Problem(5, "b", "y")])
-    'line 2: a: x (and 1 more problem(s))'
-    """
-    rest = len(problems) - 1
-    return f"{problems[0]}" + (f" (and {rest} more {more})" if rest else "")
 
 
 def refusal(

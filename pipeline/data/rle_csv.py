@@ -32,7 +32,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 
-__all__ = ["REQUIRED", "Problem", "RleTable", "parse_rle_table", "read_rle_table"]
+__all__ = ["REQUIRED", "Problem", "RleTable", "parse_rle_table", "read_rle_table", "summary"]
 
 #: The columns every run-length CSV has.
 REQUIRED = ("ImageId", "EncodedPixels")
@@ -62,6 +62,16 @@ class Problem:
         if self.image_id:
             parts.append(self.image_id)
         return ": ".join([*parts, self.message])
+
+
+def summary(problems: Sequence[Problem], more: str = "problem(s)") -> str:
+    """The first of ``problems``, and how many more there are.
+
+    >>> summary([Problem(2, "a", "x"), Problem(5, "b", "y")])
+    'line 2: a: x (and 1 more problem(s))'
+    """
+    rest = len(problems) - 1
+    return f"{problems[0]}" + (f" (and {rest} more {more})" if rest else "")
 
 
 @dataclass(frozen=True)

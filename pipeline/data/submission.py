@@ -54,7 +54,7 @@ import pandas as pd
 
 from pipeline.data import dataset
 from pipeline.data.rle import RLEError, decode_flat_indices, encode_labels
-from pipeline.data.rle_csv import REQUIRED, Problem, read_rle_table
+from pipeline.data.rle_csv import REQUIRED, Problem, read_rle_table, summary
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, atomic_write_text
 
@@ -352,8 +352,7 @@ def read_submission_metadata(csv_path: str | os.PathLike[str]) -> dict[str, Any]
 
 
 def _problems_error(path: Path, problems: Sequence[Problem]) -> PipelineError:
-    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-    return PipelineError(f"{path}: {problems[0]}{more}")
+    return PipelineError(f"{path}: {summary(problems)}")
 
 
 def read_submission(path: str | os.PathLike[str], required: Sequence[str] = HEADER) -> pd.DataFrame:

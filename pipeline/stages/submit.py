@@ -32,6 +32,7 @@ from pipeline.data.kaggle_api import (
     wait_for_scores,
 )
 from pipeline.data.reconcile import check_submission_summary
+from pipeline.data.rle_csv import summary as problems_summary
 from pipeline.data.submission import metadata_path, read_submission_metadata
 from pipeline.errors import PipelineError
 
@@ -138,12 +139,10 @@ def check_for_upload(csv_path: Path, images_dir: Path) -> None:
     """Refuse a submission that `check_submission_summary` finds a problem in."""
     summary = check_submission_summary(csv_path, images_dir)
     if summary.problems:
-        more = len(summary.problems) - 1
         raise PipelineError(
-            f"{csv_path} is not a valid submission for {images_dir}: {summary.problems[0]}"
-            + (f" (and {more} more problem(s))" if more else "")
-            + f"; nothing was submitted (./run.sh check-submission {csv_path} --images "
-            f"{images_dir} lists every problem)"
+            f"{csv_path} is not a valid submission for {images_dir}: "
+            f"{problems_summary(summary.problems)}; nothing was submitted (./run.sh "
+            f"check-submission {csv_path} --images {images_dir} lists every problem)"
         )
     log.info(
         "%s: valid for %s (%d rows, %d images, %d nuclei)",
