@@ -141,24 +141,24 @@ def phase_predict(
     images, 0: all), post-processing included, in ``precision`` (float32 or bfloat16,
     `PredictConfig.precision`), the network run by ``engine`` (`PredictConfig.engine`)."""
     from pipeline.core import device
-    from pipeline.core.model_store import load_model
+    from pipeline.core.model_store import load_trained_network
     from pipeline.data.dataset import list_image_ids
-    from pipeline.inference.engines import load_network
+    from pipeline.inference.model import NucleusModel
     from pipeline.inference.predict import iter_predictions
 
     description = device.configure("auto", precision)
-    keras_model, config = load_model(model_dir)
-    model = keras_model if engine == "keras" else load_network(model_dir, engine, precision)
+    settings = {"engine": engine, "precision": precision, "tta": tta}
+    model = NucleusModel.load(model_dir, settings, device="auto")
+    keras_model = model.network if engine == "keras" else load_trained_network(model_dir)
     if engine != "keras":
         import onnxruntime
 
         description = f"CPU, {precision}, onnxruntime {onnxruntime.__version__}"
-    config.predict.tta = tta
     ids = list_image_ids(images_dir)[: limit or None]
-    list(iter_predictions(model, images_dir, ids[:2], config, progress=False))  # warm-up
+    list(iter_predictions(model, images_dir, ids[:2], progress=False))  # warm-up
     started = time.perf_counter()
     pixels = 0
-    for _, labels in iter_predictions(model, images_dir, ids, config, progress=False):
+    for _, labels in iter_predictions(model, images_dir, ids, progress=False):
         pixels += labels.size
     seconds = time.perf_counter() - started
     flops = network_flops_per_pixel(keras_model) * (8 if tta else 1)

@@ -29,18 +29,15 @@ def phase(model_dir: Path, side: int, tile_size: int) -> dict:
     """Predict the synthetic image once (after loading the model); time and peak memory."""
     import numpy as np
 
-    from pipeline.core import device
-    from pipeline.core.model_store import load_model
     from pipeline.data.synthetic import make_sample
-    from pipeline.inference.predict import predict_probabilities
+    from pipeline.inference.model import NucleusModel
 
-    device.configure("cpu", "float32")
-    model, config = load_model(model_dir)
-    config.predict.tile_size = tile_size
+    settings = {"engine": "keras", "precision": "float32", "tta": False, "tile_size": tile_size}
+    model = NucleusModel.load(model_dir, settings, device="cpu")
     image, _ = make_sample(np.random.default_rng(0), side, side, "fluorescence")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    prob = predict_probabilities(model, [image], config, tta=False)[0]
+    prob = model.predict_probabilities([image])[0]
     seconds = time.perf_counter() - started
     return {
         "side": side,

@@ -62,15 +62,13 @@ def size_figures(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, f
 def measure(model_dir: Path, grow: list[int]) -> list[dict]:
     from skimage.segmentation import expand_labels
 
-    from pipeline.core import device
-    from pipeline.core.model_store import load_model
     from pipeline.data.dataset import labels_from_rle_csv, load_samples
     from pipeline.evaluation.metric import score_images
     from pipeline.evaluation.validation import validation_samples
-    from pipeline.inference.predict import predict_labels
+    from pipeline.inference.model import NucleusModel
 
-    device.configure("cpu", "float32")
-    model, config = load_model(model_dir)
+    settings = {"engine": "keras", "precision": "float32", "tta": False}
+    model = NucleusModel.load(model_dir, settings, device="cpu")
     truth = labels_from_rle_csv(ROOT / "input" / "stage1_solution.csv")
     sets = {
         "validation": validation_samples(model_dir),
@@ -81,7 +79,7 @@ def measure(model_dir: Path, grow: list[int]) -> list[dict]:
         pairs = {}
         for start in range(0, len(samples), 8):
             chunk = samples[start : start + 8]
-            predicted = predict_labels(model, [s.image for s in chunk], config, tta=False)
+            predicted = model.predict_labels([s.image for s in chunk])
             for sample, labels in zip(chunk, predicted, strict=True):
                 true = sample.labels if name == "validation" else truth[sample.image_id]
                 pairs[sample.image_id] = (true, labels)

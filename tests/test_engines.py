@@ -73,23 +73,19 @@ def test_export_records_the_onnx_file_in_complete_json(onnx_model: Path) -> None
 def test_onnxruntime_gives_the_probabilities_and_labels_of_keras(
     onnx_model: Path, tta: bool
 ) -> None:
-    from pipeline.inference.predict import (
-        labels_from_probabilities,
-        load_for_prediction,
-        predict_probabilities,
-    )
+    from pipeline.inference.model import NucleusModel
 
     images = synthetic_images()
-    keras_model, config = load_for_prediction(onnx_model, {"engine": "keras"}, "cpu", True)
-    onnx_net, onnx_config = load_for_prediction(onnx_model, {"engine": "onnxruntime"}, "cpu", True)
-    assert type(onnx_net).__name__ == "OnnxNetwork"
-    expected = predict_probabilities(keras_model, images, config, tta=tta)
-    got = predict_probabilities(onnx_net, images, onnx_config, tta=tta)
+    keras_model = NucleusModel.load(onnx_model, {"engine": "keras", "tta": tta}, device="cpu")
+    onnx_model = NucleusModel.load(onnx_model, {"engine": "onnxruntime", "tta": tta}, device="cpu")
+    assert type(onnx_model.network).__name__ == "OnnxNetwork"
+    expected = keras_model.predict_probabilities(images)
+    got = onnx_model.predict_probabilities(images)
     for want, have in zip(expected, got, strict=True):
         assert have.shape == want.shape and have.dtype == np.float32
         assert np.abs(have - want).max() < 1e-5
         assert np.array_equal(
-            labels_from_probabilities(have, config), labels_from_probabilities(want, config)
+            keras_model.labels_from_probabilities(have), keras_model.labels_from_probabilities(want)
         )
 
 
@@ -97,15 +93,16 @@ def test_a_model_without_onnx_exports_into_the_cache_not_its_folder(
     tiny_model: Path, cache: Path
 ) -> None:
     from pipeline.inference.engines import OnnxNetwork
-    from pipeline.inference.predict import load_for_prediction
+    from pipeline.inference.model import NucleusModel
 
     before = folder_state(tiny_model)
-    network, _ = load_for_prediction(tiny_model, {"engine": "onnxruntime"}, "cpu", True)
+    settings = {"engine": "onnxruntime"}
+    network = NucleusModel.load(tiny_model, settings, device="cpu").network
     assert isinstance(network, OnnxNetwork)
     assert network.path.parent == cache / "onnx" and network.path.is_file()
     assert folder_state(tiny_model) == before
     exported = network.path.stat().st_mtime_ns
-    again, _ = load_for_prediction(tiny_model, {"engine": "onnxruntime"}, "cpu", True)
+    again = NucleusModel.load(tiny_model, settings, device="cpu").network
     assert again.path == network.path and network.path.stat().st_mtime_ns == exported
     # A Dask worker or a page gets it as its file and opens its own session.
     copy = pickle.loads(pickle.dumps(network))

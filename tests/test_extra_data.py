@@ -267,11 +267,11 @@ def test_init_starts_from_the_models_exact_weights(tiny_model, tmp_path):
     import keras
 
     from pipeline.config import Config
-    from pipeline.core.model_store import load_model
+    from pipeline.core.model_store import load_trained_network
     from pipeline.learning import training
 
     config = Config.load(tiny_model / "config.json")
-    expected, _ = load_model(tiny_model, tuned=False)
+    expected = load_trained_network(tiny_model)
     with training.contextlib.ExitStack() as stack:
         model, *_ = training._build_or_resume(
             config, tmp_path / "m", False, "cpu", 1, stack, init=tiny_model

@@ -129,30 +129,30 @@ def test_unetpp_has_one_head_per_top_level_node():
 def test_unetpp_prediction_averages_the_heads_or_uses_one():
     from pipeline.core.models import build_model, select_heads
     from pipeline.errors import PipelineError
-    from pipeline.inference.predict import _predict_batch, _run_model
+    from pipeline.inference.model import _predict_batch, _run_network
 
     model = build_model(ModelConfig(arch="unetpp", base_filters=4, depth=2, batch_norm=False))
     x = np.random.default_rng(1).normal(size=(2, 8, 12, 3)).astype("float32")
     head1, head2 = _outputs_as_list(model(x, training=False))
     assert not np.allclose(head1, head2)
-    assert np.allclose(_run_model(model, x), (head1 + head2) / 2, atol=1e-6)
-    assert np.allclose(_run_model(model, x, "all"), (head1 + head2) / 2, atol=1e-6)
-    assert np.allclose(_run_model(model, x, "1"), head1, atol=1e-6)
-    assert np.allclose(_run_model(model, x, "2"), head2, atol=1e-6)
+    assert np.allclose(_run_network(model, x), (head1 + head2) / 2, atol=1e-6)
+    assert np.allclose(_run_network(model, x, "all"), (head1 + head2) / 2, atol=1e-6)
+    assert np.allclose(_run_network(model, x, "1"), head1, atol=1e-6)
+    assert np.allclose(_run_network(model, x, "2"), head2, atol=1e-6)
     # Fast mode: the network cut after head 1 skips the nodes only head 2 needs.
     fast = select_heads(model, "1")
     assert fast is select_heads(model, "1") and fast.count_params() < model.count_params()
     # TTA of one head: each flip's result brought back, then averaged.
     assert _predict_batch(model, x, tta=True, heads="1").shape == head1.shape
     with pytest.raises(PipelineError, match="has 2 output heads"):
-        _run_model(model, x, "3")
+        _run_network(model, x, "3")
 
 
 def test_heads_setting_is_checked():
     from pipeline.config import PredictConfig, check_heads
     from pipeline.core.models import build_model
     from pipeline.errors import PipelineError
-    from pipeline.inference.predict import _run_model
+    from pipeline.inference.model import _run_network
 
     assert PredictConfig().heads == "all"
     assert check_heads("ALL") == "all" and check_heads(3) == "3"
@@ -161,22 +161,21 @@ def test_heads_setting_is_checked():
             check_heads(bad)
     unet = build_model(ModelConfig(base_filters=4, depth=1))
     x = np.zeros((1, 4, 4, 3), "float32")
-    assert _run_model(unet, x, "1").shape == _run_model(unet, x, "all").shape == (1, 4, 4, 1)
+    assert _run_network(unet, x, "1").shape == _run_network(unet, x, "all").shape == (1, 4, 4, 1)
     with pytest.raises(PipelineError, match="has 1 output head$"):
-        _run_model(unet, x, "2")
+        _run_network(unet, x, "2")
 
 
 def test_predict_probabilities_uses_the_configured_heads():
     from pipeline.config import Config
     from pipeline.core.models import build_model
-    from pipeline.inference.predict import predict_probabilities
+    from pipeline.inference.model import NucleusModel
 
     config = Config(model=ModelConfig(arch="unetpp", base_filters=4, depth=2))
-    model = build_model(config.model)
+    model = NucleusModel.of_network(build_model(config.model), config)
     image = np.random.default_rng(2).integers(0, 255, size=(10, 7, 3), dtype=np.uint8)
-    averaged = predict_probabilities(model, [image], config)[0]
-    config.predict.heads = "2"
-    second = predict_probabilities(model, [image], config)[0]
+    averaged = model.predict_probabilities([image])[0]
+    second = model.with_settings(heads="2").predict_probabilities([image])[0]
     assert averaged.shape == second.shape == (10, 7, 1)
     assert not np.allclose(averaged, second)
 

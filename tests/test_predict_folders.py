@@ -175,8 +175,8 @@ def test_more_nuclei_than_a_16_bit_png_holds_go_to_a_32_bit_tiff(tmp_path):
 def test_the_progress_bar_moves_image_by_image_within_a_chunk(tiny_model, tiny_demo, monkeypatch):
     """Half an image when the network is done with it, the other half when its nuclei are
     found: the bar moves through a chunk of 32 images instead of jumping at its end."""
-    from pipeline.core.model_store import load_model
     from pipeline.inference import predict
+    from pipeline.inference.model import NucleusModel
 
     positions: list[float] = []
 
@@ -192,9 +192,9 @@ def test_the_progress_bar_moves_image_by_image_within_a_chunk(tiny_model, tiny_d
             pass
 
     monkeypatch.setattr(predict, "tqdm", Bar)
-    model, config = load_model(tiny_model)
+    model = NucleusModel.load(tiny_model, device="cpu")
     files = list_image_files(tiny_demo.test_dir).files
-    at_yield = [positions[-1] for _ in predict.iter_file_predictions(model, files, config)]
+    at_yield = [positions[-1] for _ in predict.iter_file_predictions(model, files)]
     assert positions == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
     assert at_yield == [2.0, 2.5, 3.0]
 

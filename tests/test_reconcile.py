@@ -1,7 +1,7 @@
 """The four readers of a submission say the same words about the same fault.
 
 ``check-submission``, ``score`` and ``report`` (through the command line) and predict's own
-check (`pipeline.inference.predict.check_predictions`, called directly) all match a
+check (`pipeline.inference.output_checks.check_predictions`, called directly) all match a
 submission with its images through `pipeline.data.reconcile`. Each broken CSV below has one
 fault, and the problem's text, word for word, is in what all four give. What they do with
 it differs: check-submission prints it, predict's check returns it, score refuses the file,
@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.data.dataset import list_image_files
 from pipeline.data.reconcile import Images, images_of_files, read_labels, reconcile
 from pipeline.errors import PipelineError
-from pipeline.inference.predict import check_predictions
+from pipeline.inference.output_checks import check_predictions
 
 # Two tiny images in Kaggle layout, id -> (height, width), and the true rows of each.
 SHAPES = {"a": (6, 5), "b": (4, 4)}

@@ -195,7 +195,8 @@ def test_prediction_estimates_the_scale_then_predicts_there(monkeypatch):
     """A stand-in network that marks bright pixels: the first pass measures discs of
     diameter about 10 at the image's own scale, the second at twice it (target 20), which
     needs no further change; the result comes back at the image's own size."""
-    from pipeline.inference import predict
+    from pipeline.inference import model as model_module
+    from pipeline.inference.model import NucleusModel
 
     calls: list[tuple[tuple[int, int], bool]] = []
 
@@ -203,7 +204,7 @@ def test_prediction_estimates_the_scale_then_predicts_there(monkeypatch):
         calls.append((images[0].shape[:2], tta))
         return [(image[..., :1] > 100).astype(np.float32) for image in images]
 
-    monkeypatch.setattr(predict, "_predict_as_trained", bright_pixels)
+    monkeypatch.setattr(model_module, "_predict_as_trained", bright_pixels)
     labels = _discs((100, 130), 5, 25)
     image = np.where(labels[..., None] > 0, 200, 10).astype(np.uint8).repeat(3, axis=2)
     config = Config()
@@ -214,18 +215,23 @@ def test_prediction_estimates_the_scale_then_predicts_there(monkeypatch):
     factor = 20.0 / median_diameter(labels)
     scaled = (round(100 * factor), round(130 * factor))
 
-    (prob,) = predict.predict_probabilities(None, [image], config, tta=False)
+    (prob,) = (
+        NucleusModel.of_network(None, config)
+        .with_settings(tta=False)
+        .predict_probabilities([image])
+    )
     assert calls == [((100, 130), False), (scaled, False)]  # the second pass is the result
     assert prob.shape == (100, 130, 1) and prob.dtype == np.float32
     np.testing.assert_array_equal(prob[..., 0] > 0.5, labels > 0)
 
     calls.clear()
-    predict.predict_probabilities(None, [image], config, tta=True)
+    NucleusModel.of_network(None, config).with_settings(tta=True).predict_probabilities([image])
     assert calls == [((100, 130), False), (scaled, False), (scaled, True)]
 
 
 def test_prediction_of_an_empty_image_stays_at_its_own_scale(monkeypatch):
-    from pipeline.inference import predict
+    from pipeline.inference import model as model_module
+    from pipeline.inference.model import NucleusModel
 
     calls: list[tuple[int, int]] = []
 
@@ -233,10 +239,12 @@ def test_prediction_of_an_empty_image_stays_at_its_own_scale(monkeypatch):
         calls.extend(image.shape[:2] for image in images)
         return [np.zeros((*image.shape[:2], 1), np.float32) for image in images]
 
-    monkeypatch.setattr(predict, "_predict_as_trained", nothing)
+    monkeypatch.setattr(model_module, "_predict_as_trained", nothing)
     config = Config()
     config.train.resize_policy = "nucleus"
-    (prob,) = predict.predict_probabilities(None, [np.zeros((33, 47, 3), np.uint8)], config)
+    (prob,) = NucleusModel.of_network(None, config).predict_probabilities(
+        [np.zeros((33, 47, 3), np.uint8)]
+    )
     assert calls == [(33, 47), (33, 47)]  # measured twice, nothing to rescale or redo
     assert prob.shape == (33, 47, 1) and not prob.any()
 
@@ -302,7 +310,8 @@ def test_prediction_at_several_scales_keeps_the_most_confident_at_the_image_size
     """A stand-in network that is sure of discs 10 pixels across and unsure of others: of
     the factors 0.5, 1 and 2, an image of discs 20 across is kept at 0.5 and one of discs 10
     across at 1; both come back at their own size."""
-    from pipeline.inference import predict
+    from pipeline.inference import model as model_module
+    from pipeline.inference.model import NucleusModel
 
     calls: list[tuple[tuple[int, int], bool]] = []
 
@@ -318,7 +327,7 @@ def test_prediction_at_several_scales_keeps_the_most_confident_at_the_image_size
             probs.append(np.where(bright, 0.95 if sure else 0.6, 0.05).astype(np.float32))
         return probs
 
-    monkeypatch.setattr(predict, "_predict_as_trained", sure_of_size_ten)
+    monkeypatch.setattr(model_module, "_predict_as_trained", sure_of_size_ten)
     large = _discs((120, 160), 10, 40)
     small = _discs((120, 160), 5, 30)
     images = [
@@ -329,8 +338,10 @@ def test_prediction_at_several_scales_keeps_the_most_confident_at_the_image_size
     config.predict.scales = "0.5,1,2"
 
     ticks: list[int] = []  # the progress bar's: once an image, during the last factor
-    probs = predict.predict_probabilities(
-        None, images, config, tta=True, on_image=lambda: ticks.append(len(calls))
+    probs = (
+        NucleusModel.of_network(None, config)
+        .with_settings(tta=True)
+        .predict_probabilities(images, on_image=lambda: ticks.append(len(calls)))
     )
     assert ticks == [5, 6]
     assert [shape for shape, _ in calls] == [(60, 80)] * 2 + [(120, 160)] * 2 + [(240, 320)] * 2
@@ -359,7 +370,8 @@ def test_a_nucleus_policy_model_sets_its_own_scale_whatever_the_presets_scales(m
     validation and tuning take the nucleus policy's two passes instead (they used to stop
     with an error after the first epoch)."""
     from pipeline.config import preset
-    from pipeline.inference import predict
+    from pipeline.inference import model as model_module
+    from pipeline.inference.model import NucleusModel
 
     calls: list[tuple[int, int]] = []
 
@@ -367,10 +379,12 @@ def test_a_nucleus_policy_model_sets_its_own_scale_whatever_the_presets_scales(m
         calls.extend(image.shape[:2] for image in images)
         return [np.zeros((*image.shape[:2], 1), np.float32) for image in images]
 
-    monkeypatch.setattr(predict, "_predict_as_trained", nothing)
+    monkeypatch.setattr(model_module, "_predict_as_trained", nothing)
     config = preset("default")
     assert config.predict.scales == "0.5,1"
     config.train.resize_policy = "nucleus"
-    (prob,) = predict.predict_probabilities(None, [np.zeros((33, 47, 3), np.uint8)], config)
+    (prob,) = NucleusModel.of_network(None, config).predict_probabilities(
+        [np.zeros((33, 47, 3), np.uint8)]
+    )
     assert calls == [(33, 47), (33, 47)]  # the nucleus policy's passes, no 0.5x one
     assert prob.shape == (33, 47, 1)

@@ -79,19 +79,12 @@ def test_health_and_model(client, model_dir):
 
 
 def test_segment_answers_the_count_measurements_and_encodings_of_the_prediction(client, segmenter):
-    from pipeline.inference.predict import predict_labels
-
     image = _nuclei_image()
     answer = _post(client, _encoded(image, "PNG"), threshold=0.4, tta="false")
     assert answer.status_code == 200, answer.text
     body = answer.json()
     rgb = np.repeat(image[:, :, None], 3, axis=2)
-    segmenter.config.predict.threshold, saved = 0.4, segmenter.config.predict.threshold
-    segmenter.config.predict.tta, saved_tta = False, segmenter.config.predict.tta
-    try:
-        expected = predict_labels(segmenter.model, [rgb], segmenter.config)[0]
-    finally:
-        segmenter.config.predict.threshold, segmenter.config.predict.tta = saved, saved_tta
+    expected = segmenter.model.predict_labels([rgb], threshold=0.4, tta=False)[0]
     assert body["count"] == int(expected.max()) == len(body["nuclei"])
     assert (body["height"], body["width"], body["image_id"]) == (80, 96, "cells")
     assert body["settings"]["threshold"] == 0.4 and body["settings"]["tta"] is False
@@ -222,6 +215,6 @@ def test_nothing_is_written_to_disk(client, tmp_path, monkeypatch):
 def test_the_page_shows_the_model_and_its_tuned_settings(client, segmenter):
     page = client.get("/").text
     assert "Model <code>tiny</code>" in page
-    threshold = segmenter.config.predict.threshold
+    threshold = segmenter.model.config.predict.threshold
     assert f'id="threshold" min="0" max="1" step="0.05"\n         value="{threshold}"' in page
     assert 'id="files" multiple' in page

@@ -179,7 +179,7 @@ def test_a_run_is_the_same_run_whether_its_folder_is_given_relative_or_absolute(
     config = preset("demo")
     image = tmp_path / "a.png"
     monkeypatch.chdir(tmp_path)
-    relative = _run_key(model_dir, config, [ImageFile("a", Path("a.png"))])
-    assert relative == _run_key(model_dir, config, [ImageFile("a", image)])
+    relative = _run_key(model_dir, config.predict, [ImageFile("a", Path("a.png"))])
+    assert relative == _run_key(model_dir, config.predict, [ImageFile("a", image)])
     config.predict.threshold = 0.7
-    assert relative != _run_key(model_dir, config, [ImageFile("a", image)])
+    assert relative != _run_key(model_dir, config.predict, [ImageFile("a", image)])

@@ -101,23 +101,19 @@ def test_network_prediction_in_tiles_matches_the_whole_image():
     pytest.importorskip("keras")
     from pipeline.config import Config, ModelConfig
     from pipeline.core.models import build_model
-    from pipeline.inference.predict import predict_probabilities
+    from pipeline.inference.model import NucleusModel
 
     config = Config(model=ModelConfig(base_filters=4, depth=2))
-    model = build_model(config.model, out_channels=2)
+    model = NucleusModel.of_network(build_model(config.model, out_channels=2), config)
     image = np.random.default_rng(3).integers(0, 255, size=(150, 230, 3), dtype=np.uint8)
-    config.predict.tile_size = 0
-    whole = predict_probabilities(model, [image], config)[0]
-    config.predict.tile_size, config.predict.tile_margin = 128, 48
-    tiled = predict_probabilities(model, [image], config)[0]
+    whole = model.with_settings(tile_size=0).predict_probabilities([image])[0]
+    tiled = model.with_settings(tile_size=128, tile_margin=48).predict_probabilities([image])[0]
     assert tiled.shape == whole.shape == (150, 230, 2)
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     # With TTA, tiles (rectangular where the image is narrower than a tile) agree too.
     small = image[:100]
-    config.predict.tile_size = 0
-    whole_tta = predict_probabilities(model, [small], config, tta=True)[0]
-    config.predict.tile_size = 128
-    tiled_tta = predict_probabilities(model, [small], config, tta=True)[0]
+    whole_tta = model.with_settings(tile_size=0, tta=True).predict_probabilities([small])[0]
+    tiled_tta = model.with_settings(tile_size=128, tta=True).predict_probabilities([small])[0]
     np.testing.assert_allclose(tiled_tta, whole_tta, atol=1e-5)
 
 
@@ -143,7 +139,7 @@ def test_tile_size_flag_refuses_what_is_not_a_size(value, capsys):
 
 def test_batches_are_bounded_in_pixels():
     """At most MAX_BATCH_PIXELS (a megapixel) per batch, and never fewer than one image."""
-    from pipeline.inference.predict import MAX_BATCH_PIXELS, _images_per_batch
+    from pipeline.inference.model import MAX_BATCH_PIXELS, _images_per_batch
 
     assert MAX_BATCH_PIXELS == 1024 * 1024
     assert [_images_per_batch(4, side, side) for side in (256, 544, 1024, 2048)] == [4, 3, 1, 1]

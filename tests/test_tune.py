@@ -34,12 +34,13 @@ def test_the_default_settings_of_each_preset_are_in_its_grid_or_added():
     """The presets' untuned settings are tried by the default grids themselves."""
     from pipeline.config import preset
     from pipeline.core.model_store import target_channels
-    from pipeline.inference.predict import postprocess_params
+    from pipeline.inference.model import NucleusModel
 
     for name in ("default", "seeds-baseline", "demo"):
         config = preset(name)
         grids = default_grid(tuple(target_channels(config)))
-        assert any(covers(grid, postprocess_params(config)) for grid in grids), name
+        params = NucleusModel.of_network(None, config).postprocess_params()
+        assert any(covers(grid, params) for grid in grids), name
 
 
 def test_documented_example_holds():

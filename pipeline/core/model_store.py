@@ -18,7 +18,7 @@
   ``model.weights.h5``, of ``config.json`` and of ``thresholds.json`` (`COVERED_FILES`:
   every file that decides a prediction) and whether ``thresholds.json`` was tuned.
 
-A folder without ``complete.json`` is an unfinished run: ``load_model`` refuses it (``train
+A folder without ``complete.json`` is an unfinished run: loading refuses it (``train
 --resume`` finishes it), and refuses weights, a config or thresholds whose checksum is not
 the recorded one (``predict --force-edited`` predicts with an edited config or thresholds
 on purpose). A complete.json written before the config and thresholds were covered checks
@@ -240,7 +240,7 @@ def target_channels(config: Config) -> tuple[str, ...]:
         ) from None
 
 
-def _check_model_files(model_dir: Path) -> None:
+def check_model_files(model_dir: Path) -> None:
     """Refuse a folder that is not there, or lacks the config or the weights."""
     if not model_dir.is_dir():
         raise PipelineError(f"{model_dir}: no such model folder (train one with ./run.sh train)")
@@ -253,18 +253,18 @@ def check_finished(model_dir: Path, edited_ok: bool = False) -> None:
     """Refuse anything but a finished model: a missing folder or file, an interrupted
     training or tuning, weights, config or thresholds changed since (`check_complete`;
     ``edited_ok``: the last two are only warned about)."""
-    _check_model_files(Path(model_dir))
+    check_model_files(Path(model_dir))
     check_complete(Path(model_dir), edited_ok)
 
 
-def load_model(model_dir: Path, tuned: bool = True, finished: bool = True, edited_ok: bool = False):
-    """Build the network from ``config.json`` and load ``model.weights.h5``.
+def load_trained_network(model_dir: Path, finished: bool = True, edited_ok: bool = False):
+    """The Keras network that ``config.json`` describes, with ``model.weights.h5`` loaded.
 
-    Returns ``(model, config)``, the config's ``predict`` settings from thresholds.json
-    when ``tuned``. With ``finished`` (all but training's own steps), the folder must be a
-    finished model whose files match their recorded checksums (``edited_ok``: an edited
-    config or thresholds file is only warned about). Raises ``PipelineError`` naming what
-    is missing or wrong.
+    With ``finished`` (all but training's own steps), the folder must be a finished model
+    whose files match their recorded checksums (``edited_ok``: an edited config or
+    thresholds file is only warned about). Raises ``PipelineError`` naming what is missing
+    or wrong. Prediction uses a model through `pipeline.inference.model.NucleusModel`;
+    this is the network alone, for the exports and the engines.
     """
     from pipeline.core.models import build_model
 
@@ -272,8 +272,8 @@ def load_model(model_dir: Path, tuned: bool = True, finished: bool = True, edite
     if finished:
         check_finished(model_dir, edited_ok)
     else:
-        _check_model_files(model_dir)
-    config = load_config(model_dir, tuned=tuned)
+        check_model_files(model_dir)
+    config = load_config(model_dir, tuned=False)
     # No pretrained encoder weights (nor their download): the trained ones replace them.
     model = build_model(config.model, out_channels=len(target_channels(config)), pretrained=False)
     try:
@@ -287,7 +287,7 @@ def load_model(model_dir: Path, tuned: bool = True, finished: bool = True, edite
             f"{model_dir / CONFIG_FILE} describes; is it the config they were trained with? "
             f"({type(error).__name__}: {first_line[:160]})"
         ) from error
-    return model, config
+    return model
 
 
 def compact_weights(model_dir: Path) -> None:
@@ -298,7 +298,7 @@ def compact_weights(model_dir: Path) -> None:
     """
     from pipeline.fileio import atomic_path
 
-    model, _ = load_model(model_dir, tuned=False, finished=False)
+    model = load_trained_network(model_dir, finished=False)
     with atomic_path(Path(model_dir) / WEIGHTS_FILE) as tmp:
         keras_tmp = tmp.with_suffix(".weights.h5")
         model.save_weights(str(keras_tmp))

@@ -270,7 +270,7 @@ def build_model(config: ModelConfig, out_channels: int = 1, pretrained: bool = T
     """The network named by ``config.arch``.
 
     ``pretrained=False`` leaves out pretrained encoder weights (no download): for a model
-    whose trained weights are loaded next (``pipeline.core.model_store.load_model``).
+    whose trained weights are loaded next (``pipeline.core.model_store.load_trained_network``).
     """
     if config.arch == "unet":
         return build_unet(config, out_channels=out_channels)

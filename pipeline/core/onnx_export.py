@@ -35,7 +35,7 @@ from pipeline.core.model_store import (
     check_complete,
     file_sha256,
     load_config,
-    load_model,
+    load_trained_network,
     write_json,
 )
 from pipeline.errors import PipelineError
@@ -118,7 +118,7 @@ def add_onnx(model_dir: Path) -> Path:
     """
     model_dir = Path(model_dir)
     record = check_complete(model_dir)
-    model, _ = load_model(model_dir, tuned=False)
+    model = load_trained_network(model_dir)
     target = export_onnx(model, model_dir / ONNX_FILE)
     record[ONNX_KEY] = file_sha256(target)
     write_json(model_dir / COMPLETE_FILE, record)
@@ -155,6 +155,6 @@ def onnx_file(model_dir: Path, edited_ok: bool = False) -> Path:
             "--onnx stores it in the model folder)",
             model_dir, ONNX_FILE, cached, model_dir,
         )  # fmt: skip
-        model, _ = load_model(model_dir, tuned=False, edited_ok=edited_ok)
+        model = load_trained_network(model_dir, edited_ok=edited_ok)
         export_onnx(model, cached)
     return cached

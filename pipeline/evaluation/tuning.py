@@ -20,7 +20,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.evaluation.metric import score_image
+from pipeline.core.model_store import (
+    SCORES_FILE,
+    THRESHOLDS_FILE,
+    is_complete,
+    mark_complete,
+    read_json,
+    write_json,
+)
+from pipeline.evaluation.metric import score_image, score_images
+from pipeline.evaluation.validation import kind_means, validation_samples
+from pipeline.inference.model import NucleusModel
 from pipeline.inference.postprocess import (
     PARAM_NAMES,
     ChannelMaps,
@@ -223,17 +233,14 @@ def search(
     return params, float(best["score"]), table
 
 
-def _search_both(model, samples, config, base: dict[str, Any]) -> dict[bool, tuple]:
+def _search_both(model: NucleusModel, samples, base: dict[str, Any]) -> dict[bool, tuple]:
     """The grid search without and with TTA: ``{tta: (params, score, table, probs)}``."""
-    from pipeline.core.model_store import target_channels
-    from pipeline.inference.predict import predict_probabilities
-
-    channels = target_channels(config)
+    channels = model.channels
     truths = [s.labels for s in samples]
     results = {}
     for tta in (False, True):
         started = time.time()
-        probs = predict_probabilities(model, [s.image for s in samples], config, tta=tta)
+        probs = model.with_settings(tta=tta).predict_probabilities([s.image for s in samples])
         params, score, table = search(probs, truths, channels, default_grid(channels), base)
         results[tta] = (params, score, table, probs)
         log.info(
@@ -252,15 +259,13 @@ def _untuned_score(table: list[dict[str, Any]], base: dict[str, Any]) -> float:
     return next(rows, float("nan"))
 
 
-def _tuned_record(results: dict[bool, tuple], samples, config, base: dict[str, Any]) -> dict:
+def _tuned_record(
+    results: dict[bool, tuple], samples, model: NucleusModel, base: dict[str, Any]
+) -> dict:
     """What thresholds.json holds: the best settings, TTA only where it helped."""
-    from pipeline.core.model_store import target_channels
-    from pipeline.evaluation.metric import score_images
-    from pipeline.evaluation.validation import kind_means
-
     use_tta = results[True][1] > results[False][1]
     params, score, table, probs = results[use_tta]
-    channels = target_channels(config)
+    channels = model.channels
     predicted = {
         s.image_id: (s.labels, instances_from_channels(prob, channels, params))
         for s, prob in zip(samples, probs, strict=True)
@@ -268,7 +273,7 @@ def _tuned_record(results: dict[bool, tuple], samples, config, base: dict[str, A
     per_kind = kind_means(score_images(predicted).per_image, samples)
     return {
         "params": {**params, "tta": use_tta},
-        "heads": config.predict.heads,  # the output heads the settings were tuned with
+        "heads": model.config.predict.heads,  # the output heads the settings were tuned with
         "validation_score": round(score, 6),
         "validation_score_without_tta": round(results[False][1], 6),
         "validation_score_with_tta": round(results[True][1], 6),
@@ -283,29 +288,21 @@ def tune_model(model_dir: Path, images_dir: Path | None = None, device: str = "a
     """Tune ``model_dir``'s post-processing on its validation split; write thresholds.json
     (and the tuned score into scores.json). ``device`` was chosen by the entry point
     (`pipeline.core.device.select_device`)."""
-    from pipeline.core import device as device_module
-    from pipeline.core.model_store import (
-        SCORES_FILE,
-        THRESHOLDS_FILE,
-        is_complete,
-        load_model,
-        mark_complete,
-        read_json,
-        write_json,
-    )
-    from pipeline.evaluation.validation import validation_samples
-    from pipeline.inference.predict import postprocess_params
-
     model_dir = Path(model_dir)
-    device_module.configure(device, "float32")
     # A finished model's weights are checked; training tunes its own before finishing it.
-    finished = is_complete(model_dir)
-    model, config = load_model(model_dir, tuned=False, finished=finished)
+    # Tuned in float32 by Keras, whatever the model's own prediction settings say.
+    model = NucleusModel.load(
+        model_dir,
+        {"engine": "keras", "precision": "float32"},
+        device=device,
+        tuned=False,
+        finished=is_complete(model_dir),
+    )
     samples = validation_samples(model_dir, images_dir)
-    base = postprocess_params(config)
-    tuned = _tuned_record(_search_both(model, samples, config, base), samples, config, base)
+    base = model.postprocess_params()
+    tuned = _tuned_record(_search_both(model, samples, base), samples, model, base)
     write_json(model_dir / THRESHOLDS_FILE, tuned)
-    if finished:  # complete.json covers thresholds.json: record the new one
+    if model.finished:  # complete.json covers thresholds.json: record the new one
         mark_complete(model_dir, tuned=True)
     scores = read_json(model_dir / SCORES_FILE)
     if scores:

@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import paths
+from pipeline.core.model_store import SPLIT_FILE, read_json, training_images_dir
+from pipeline.data.extra import KNOWN_SETS, load_extra_set, load_labelled
 from pipeline.errors import PipelineError
+from pipeline.evaluation.metric import score_images
+from pipeline.inference.model import NucleusModel
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +38,12 @@ def kind_means(per_image: Mapping[str, float], samples: Sequence) -> dict[str, f
     }
 
 
-def score_samples(model, samples: Sequence, config) -> dict[str, Any]:
+def score_samples(model: NucleusModel, samples: Sequence) -> dict[str, Any]:
     """Competition score of ``model`` on labelled samples: overall, per kind and per image."""
-    from pipeline.evaluation.metric import score_images
-    from pipeline.inference.predict import predict_labels
-
     predicted: dict[str, np.ndarray] = {}
     for start in range(0, len(samples), 16):
         chunk = samples[start : start + 16]
-        labels = predict_labels(model, [s.image for s in chunk], config)
+        labels = model.predict_labels([s.image for s in chunk])
         predicted.update({s.image_id: lab for s, lab in zip(chunk, labels, strict=True)})
     result = score_images({s.image_id: (s.labels, predicted[s.image_id]) for s in samples})
     per_image = {k: float(v) for k, v in result.per_image.items()}
@@ -54,9 +56,6 @@ def score_samples(model, samples: Sequence, config) -> dict[str, Any]:
 
 def validation_samples(model_dir: Path, images_dir: Path | None = None) -> list:
     """The labelled validation images of a model, as its ``split.json`` records them."""
-    from pipeline.core.model_store import SPLIT_FILE, read_json, training_images_dir
-    from pipeline.data.extra import load_labelled
-
     split = read_json(Path(model_dir) / SPLIT_FILE)
     if not split.get("val"):
         raise PipelineError(f"{Path(model_dir) / SPLIT_FILE}: no validation split recorded")
@@ -78,12 +77,10 @@ def evaluate_model(
     """Score ``model_dir`` on its validation split; see the module docstring for the keys.
 
     ``device`` was chosen by the entry point (`pipeline.core.device.select_device`)."""
-    from pipeline.core.model_store import SPLIT_FILE, read_json
-    from pipeline.inference.predict import load_for_prediction, postprocess_params
-
-    model, config = load_for_prediction(Path(model_dir), overrides, device, tuned)
+    model = NucleusModel.load(model_dir, overrides, device=device, tuned=tuned)
+    config = model.config
     samples = validation_samples(model_dir, images_dir)
-    result = score_samples(model, samples, config)
+    result = score_samples(model, samples)
     held_out = read_json(Path(model_dir) / SPLIT_FILE).get("held_out_conditions")
     return {
         "score": result["score"],
@@ -93,7 +90,7 @@ def evaluate_model(
         "per_kind": result["per_kind"],
         "images": len(samples),
         "settings": {
-            **postprocess_params(config),
+            **model.postprocess_params(),
             "tta": config.predict.tta,
             "heads": config.predict.heads,
             "scales": config.predict.scales,
@@ -118,15 +115,11 @@ def score_extra_sets(
 
     ``device`` was chosen by the entry point (`pipeline.core.device.select_device`).
     """
-    from pipeline.core.model_store import SPLIT_FILE, read_json
-    from pipeline.data.extra import load_extra_set
-    from pipeline.inference.predict import load_for_prediction
-
     split = read_json(Path(model_dir) / SPLIT_FILE)
     held_val = split.get("extra_val", {})
     if not held_val:
         return {}
-    model, config = load_for_prediction(Path(model_dir), overrides, device, tuned)
+    model = NucleusModel.load(model_dir, overrides, device=device, tuned=tuned)
     records = {item["name"]: item for item in split.get("extra_sets", [])}
     results = {}
     for name, ids in sorted(held_val.items()):
@@ -135,7 +128,7 @@ def score_extra_sets(
         extra_set = load_extra_set(_recorded_location(records.get(name, {"entry": name})))
         by_id = {sample.image_id: sample for sample in extra_set.samples}
         samples = [by_id[image_id] for image_id in ids if image_id in by_id]
-        result = score_samples(model, samples, config)
+        result = score_samples(model, samples)
         results[name] = {
             "score": result["score"],
             "images": len(samples),
@@ -149,9 +142,6 @@ def score_extra_sets(
 def _recorded_location(record: dict) -> str:
     """Where to read a recorded extra set again: a known set by its name (it lives in
     ``input/external``), another by its recorded path (relative to the repository)."""
-    from pipeline import paths
-    from pipeline.data.extra import KNOWN_SETS
-
     if record["entry"] in KNOWN_SETS:
         return record["entry"]
     return str(paths.REPO_ROOT / record.get("location", record["entry"]))

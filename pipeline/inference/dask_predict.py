@@ -3,9 +3,10 @@
 The ``predict`` process is the client: it cuts the images into the chunks a
 single-process run predicts (`pipeline.inference.predict.CHUNK_IMAGES` images, the same
 boundaries, so the same batches and the same bytes), sends each chunk to a worker as one
-task, and hands the results to the one submission writer in image order as they come
-back. Each worker process chooses its device once (`_start_worker`, its first chunk),
-loads the model once (`_worker_model`) and keeps it for every chunk it is given. At most
+task with the model (`pipeline.inference.model.NucleusModel`, which pickles as its folder
+and settings), and hands the results to the one submission writer in image order as they
+come back. Each worker process chooses its device once (`_start_worker`, its first chunk),
+loads the model's network once (`_worker_model`) and keeps it for every chunk it is given. At most
 ``TASKS_PER_WORKER`` chunks per worker are in flight, so the client's memory and each
 worker's stay bounded however many images there are. A worker that dies has its chunks
 re-run on another (Dask reschedules the tasks of a lost worker; a chunk that has killed
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -34,12 +34,8 @@ import numpy as np
 
 from pipeline.core.device import select_device
 from pipeline.errors import PipelineError
-from pipeline.inference.predict import (
-    labels_from_probabilities,
-    load_for_prediction,
-    predict_probabilities,
-    progress_bar,
-)
+from pipeline.inference.model import NucleusModel
+from pipeline.inference.predict import progress_bar
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -52,9 +48,9 @@ LOCAL_PREFIX = "local:"
 TASKS_PER_WORKER = 2  # chunks queued on a worker: one running, one ready to start
 CONNECT_SECONDS = 30  # how long to wait for a scheduler, then for its first worker
 
-# One model per worker process, loaded by its first chunk: {request key: (model, config)};
+# One model per worker process, loaded by its first chunk: {its key: the loaded model};
 # the lock keeps a worker that runs several threads from loading it twice at once.
-_WORKER_MODELS: dict[tuple, tuple] = {}
+_WORKER_MODELS: dict[tuple, NucleusModel] = {}
 _WORKER_LOCK = threading.Lock()
 # The device this worker process chose (`_start_worker`), once: [] until its first chunk.
 _WORKER_STARTED: list[str] = []
@@ -143,14 +139,14 @@ def _local_cluster(n_workers: int):
         ) from None
 
 
-def _worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> tuple:
-    """The model and config of this worker process, loaded once per request."""
-    key = (model_dir, json.dumps(overrides, sort_keys=True), device, tuned)
+def _worker_model(model: NucleusModel) -> NucleusModel:
+    """This worker process's loaded copy of ``model`` (each task unpickles a new one), its
+    network loaded once: a model with other settings replaces the one kept."""
     with _WORKER_LOCK:
-        if key not in _WORKER_MODELS:
-            _WORKER_MODELS.clear()  # one model per worker: a new request replaces the old
-            _WORKER_MODELS[key] = _load_worker_model(model_dir, overrides, device, tuned)
-        return _WORKER_MODELS[key]
+        if model.key not in _WORKER_MODELS:
+            _WORKER_MODELS.clear()  # one model per worker: a new one replaces the old
+            _WORKER_MODELS[model.key] = _load_worker_model(model)
+        return _WORKER_MODELS[model.key]
 
 
 def _start_worker(device: str) -> None:
@@ -161,32 +157,31 @@ def _start_worker(device: str) -> None:
         _WORKER_STARTED.append(device)
 
 
-def _load_worker_model(model_dir: str, overrides: dict, device: str, tuned: bool) -> tuple:
-    _start_worker(device)
-    if not Path(model_dir).is_dir():
+def _load_worker_model(model: NucleusModel) -> NucleusModel:
+    _start_worker(model.device)
+    if not model.folder.is_dir():
         raise PipelineError(
-            f"{model_dir}: no such model folder on Dask worker {os.uname().nodename} "
+            f"{model.folder}: no such model folder on Dask worker {os.uname().nodename} "
             "(the workers read the model at the client's path)"
         )
-    return load_for_prediction(Path(model_dir), overrides, device, tuned)
+    model.network  # noqa: B018 - loaded here, once, not by the chunk that first predicts
+    return model
 
 
-def predict_chunk(
-    model_dir: str, overrides: dict, device: str, tuned: bool, image_paths: Sequence[str]
-) -> list[np.ndarray]:
+def predict_chunk(model: NucleusModel, image_paths: Sequence[str]) -> list[np.ndarray]:
     """The instance labels of one chunk of images, on a worker (a Dask task)."""
     from pipeline.data.images import read_pixels, to_rgb_uint8
 
-    model, config = _worker_model(model_dir, overrides, device, tuned)
+    model = _worker_model(model)
     images = [to_rgb_uint8(read_pixels(Path(path))) for path in image_paths]
-    probs = predict_probabilities(model, images, config)
+    probs = model.predict_probabilities(images)
     del images
-    return [labels_from_probabilities(prob, config) for prob in probs]
+    return [model.labels_from_probabilities(prob) for prob in probs]
 
 
 def iter_dask_predictions(
     client: Client,
-    request: tuple[Path, dict, str, bool],
+    model: NucleusModel,
     image_files: Sequence[ImageFile],
     chunk_images: int,
     with_pixels: bool = False,
@@ -196,7 +191,7 @@ def iter_dask_predictions(
     """Yield ``(image_file, labels, pixels)`` in the order of ``image_files``, predicted on
     the cluster's workers a chunk of ``chunk_images`` at a time.
 
-    ``request`` is ``(model_dir, overrides, device, tuned)``, as the workers load the model.
+    The workers receive ``model`` (its folder and settings) and load its network.
     ``pixels`` are read here, and only ``with_pixels`` (the measurements need them); else
     None. ``done`` images of the run were predicted before (a resumed run): the progress
     bar starts there, and moves as the chunks come back.
@@ -205,7 +200,6 @@ def iter_dask_predictions(
 
     bar = progress_bar(done + len(image_files), done, progress)
     try:  # the bar closed on errors too
-        model_dir, overrides, device, tuned = request
         chunks = [
             image_files[i : i + chunk_images] for i in range(0, len(image_files), chunk_images)
         ]
@@ -217,10 +211,7 @@ def iter_dask_predictions(
             while next_chunk < len(chunks) and len(pending) < limit:
                 chunk = chunks[next_chunk]
                 paths = [str(Path(f.path).resolve()) for f in chunk]
-                future = client.submit(
-                    predict_chunk, str(Path(model_dir).resolve()), overrides, device, tuned, paths,
-                    pure=False,
-                )  # fmt: skip
+                future = client.submit(predict_chunk, model, paths, pure=False)
                 pending.append((chunk, future))
                 next_chunk += 1
             chunk, future = pending.popleft()

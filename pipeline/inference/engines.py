@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import check_heads
-from pipeline.core.model_store import load_model
+from pipeline.core.model_store import load_trained_network
 from pipeline.core.onnx_export import onnx_file
 from pipeline.errors import PipelineError
 
@@ -97,15 +97,17 @@ class OnnxNetwork:
         return outputs if heads == "all" else [outputs[int(heads) - 1]]
 
 
-def load_network(model_dir: Path, engine: str, precision: str, edited_ok: bool = False):
-    """The network of a finished model as ``engine`` runs it: a Keras model, or an
-    `OnnxNetwork` (float32 only).
+def load_network(
+    model_dir: Path, engine: str, precision: str, edited_ok: bool = False, finished: bool = True
+):
+    """The network of a model as ``engine`` runs it: a Keras model, or an `OnnxNetwork`
+    (float32 only). ``finished``: the folder must be a finished model (False only for
+    training's own steps, with the Keras engine).
 
     Raises ``PipelineError`` for an unknown engine or a precision it cannot run.
     """
     if engine == "keras":
-        model, _ = load_model(model_dir, tuned=False, edited_ok=edited_ok)
-        return model
+        return load_trained_network(model_dir, finished=finished, edited_ok=edited_ok)
     if engine != "onnxruntime":
         raise PipelineError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if precision != "float32":

@@ -1,4 +1,5 @@
-"""A prediction's outputs, checked before the model is loaded (`check_outputs`).
+"""A prediction's outputs, checked before the model is loaded (`check_outputs`), and the
+submission it wrote, checked after (`check_predictions`).
 
 The submission replaces only a submission this pipeline wrote (its sidecar ``.json``,
 `pipeline.data.submission.check_submission_target`); the measurements table only a table
@@ -17,7 +18,9 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pipeline.data.reconcile import images_of_files, reconcile
 from pipeline.errors import PipelineError
 from pipeline.fileio import (
     atomic_write_text,
@@ -27,6 +30,10 @@ from pipeline.fileio import (
 )
 from pipeline.inference.measure import COLUMNS
 from pipeline.outputs import check_not_input, check_replaceable
+
+if TYPE_CHECKING:
+    from pipeline.data.dataset import ImageFile
+    from pipeline.data.rle_csv import Problem
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +174,11 @@ def check_outputs(
     for folder, option in outputs[2:]:
         if folder is not None:
             check_label_folder(Path(folder), image_ids, force, option)
+
+
+def check_predictions(out_csv: Path, image_files: Sequence[ImageFile]) -> list[Problem]:
+    """Every problem of a submission written for ``image_files`` (any layout), as
+    ``check-submission`` finds them (`pipeline.data.reconcile`): the file itself, a missing
+    or unknown ImageId, an invalid encoding, nuclei sharing pixels; the image shapes come
+    from the files' headers."""
+    return reconcile(out_csv, images_of_files(image_files)).problems()

@@ -1,9 +1,10 @@
 """Stage ``predict``'s run: one place that chooses between this process and a Dask cluster.
 
-`run_prediction` checks the outputs, takes their locks, loads the model (or, with
-``dask``, only its settings: the workers load it) and streams every image's nuclei into
-the outputs, predicted here (`pipeline.inference.predict.iter_file_predictions`) or on
-the cluster's workers (`pipeline.inference.dask_predict.iter_dask_predictions`). It sits
+`run_prediction` checks the outputs, takes their locks, loads the model
+(`pipeline.inference.model.NucleusModel`; with ``dask``, only its settings: the workers
+receive the object and load the network) and streams every image's nuclei into the
+outputs, predicted here (`pipeline.inference.predict.iter_file_predictions`) or on the
+cluster's workers (`pipeline.inference.dask_predict.iter_dask_predictions`). It sits
 above both, so that neither imports the other's caller: ``dask_predict`` uses
 ``predict``'s functions on the workers, and nothing it imports imports it back.
 """
@@ -18,17 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import Config
+from pipeline.config import PredictConfig
 from pipeline.errors import PipelineError
 from pipeline.inference.dask_predict import iter_dask_predictions, open_client
+from pipeline.inference.model import NucleusModel
 from pipeline.inference.output_checks import check_outputs, record_label_folder
-from pipeline.inference.predict import (
-    CHUNK_IMAGES,
-    PredictionOutputs,
-    iter_file_predictions,
-    load_for_prediction,
-    prediction_config,
-)
+from pipeline.inference.predict import CHUNK_IMAGES, PredictionOutputs, iter_file_predictions
 from pipeline.locks import output_locks
 
 if TYPE_CHECKING:
@@ -37,14 +33,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _run_key(model_dir: Path, config: Config, image_files: Sequence[ImageFile]) -> str:
+def _run_key(folder: Path, settings: PredictConfig, image_files: Sequence[ImageFile]) -> str:
     """What makes two prediction runs the same: the model, its settings and the images."""
-    weights = Path(model_dir) / "model.weights.h5"
+    weights = Path(folder) / "model.weights.h5"
     stat = weights.stat()
     payload = {
-        "model": str(Path(model_dir).resolve()),
+        "model": str(Path(folder).resolve()),
         "weights": [stat.st_size, stat.st_mtime_ns],
-        "predict": vars(config.predict),
+        "predict": vars(settings),
         "images": [[f.image_id, str(Path(f.path).resolve())] for f in image_files],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -52,35 +48,31 @@ def _run_key(model_dir: Path, config: Config, image_files: Sequence[ImageFile]) 
 
 def _predict_into(
     outputs: PredictionOutputs,
-    model,
-    config: Config,
+    model: NucleusModel,
     image_files: Sequence[ImageFile],
-    request: tuple,
     dask: str | None,
     chunk_images: int,
 ) -> None:
     """`run_prediction`'s work: every image not done yet, predicted here or on the Dask
-    cluster ``dask`` names (whose workers load the model as ``request`` says), into
-    ``outputs`` in image order."""
+    cluster ``dask`` names (whose workers receive the model), into ``outputs`` in image
+    order."""
     todo = [f for f in image_files if f.image_id not in outputs.done]
     done = len(image_files) - len(todo)
     if dask is None:
-        predictions = iter_file_predictions(model, todo, config, True, done, chunk_images)
+        predictions = iter_file_predictions(model, todo, True, done, chunk_images)
         with contextlib.closing(predictions):  # its bar closed before an error is shown
             for image_file, labels, pixels in predictions:
                 outputs.add(image_file.image_id, labels, pixels)
         return
     with_pixels = outputs.needs_pixels
     with open_client(dask) as client:
-        predictions = iter_dask_predictions(client, request, todo, chunk_images, with_pixels, done)
+        predictions = iter_dask_predictions(client, model, todo, chunk_images, with_pixels, done)
         with contextlib.closing(predictions):
             for image_file, labels, pixels in predictions:
                 outputs.add(image_file.image_id, labels, pixels)
 
 
-def _write_metadata(
-    out_csv: Path, model_dir: Path, config: Config, images_dir: Path, layout: str
-) -> None:
+def _write_metadata(out_csv: Path, model: NucleusModel, images_dir: Path, layout: str) -> None:
     """The submission's sidecar ``.json``: the model, config, commit, images, settings."""
     from pipeline.data.submission import write_submission_metadata
     from pipeline.provenance import git_commit
@@ -88,26 +80,26 @@ def _write_metadata(
     write_submission_metadata(
         out_csv,
         {
-            "model": str(model_dir),
-            "config": config.name,
+            "model": str(model.folder),
+            "config": model.config.name,
             "commit": git_commit(),
             "images": str(images_dir),
             "layout": layout,
-            "predict": vars(config.predict),
+            "predict": vars(model.config.predict),
         },
     )
 
 
-def _model_and_config(
+def _load_model(
     model_dir: Path, overrides: dict | None, device: str, tuned: bool, dask, edited_ok: bool
-) -> tuple:
-    """`load_for_prediction`; with ``dask`` the workers load the model, and only its
-    settings are needed here (the model is None)."""
-    if dask is None:
-        return load_for_prediction(model_dir, overrides, device, tuned, edited_ok)
-    if edited_ok:
+) -> NucleusModel:
+    """The model, checked; with ``dask`` the workers load its network, so only its
+    settings are read here."""
+    if dask is not None and edited_ok:
         raise PipelineError("--force-edited does not reach Dask workers: leave out --dask")
-    return None, prediction_config(model_dir, overrides, tuned)
+    return NucleusModel.load(
+        model_dir, overrides, device=device, tuned=tuned, edited_ok=edited_ok, network=dask is None
+    )
 
 
 def _folder_outputs(*folders: Path | None) -> list[tuple[Path, str]]:
@@ -161,17 +153,16 @@ def run_prediction(
     folders = _folder_outputs(labels_dir, rois_dir, geojson_dir)
     locks = [(out_csv, "--out"), (measurements_csv, "--measurements"), *folders]
     with output_locks(locks):
-        model, config = _model_and_config(model_dir, overrides, device, tuned, dask, edited_ok)
+        model = _load_model(model_dir, overrides, device, tuned, dask, edited_ok)
         log.info("predicting %d images of %s with %s", len(found.files), images_dir, model_dir)
-        key = _run_key(model_dir, config, found.files) if resume else None
-        request = (Path(model_dir), overrides or {}, device, tuned)
+        key = _run_key(model.folder, model.config.predict, found.files) if resume else None
         for folder, option in folders:
             record_label_folder(folder, ids, option)
         outputs = PredictionOutputs(
             out_csv, labels_dir, measurements_csv, key, rois_dir, geojson_dir
         )
         with outputs:
-            _predict_into(outputs, model, config, found.files, request, dask, chunk_images)
-        _write_metadata(out_csv, model_dir, config, images_dir, found.layout)
+            _predict_into(outputs, model, found.files, dask, chunk_images)
+        _write_metadata(out_csv, model, images_dir, found.layout)
     log.info("wrote %s%s", out_csv, "".join(f", {option} {folder}" for folder, option in folders))
     return out_csv

@@ -68,7 +68,8 @@ from pipeline.core.model_store import (
     SCORES_FILE,
     THRESHOLDS_FILE,
     check_complete,
-    load_model,
+    load_config,
+    load_trained_network,
     read_json,
     target_channels,
 )
@@ -194,13 +195,14 @@ def export_package(model_dir: Path, out: Path, force: bool = False) -> Path:
     check_package_target(out, force, model_dir)
     with output_lock(out, "--out"):
         record = check_complete(model_dir)
-        model, config = load_model(model_dir, tuned=True)
-        network = package_network(model, config.predict.heads)
+        trained = load_trained_network(model_dir)
+        config = load_config(model_dir, tuned=True)
+        network = package_network(trained, config.predict.heads)
         with tempfile.TemporaryDirectory(
             prefix=temporary_prefix(out.name), dir=out.parent
         ) as staging:
-            files = write_package_files(Path(staging), network, model_dir, config)
-            description = model_description(model_dir, config, record, network, files)
+            files = _write_package_files(Path(staging), network, model_dir, config)
+            description = _model_description(model_dir, config, record, network, files)
             with atomic_path(out) as tmp:
                 zip_tmp = tmp.with_suffix(".zip")
                 try:
@@ -252,7 +254,7 @@ def synthetic_test_image(config: Config) -> np.ndarray:
     return image
 
 
-def write_package_files(
+def _write_package_files(
     staging: Path, network: keras.Model, model_dir: Path, config: Config
 ) -> PackageFiles:
     """Write the package's files into ``staging``: both weights, the test tensors (the
@@ -475,7 +477,7 @@ def _dsb2018_config(model_dir: Path, config: Config, record: dict[str, Any]) -> 
     }
 
 
-def model_description(
+def _model_description(
     model_dir: Path,
     config: Config,
     record: dict[str, Any],

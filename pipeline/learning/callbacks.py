@@ -9,7 +9,7 @@ In the order they run after each epoch:
 - `ValidationScore` scores the validation images with the competition metric every
   ``eval_every`` epochs (and after the last one), puts it in the logs as ``val_score``,
   and writes the best weights; the scoring function is handed to it (by the ``train``
-  stage: `pipeline.evaluation.validation.score_samples`), since learning does not import
+  stage: `pipeline.stages.train.score_network`), since learning does not import
   evaluation;
 - `ResumableEarlyStopping`: Keras' own ``EarlyStopping`` on ``val_score`` (it counts only
   the epochs that were scored), carried over a ``--resume``;
@@ -45,8 +45,8 @@ from pipeline.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
-#: ``(model, samples, config) -> {"score": ..., ...}``: a network's competition score on
-#: validation samples (`ValidationScore`).
+#: ``(network, samples, config) -> {"score": ..., ...}``: the competition score on
+#: validation samples of the network being trained (`ValidationScore`).
 ScoreSamples = Callable[[Any, Any, Config], dict[str, Any]]
 
 STATE_FILE = "state.json"
@@ -205,7 +205,7 @@ class WallClockBudget(keras.callbacks.Callback):
 class ValidationScore(keras.callbacks.Callback):
     """Every ``eval_every`` epochs (and the last one): the competition score on the
     validation images, as ``val_score`` in the logs; the best weights are written.
-    ``score_samples(model, samples, config)`` gives the score, a dict with ``"score"``."""
+    ``score_samples(network, samples, config)`` gives the score, a dict with ``"score"``."""
 
     def __init__(
         self,

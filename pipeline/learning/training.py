@@ -43,10 +43,11 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Scoring:
     """What a training asks of evaluation, handed in by the stage (learning does not
-    import evaluation): ``samples(model, samples, config)``, the validation score between
-    epochs (`pipeline.learning.callbacks.ValidationScore`); ``tune(model_dir, images_dir,
-    device)``, the post-processing tuned on the written folder; ``extra_sets(model_dir,
-    tuned=, device=)``, each extra set's score of the finished model."""
+    import evaluation): ``samples(network, samples, config)``, the validation score of the
+    network being trained, between epochs (`pipeline.learning.callbacks.ValidationScore`);
+    ``tune(model_dir, images_dir, device)``, the post-processing tuned on the written
+    folder; ``extra_sets(model_dir, tuned=, device=)``, each extra set's score of the
+    finished model."""
 
     samples: Callable[[Any, Any, Config], dict[str, Any]]
     tune: Callable[[Path, Path, str], Any]

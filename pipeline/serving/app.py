@@ -53,10 +53,10 @@ def model_info(segmenter: Segmenter) -> dict[str, Any]:
     """What ``/api/model`` answers: the model's name, config, scores and commit."""
     from pipeline.core.model_store import SCORES_FILE, read_json
 
-    scores = read_json(segmenter.model_dir / SCORES_FILE)
+    scores = read_json(segmenter.model.folder / SCORES_FILE)
     return {
-        "name": segmenter.model_dir.name,
-        "config": segmenter.config.to_dict(),
+        "name": segmenter.model.folder.name,
+        "config": segmenter.model.config.to_dict(),
         "validation_score": scores.get("tuned_validation_score", scores.get("validation_score")),
         "stage1_test_score": scores.get("stage1_test_score"),
         "commit": scores.get("commit"),

@@ -1,8 +1,9 @@
-"""One uploaded image to its nuclei, with the model loaded once.
+"""One uploaded image to its nuclei: the web's adapter over the model object.
 
-The web server (`pipeline.serving.app`) hands every request to one `Segmenter`. It
-checks the upload (type, size, pixels) before any work, decodes it, predicts with the
-model's tuned settings (or the request's, checked against their declared ranges in
+The web server (`pipeline.serving.app`) hands every request to one `Segmenter`, which
+holds the model (`pipeline.inference.model.NucleusModel`, loaded once). It checks the
+upload (type, size, pixels) before any work, decodes it, has the model predict with its
+tuned settings (or the request's, checked against their declared ranges in
 `pipeline.config.PredictConfig`), and returns the labels with everything the page and the
 API show: measurements, run-length encodings, a picture of the image, its outlines and
 the label image as files. Nothing is written to disk.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import copy
 import dataclasses
 import io
 import threading
@@ -26,8 +26,13 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.config import PredictConfig, value_parser
-from pipeline.core.scale_policy import scale_policy
+from pipeline.data.images import encode_label_image, read_image_shape, read_pixels, to_rgb_uint8
+from pipeline.data.rle import encode_labels
+from pipeline.data.submission import HEADER, submission_rows
 from pipeline.errors import PipelineError
+from pipeline.inference.measure import measure_nuclei
+from pipeline.inference.model import NucleusModel
+from pipeline.inference.outlines import geojson_text, imagej_roi_set
 
 #: The settings a request may change, and those the page shows.
 REQUEST_SETTINGS = ("method", "threshold", "marker_threshold", "min_size", "tta", "diameter")
@@ -82,10 +87,6 @@ class Segmentation:
     def files(self) -> dict[str, str]:
         """The pictures and downloads of the page, base64 (PNGs, the ROI set's ZIP) or
         text (CSVs, GeoJSON), as ``predict`` writes them (the labels numbered ``1..n``)."""
-        from pipeline.data.images import encode_label_image
-        from pipeline.data.submission import HEADER, submission_rows
-        from pipeline.inference.outlines import geojson_text, imagej_roi_set
-
         image_id = image_id_of(self.name)
         suffix, labels_bytes = encode_label_image(self.labels)
         measurements = self.measurements.copy()
@@ -157,8 +158,6 @@ def check_upload(data: bytes, name: str, max_megapixels: float = MAX_MEGAPIXELS)
     kind = next((k for sig, k in SIGNATURES.items() if data.startswith(sig)), None)
     if kind is None:
         raise UploadError(f"{name}: not a PNG, JPEG or TIFF image", status=415)
-    from pipeline.data.images import read_image_shape
-
     try:
         height, width = read_image_shape(io.BytesIO(data))
     except PipelineError as error:
@@ -177,8 +176,6 @@ def decode_upload(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(rgb, pixels)``: the image as the network reads it (RGB uint8, deeper images
     normalised by percentiles) and its pixels as stored (for the measurements), read as
     ``predict`` reads files (`pipeline.data.images`)."""
-    from pipeline.data.images import read_pixels, to_rgb_uint8
-
     try:
         pixels = read_pixels(io.BytesIO(data))
         return to_rgb_uint8(pixels), pixels
@@ -233,39 +230,29 @@ def _parse_one(item: dataclasses.Field, text: str) -> Any:
 class Segmenter:
     """The model, loaded once, and the one image at a time it segments.
 
-    ``device`` was chosen by the server's start (`pipeline.stages.serve`)."""
+    ``device`` was chosen by the server's start (`pipeline.stages.serve`); ``engine``
+    None keeps the model's own (`PredictConfig.engine`)."""
 
     def __init__(self, model_dir: Path, device: str = "auto", engine: str | None = None) -> None:
-        from pipeline.inference.predict import load_for_prediction
-
-        self.model_dir = Path(model_dir)
-        overrides = {"engine": engine}  # None: the model's own (`PredictConfig.engine`)
-        self.model, self.config = load_for_prediction(self.model_dir, overrides, device, True)
+        self.model = NucleusModel.load(model_dir, {"engine": engine}, device=device)
         self.lock = threading.Lock()
 
     def defaults(self) -> dict[str, Any]:
         """The model's own (tuned) values of the settings a request may change."""
-        return {key: getattr(self.config.predict, key) for key in REQUEST_SETTINGS}
+        return {key: getattr(self.model.config.predict, key) for key in REQUEST_SETTINGS}
 
     def segment(self, data: bytes, name: str, settings: dict[str, Any]) -> Segmentation:
         """Decode, predict and measure one uploaded image (one at a time)."""
-        from pipeline.data.rle import encode_labels
-        from pipeline.inference.measure import measure_nuclei
-        from pipeline.inference.predict import predict_labels
-
-        if settings.get("diameter") and not scale_policy(self.config).takes_diameter:
+        if settings.get("diameter") and not self.model.scale_policy.takes_diameter:
             raise UploadError(
                 "diameter: this model resizes every image to its crop size; it cannot "
                 "rescale by a nucleus diameter",
                 status=422,
             )
         rgb, original = decode_upload(data, name)
-        config = copy.deepcopy(self.config)
-        for key, value in settings.items():
-            setattr(config.predict, key, value)
         started = time.perf_counter()
         with self.lock:
-            labels = predict_labels(self.model, [rgb], config)[0]
+            labels = self.model.predict_labels([rgb], **settings)[0]
         return Segmentation(
             name=name,
             image=rgb,

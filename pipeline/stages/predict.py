@@ -164,7 +164,7 @@ def default_out_csv(found: ImageFiles, model_dir: Path) -> Path:
 def _check(out_csv: Path, found: ImageFiles) -> None:
     """Check the written submission against the images (any layout, as check-submission
     does for a Kaggle-layout folder); raise on any problem."""
-    from pipeline.inference.predict import check_predictions
+    from pipeline.inference.output_checks import check_predictions
 
     problems = check_predictions(out_csv, found.files)
     for problem in problems:

@@ -18,6 +18,7 @@ from pipeline.core.distribute import parse_devices, process_model_dir
 from pipeline.errors import PipelineError
 from pipeline.evaluation.tuning import tune_model
 from pipeline.evaluation.validation import score_extra_sets, score_samples
+from pipeline.inference.model import NucleusModel
 from pipeline.learning.training import Scoring, train_model
 from pipeline.locks import output_lock
 from pipeline.outputs import check_not_input
@@ -28,7 +29,13 @@ log = logging.getLogger(__name__)
 def evaluation_scoring() -> Scoring:
     """Evaluation's functions that a training calls: the validation score between epochs,
     the tuning at its end, the extra sets' scores (learning does not import evaluation)."""
-    return Scoring(samples=score_samples, tune=tune_model, extra_sets=score_extra_sets)
+    return Scoring(samples=score_network, tune=tune_model, extra_sets=score_extra_sets)
+
+
+def score_network(network, samples, config: Config) -> dict:
+    """The validation score of a network being trained, predicted as its finished model
+    will predict (`pipeline.inference.model.NucleusModel.of_network`)."""
+    return score_samples(NucleusModel.of_network(network, config), samples)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
