@@ -31,17 +31,15 @@ from pipeline import cli
 from pipeline.data.rle import encode_labels
 from pipeline.errors import PipelineError
 from pipeline.evaluation import report
-from pipeline.evaluation.report import (
+from pipeline.evaluation.image_results import ImageResult
+from pipeline.evaluation.overlays import (
     PREDICTION_COLOURS,
     TRUE_OUTLINE_COLOUR,
-    ImageResult,
-    build_report,
-    default_out_dir,
     overlay_file_name,
     overlay_rgb,
-    render_index_html,
-    select_galleries,
 )
+from pipeline.evaluation.report import build_report, default_out_dir, select_galleries
+from pipeline.evaluation.report_page import render_index_html
 from pipeline.evaluation.score import score_submission
 
 SHAPE = (40, 48)
