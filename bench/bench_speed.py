@@ -54,10 +54,13 @@ def phase_train(model_dir: Path, precision: str, steps: int, images_dir: Path) -
     from pipeline.learning.training import BatchSource
 
     config = load_config(model_dir)
-    description = device.configure("auto", precision)
+    choice = device.check_device("auto", precision)
+    description = choice.description
     ids = list_image_ids(images_dir)[:64]
     samples = load_samples(images_dir, with_labels=True, ids=ids)
-    model = build_model(config.model, out_channels=len(target_channels(config)), pretrained=False)
+    with device.precision_scope(choice):  # the network keeps the policy it is built with
+        channels = len(target_channels(config))
+        model = build_model(config.model, out_channels=channels, pretrained=False)
     batches = BatchSource(samples, config, steps + 2, seed=0, outputs=model_outputs(model))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(config.train.loss))
     data = [batches.batch(0, i) for i in range(steps + 2)]
@@ -92,7 +95,7 @@ def phase_matmul(size: int = 2048, repeats: int = 20) -> dict:
 
     from pipeline.core import device
 
-    description = device.configure("auto", "float32")
+    description = device.check_device("auto", "float32").description
     rng = np.random.default_rng(0)
     a, b = (keras.ops.convert_to_tensor(rng.random((size, size), dtype=np.float32)) for _ in "ab")
     keras.ops.convert_to_numpy(keras.ops.matmul(a, b))  # warm-up
@@ -146,7 +149,7 @@ def phase_predict(
     from pipeline.inference.model import NucleusModel
     from pipeline.inference.predict import iter_predictions
 
-    description = device.configure("auto", precision)
+    description = device.check_device("auto", precision).description
     settings = {"engine": engine, "precision": precision, "tta": tta}
     model = NucleusModel.load(model_dir, settings, device="auto")
     keras_model = model.network if engine == "keras" else load_trained_network(model_dir)

@@ -161,3 +161,23 @@ def test_every_predicting_module_uses_the_model_object(module):
     }
     assert "NucleusModel" in imported
     assert not imported & NETWORK_LOADERS, sorted(imported & NETWORK_LOADERS)
+
+
+def test_each_network_keeps_its_precision_and_the_process_keeps_its_own(tiny_model):
+    """``predict.precision`` is the network's: a bfloat16 model and a float32 one live side
+    by side, and Keras' process-wide dtype policy is not changed by loading either."""
+    import keras
+
+    before = keras.config.dtype_policy().name
+    plain = NucleusModel.load(tiny_model, {"precision": "float32"}, device="cpu")
+    mixed = NucleusModel.load(tiny_model, {"precision": "bfloat16"}, device="cpu")
+    assert keras.config.dtype_policy().name == before == "float32"
+    convolutions = [
+        [layer for layer in model.network.layers if isinstance(layer, keras.layers.Conv2D)]
+        for model in (mixed, plain)
+    ]
+    *hidden, head = convolutions[0]  # the sigmoid head stays float32 (core/models.py)
+    assert {layer.compute_dtype for layer in hidden} == {"bfloat16"}
+    assert head.compute_dtype == "float32"
+    assert {layer.compute_dtype for layer in convolutions[1]} == {"float32"}
+    assert {layer.variable_dtype for layer in convolutions[0]} == {"float32"}

@@ -210,10 +210,8 @@ def test_bfloat16_prediction_writes_a_valid_submission_and_says_so(
 
     out = tmp_path / "bf16.csv"
     argv = ["predict", "--model", str(tiny_model), "--images", str(tiny_demo.test_dir)]
-    try:
-        status, _, err = run_cli([*argv, "--out", str(out), "--precision", "bfloat16"], capsys)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")  # for the tests that follow
+    status, _, err = run_cli([*argv, "--out", str(out), "--precision", "bfloat16"], capsys)
+    assert keras.config.dtype_policy().name == "float32"  # the network's own, not the process's
     assert status == 0, err
     assert "device: CPU, bfloat16" in err and "valid submission" in err
     assert json.loads(out.with_suffix(".json").read_text())["predict"]["precision"] == "bfloat16"

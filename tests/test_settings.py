@@ -188,7 +188,7 @@ def test_the_device_takes_the_declared_precisions():
 
     assert PRECISIONS == ("auto", "float32", "bfloat16")
     with pytest.raises(PipelineError, match=r"unknown precision 'float16'; choose from \('auto'"):
-        device.configure("auto", "float16")
+        device.check_device("auto", "float16")
 
 
 def test_value_parser_passes_strings_through():

@@ -8,11 +8,14 @@ functions take the chosen device.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 
 from pipeline.config import PRECISIONS
 from pipeline.errors import PipelineError
@@ -105,8 +108,17 @@ def gpu_available() -> bool:
     return False
 
 
-def configure(device: str, precision: str) -> str:
-    """Check the device and set Keras' dtype policy; return a one-line description.
+@dataclasses.dataclass(frozen=True)
+class DeviceChoice:
+    """A checked device and precision: a line saying which, and Keras' dtype policy."""
+
+    description: str
+    policy: str  # "float32" or "mixed_bfloat16"
+
+
+def check_device(device: str, precision: str) -> DeviceChoice:
+    """Check the device and the precision; log and return them (`DeviceChoice`). Nothing
+    process-wide is set: a network takes its precision from `precision_scope`.
 
     ``precision``: "float32", "bfloat16" (mixed: bfloat16 compute, float32 weights) or
     "auto" (mixed precision on a GPU, float32 on a CPU).
@@ -123,10 +135,22 @@ def configure(device: str, precision: str) -> str:
         )
     if precision == "auto":
         precision = "bfloat16" if on_gpu else "float32"
-    keras.mixed_precision.set_global_policy(
-        "mixed_bfloat16" if precision == "bfloat16" else "float32"
-    )
     where = "GPU" if on_gpu and device != "cpu" else "CPU"
     description = f"{where}, {precision}, Keras backend {keras.config.backend()}"
     log.info("device: %s", description)
-    return description
+    return DeviceChoice(description, "mixed_bfloat16" if precision == "bfloat16" else "float32")
+
+
+@contextlib.contextmanager
+def precision_scope(choice: DeviceChoice) -> Iterator[None]:
+    """Keras' dtype policy ``choice.policy`` for the layers built (or loaded) inside; each
+    layer keeps the policy it was built with, and the process-wide one is restored after,
+    so that two networks of one process can differ in precision."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(choice.policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config, PredictConfig
+from pipeline.core.device import check_device, precision_scope
 from pipeline.core.model_store import (
     TUNABLE,
     check_finished,
@@ -209,20 +210,21 @@ class NucleusModel:
         with self._lock:
             if self._network is not None:
                 return
-            # Keras' dtype policy is process-wide: the model that loads a network sets the
-            # precision its settings ask for, before the network is built.
-            from pipeline.core import device as device_module
-
             config = self._config if self._config is not None else self._read_config()
             self._config = config
             engine, precision = config.predict.engine, config.predict.precision
-            if engine == "keras":
-                device_module.configure(self.device, precision)
-            elif self.device == "gpu":
-                raise PipelineError("--engine onnxruntime runs on the CPU: leave out --device gpu")
-            self._network = load_network(
-                self.folder, engine, precision, self.edited_ok, self.finished
-            )
+            if engine != "keras":
+                if self.device == "gpu":
+                    message = "--engine onnxruntime runs on the CPU: leave out --device gpu"
+                    raise PipelineError(message)
+                self._network = load_network(self.folder, engine, precision, self.edited_ok)
+                return
+            # The network is built in the precision its settings ask for; the process-wide
+            # dtype policy is left as it was.
+            with precision_scope(check_device(self.device, precision)):
+                self._network = load_network(
+                    self.folder, engine, precision, self.edited_ok, self.finished
+                )
 
     # -- pickling: the folder and settings, never the network ------------------------
 

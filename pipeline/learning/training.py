@@ -348,7 +348,11 @@ def _build_or_resume(
     from pipeline.core.models import build_model
 
     config, resume = _resume_or_start(config, model_dir, resume)
-    device_description = device_module.configure(device, config.train.precision)
+    choice = device_module.check_device(device, config.train.precision)
+    device_description = choice.description
+    # The network is built, compiled and fitted in its precision; the process-wide dtype
+    # policy is restored when the training's stack closes.
+    stack.enter_context(device_module.precision_scope(choice))
     replicas = distribute.choose_devices(devices, config.train.batch_size)
     if len(replicas) > 1:
         device_description += f", data-parallel on {len(replicas)} devices"
