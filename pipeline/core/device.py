@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 
 from pipeline.config import PRECISIONS
+from pipeline.core import distribute
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,6 @@ def select_device(device: str, replicas: int = 1) -> None:
     """Apply ``--device`` before Keras loads: ``cpu`` hides every GPU. ``replicas`` > 1
     (``train --devices``) makes a CPU without GPUs show that many virtual devices
     (`pipeline.core.distribute`)."""
-    from pipeline.core import distribute
-
     if device not in DEVICES:
         raise PipelineError(f"unknown device {device!r}; choose from {DEVICES}")
     if device == "cpu":
@@ -60,8 +60,6 @@ def import_tensorflow_quietly() -> bool:
     (so a process killed while TensorFlow loads, by a CPU it cannot run on, loses that
     output; `pipeline.core.device` is then the place to look, with ``--verbose``).
     """
-    import importlib.util
-
     if "tensorflow" in sys.modules:
         return True
     if importlib.util.find_spec("tensorflow") is None:

@@ -31,6 +31,9 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
 
 from pipeline.errors import PipelineError
 
@@ -151,7 +154,6 @@ def agree(decision: bool) -> bool:
     for it in the next step would hang them); ``decision`` itself in a single process."""
     if process_share()[1] <= 1:
         return decision
-    import numpy as np
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.array(decision)))
@@ -161,8 +163,6 @@ def process_model_dir(model_dir):
     """Where this process writes its model: ``model_dir`` for the first process (or a
     single one), ``<model_dir>-process<K>`` for process K of several, so that processes
     sharing a disk never write the same folder (each ends with the same weights)."""
-    from pathlib import Path
-
     process, count = _declared_processes()
     if count <= 1 or process == 0:
         return Path(model_dir)
