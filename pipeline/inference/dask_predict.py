@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.device import select_device
+from pipeline.data.images import read_pixels, to_rgb_uint8
 from pipeline.errors import PipelineError
 from pipeline.inference.model import NucleusModel
 from pipeline.inference.predict import progress_bar
@@ -170,8 +171,6 @@ def _load_worker_model(model: NucleusModel) -> NucleusModel:
 
 def predict_chunk(model: NucleusModel, image_paths: Sequence[str]) -> list[np.ndarray]:
     """The instance labels of one chunk of images, on a worker (a Dask task)."""
-    from pipeline.data.images import read_pixels, to_rgb_uint8
-
     model = _worker_model(model)
     images = [to_rgb_uint8(read_pixels(Path(path))) for path in image_paths]
     probs = model.predict_probabilities(images)
@@ -196,8 +195,6 @@ def iter_dask_predictions(
     None. ``done`` images of the run were predicted before (a resumed run): the progress
     bar starts there, and moves as the chunks come back.
     """
-    from pipeline.data.images import read_pixels
-
     bar = progress_bar(done + len(image_files), done, progress)
     try:  # the bar closed on errors too
         chunks = [
