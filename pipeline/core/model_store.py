@@ -262,6 +262,7 @@ def load_trained_network(model_dir: Path, finished: bool = True, edited_ok: bool
     or wrong. Prediction uses a model through `pipeline.inference.model.NucleusModel`;
     this is the network alone, for the exports and the engines.
     """
+    # Lazy: pipeline.core.models imports Keras; stages import this module before select_device
     from pipeline.core.models import build_model
 
     model_dir = Path(model_dir)

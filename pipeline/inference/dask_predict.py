@@ -86,6 +86,7 @@ def _local_threads(n_workers: int) -> int:
 def open_client(spec: str) -> Iterator[Client]:
     """A Dask client for ``--dask SPEC``: a local cluster started for the run (and stopped
     after it), or a connection to a running scheduler that has at least one worker."""
+    # Lazy: distributed is heavy and only --dask needs it
     from distributed import Client
 
     address, n_local = parse_address(spec)
@@ -111,6 +112,7 @@ def open_client(spec: str) -> Iterator[Client]:
 def _local_cluster(n_workers: int):
     """A cluster of ``n_workers`` processes on this machine, one task at a time each, the
     cores shared out among their networks."""
+    # Lazy: distributed is heavy and only --dask needs it
     from distributed import LocalCluster
 
     threads = _local_threads(n_workers)
@@ -226,6 +228,7 @@ def iter_dask_predictions(
 def _chunk_result(future, chunk: Sequence[ImageFile]) -> list[np.ndarray]:
     """A chunk's labels; what went wrong on the cluster as one `PipelineError` naming the
     chunk (a message the worker raised as one is passed on as it is)."""
+    # Lazy: distributed is heavy and only --dask needs it
     from distributed import KilledWorker
 
     try:

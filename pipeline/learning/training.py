@@ -214,6 +214,7 @@ def _write_history(model_dir: Path, history: list[dict[str, Any]]) -> None:
             writer.writerows(history)
 
     matplotlib.use("Agg")
+    # Lazy: pyplot loads after matplotlib.use("Agg") has chosen its backend
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -350,6 +351,7 @@ def _build_or_resume(
     (`pipeline.core.device.select_device`).
     """
     distribute.join_processes()
+    # Lazy: Keras loads only after select_device; the train stage imports this module first
     import keras
 
     from pipeline.core.models import build_model
@@ -366,6 +368,7 @@ def _build_or_resume(
     stack.enter_context(distribute.training_scope(replicas))
     keras.utils.set_random_seed(config.train.seed)
     if resume:
+        # Lazy: both import Keras, which loads only after select_device
         from pipeline.core.models import custom_objects
         from pipeline.learning.losses import bce_dice_loss, soft_dice_loss
 
@@ -545,6 +548,7 @@ def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bo
 def _fit(model, config: Config, samples, model_dir: Path, resume: bool, scoring: Scoring):
     """Train on ``samples`` (training, validation) until the epochs, the patience or the
     time budget run out; the state."""
+    # Lazy: Keras loads only after select_device; the train stage imports this module first
     import keras
 
     from pipeline.core.models import model_outputs

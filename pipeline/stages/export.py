@@ -79,6 +79,7 @@ def _package_module():
     """`pipeline.learning.bioimageio_package`, imported here (bioimageio.spec and ONNX are
     for the package alone, not for --help or --onnx), or one line saying what to install."""
     try:
+        # Lazy: it loads Keras, ONNX and bioimage.io, which only --out needs
         from pipeline.learning import bioimageio_package
     except ImportError as error:
         raise PipelineError(

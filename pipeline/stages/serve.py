@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Lazy: uvicorn and FastAPI are heavy; only a starting server needs them
     import uvicorn
 
     from pipeline.serving.app import create_app
