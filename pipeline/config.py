@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_write_text
 
 #: The allowed values of the settings that take a name; the modules that implement them
 #: check against these tuples.
@@ -768,8 +769,6 @@ class Config:
         return config
 
     def save(self, path: str | Path) -> None:
-        from pipeline.fileio import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod

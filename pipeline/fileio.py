@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,8 +140,6 @@ def check_not_special(path: str | os.PathLike[str], option: str) -> None:
     """Refuse an output that exists and is neither a regular file nor a folder (a device
     such as ``/dev/full``, a pipe, a socket): an atomic write would replace the node with
     a regular file, so it is refused even with ``--force``."""
-    import stat
-
     try:
         mode = os.stat(path).st_mode
     except OSError:

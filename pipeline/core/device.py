@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 
 from pipeline.config import PRECISIONS
+from pipeline.core import distribute
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,6 @@ def select_device(device: str, replicas: int = 1) -> None:
     """Apply ``--device`` before Keras loads: ``cpu`` hides every GPU. ``replicas`` > 1
     (``train --devices``) makes a CPU without GPUs show that many virtual devices
     (`pipeline.core.distribute`)."""
-    from pipeline.core import distribute
-
     if device not in DEVICES:
         raise PipelineError(f"unknown device {device!r}; choose from {DEVICES}")
     if device == "cpu":
@@ -60,8 +60,6 @@ def import_tensorflow_quietly() -> bool:
     (so a process killed while TensorFlow loads, by a CPU it cannot run on, loses that
     output; `pipeline.core.device` is then the place to look, with ``--verbose``).
     """
-    import importlib.util
-
     if "tensorflow" in sys.modules:
         return True
     if importlib.util.find_spec("tensorflow") is None:
@@ -72,6 +70,7 @@ def import_tensorflow_quietly() -> bool:
         with tempfile.TemporaryFile() as caught:
             os.dup2(caught.fileno(), 2)
             try:
+                # Lazy: TensorFlow loads here, once select_device has set the environment
                 import tensorflow  # noqa: F401
             finally:
                 os.dup2(saved, 2)
@@ -87,19 +86,23 @@ def import_tensorflow_quietly() -> bool:
 
 def gpu_available() -> bool:
     """Whether the active Keras backend sees a GPU."""
+    # Lazy: Keras loads only after select_device, in the stage's main()
     import keras
 
     backend = keras.config.backend()
     try:
         if backend == "tensorflow":
+            # Lazy: the tensorflow backend's own library, loaded after select_device
             import tensorflow as tf
 
             return bool(tf.config.list_physical_devices("GPU"))
         if backend == "jax":
+            # Lazy: the jax backend's own library, loaded after select_device
             import jax
 
             return any(d.platform == "gpu" for d in jax.devices())
         if backend == "torch":
+            # Lazy: the torch backend's own library, loaded after select_device
             import torch
 
             return bool(torch.cuda.is_available())
@@ -125,6 +128,7 @@ def check_device(device: str, precision: str) -> DeviceChoice:
     """
     if precision not in PRECISIONS:
         raise PipelineError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    # Lazy: Keras loads only after select_device, in the stage's main()
     import keras
 
     on_gpu = gpu_available()
@@ -146,6 +150,7 @@ def precision_scope(choice: DeviceChoice) -> Iterator[None]:
     """Keras' dtype policy ``choice.policy`` for the layers built (or loaded) inside; each
     layer keeps the policy it was built with, and the process-wide one is restored after,
     so that two networks of one process can differ in precision."""
+    # Lazy: Keras loads only after select_device, in the stage's main()
     import keras
 
     previous = keras.config.dtype_policy()

@@ -31,6 +31,9 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
 
 from pipeline.errors import PipelineError
 
@@ -73,6 +76,7 @@ def prepare_host_devices(count: int) -> None:
 def split_tensorflow_cpu(count: int) -> None:
     """After TensorFlow loads and before it runs anything: ``count`` logical CPU devices,
     when it sees no GPU (a GPU machine replicates over its GPUs instead)."""
+    # Lazy: TensorFlow loads in select_device, after the environment is set
     import tensorflow as tf
 
     if count <= 1 or tf.config.list_physical_devices("GPU"):
@@ -127,6 +131,7 @@ def join_processes() -> tuple[int, int]:
     missing = [name for name in PROCESS_VARIABLES if not os.environ.get(name)]
     if missing:
         raise PipelineError(f"training over {count} processes: set {', '.join(missing)} too")
+    # Lazy: the jax backend only; JAX and Keras load after select_device
     import jax
     import keras
 
@@ -140,6 +145,7 @@ def process_share() -> tuple[int, int]:
     unless `join_processes` joined several)."""
     if _backend() != "jax":
         return 0, 1
+    # Lazy: the jax backend's own library, loaded after select_device
     import jax
 
     return jax.process_index(), jax.process_count()
@@ -151,7 +157,7 @@ def agree(decision: bool) -> bool:
     for it in the next step would hang them); ``decision`` itself in a single process."""
     if process_share()[1] <= 1:
         return decision
-    import numpy as np
+    # Lazy: the jax backend's own library, loaded after select_device
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.array(decision)))
@@ -161,8 +167,6 @@ def process_model_dir(model_dir):
     """Where this process writes its model: ``model_dir`` for the first process (or a
     single one), ``<model_dir>-process<K>`` for process K of several, so that processes
     sharing a disk never write the same folder (each ends with the same weights)."""
-    from pathlib import Path
-
     process, count = _declared_processes()
     if count <= 1 or process == 0:
         return Path(model_dir)
@@ -199,11 +203,13 @@ def local_batches(batches: Iterator, process: int, processes: int) -> Iterator:
 def available_devices() -> list[str]:
     """The devices data-parallel training can use: the GPUs, else the CPU devices."""
     if _backend() == "jax":
+        # Lazy: the jax backend's own library, loaded after select_device
         import jax
 
         gpus = [d for d in jax.devices() if d.platform == "gpu"]
         return [f"{d.platform}:{d.id}" for d in (gpus or jax.devices("cpu"))]
     if _backend() == "tensorflow":
+        # Lazy: the tensorflow backend's own library, loaded after select_device
         import tensorflow as tf
 
         gpus = tf.config.list_logical_devices("GPU")
@@ -256,6 +262,7 @@ def training_scope(devices: list[str]) -> Iterator[None]:
         return
     log.info("data-parallel training on %d devices: %s", len(devices), ", ".join(devices))
     if _backend() == "jax":
+        # Lazy: Keras loads only after select_device, in the stage's main()
         import keras
 
         distribution = keras.distribution.DataParallel(
@@ -265,6 +272,7 @@ def training_scope(devices: list[str]) -> Iterator[None]:
         with distribution.scope():
             yield
         return
+    # Lazy: the tensorflow backend's own library, loaded after select_device
     import tensorflow as tf
 
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # a line per reduction
@@ -279,10 +287,12 @@ def distributing() -> bool:
     """Whether a data-parallel training is running here (inside `training_scope` with
     several devices): the network's batches are then split over its devices."""
     if _backend() == "jax":
+        # Lazy: Keras loads only after select_device, in the stage's main()
         import keras
 
         return keras.distribution.distribution() is not None
     if _backend() == "tensorflow":
+        # Lazy: the tensorflow backend's own library, loaded after select_device
         import tensorflow as tf
 
         return tf.distribute.has_strategy()
@@ -304,6 +314,7 @@ def synchronise_batch_norm(model, devices: list[str]) -> None:
     whole global batch (each replica's own half would differ from one device's)."""
     if len(devices) <= 1 or _backend() != "tensorflow":
         return
+    # Lazy: Keras loads only after select_device, in the stage's main()
     import keras
 
     for layer in model._flatten_layers(include_self=False, recursive=True):

@@ -27,6 +27,7 @@ the weights only; nothing is ever written into a model folder when it is loaded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -35,7 +36,8 @@ from typing import Any
 
 from pipeline.config import TARGET_SETS, TUNABLE, Config, check_section
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_write_text
+from pipeline.fileio import atomic_path, atomic_write_text
+from pipeline.paths import REPO_ROOT, TRAIN_DIR
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,6 @@ def is_complete(model_dir: Path) -> bool:
 
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file, in hex."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -212,16 +212,12 @@ def _saved_params(model_dir: Path) -> dict[str, Any]:
 
 def portable_path(path: Path) -> str:
     """A path to record in a model folder: relative to the repository when inside it."""
-    from pipeline.paths import REPO_ROOT
-
     path = Path(path).resolve()
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def training_images_dir(model_dir: Path) -> Path:
     """Where the model's training images are: as recorded in split.json, else input/."""
-    from pipeline.paths import REPO_ROOT, TRAIN_DIR
-
     recorded = read_json(Path(model_dir) / SPLIT_FILE).get("images_dir")
     if recorded:
         candidate = REPO_ROOT / recorded  # an absolute path stays absolute
@@ -266,6 +262,7 @@ def load_trained_network(model_dir: Path, finished: bool = True, edited_ok: bool
     or wrong. Prediction uses a model through `pipeline.inference.model.NucleusModel`;
     this is the network alone, for the exports and the engines.
     """
+    # Lazy: pipeline.core.models imports Keras; stages import this module before select_device
     from pipeline.core.models import build_model
 
     model_dir = Path(model_dir)
@@ -296,8 +293,6 @@ def compact_weights(model_dir: Path) -> None:
     Keras saves a compiled model's optimiser variables with its weights (three times the
     size for Adam); prediction needs none of them, and the shipped model must stay small.
     """
-    from pipeline.fileio import atomic_path
-
     model = load_trained_network(model_dir, finished=False)
     with atomic_path(Path(model_dir) / WEIGHTS_FILE) as tmp:
         keras_tmp = tmp.with_suffix(".weights.h5")

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.model_store import SPLIT_FILE, read_json, training_images_dir, write_json
+from pipeline.data.extra import load_labelled
+
 log = logging.getLogger(__name__)
 
 #: The model folder's record of its training nuclei.
@@ -56,8 +59,6 @@ def median_nucleus_diameter(label_images: Iterable[np.ndarray]) -> tuple[float |
 
 def record_training_nuclei(model_dir: Path, samples) -> None:
     """Write `NUCLEI_FILE` for the training ``samples`` (as prepared for the network)."""
-    from pipeline.core.model_store import write_json
-
     median, count = median_nucleus_diameter(sample.labels for sample in samples)
     record = {"median_diameter": median, "nuclei": count, "images": len(samples)}
     write_json(Path(model_dir) / NUCLEI_FILE, record)
@@ -67,8 +68,6 @@ def recorded_median_diameter(model_dir: Path) -> tuple[float, str]:
     """``(diameter, where from)``: the median nucleus diameter a model's `NUCLEI_FILE`
     records, else `STAGE1_TRAIN_MEDIAN_DIAMETER` (a model of the nucleus policy was trained
     on its ``nucleus_diameter``: `pipeline.core.scale_policy.training_median_diameter`)."""
-    from pipeline.core.model_store import read_json
-
     median = read_json(Path(model_dir) / NUCLEI_FILE).get("median_diameter")
     if isinstance(median, (int, float)) and math.isfinite(median) and median > 0:
         return float(median), NUCLEI_FILE
@@ -78,9 +77,6 @@ def recorded_median_diameter(model_dir: Path) -> tuple[float, str]:
 def split_median_diameter(model_dir: Path) -> tuple[float | None, int]:
     """`median_nucleus_diameter` of the training images recorded in a model's
     ``split.json`` (its ``train`` ids, read from its ``images_dir``), at their own scale."""
-    from pipeline.core.model_store import SPLIT_FILE, read_json, training_images_dir
-    from pipeline.data.extra import load_labelled
-
     ids = read_json(Path(model_dir) / SPLIT_FILE).get("train", [])
     samples = load_labelled(training_images_dir(model_dir), ids)
     return median_nucleus_diameter(sample.labels for sample in samples)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import INPUT_SPACES
+from pipeline.data.dataset import has_light_background
 
 
 def normalise_image(
@@ -31,8 +32,6 @@ def normalise_image(
     >>> grey[0, :, 0].round(3).tolist(), bool((grey[..., 0] == grey[..., 2]).all())
     ([1.0, -1.0], True)
     """
-    from pipeline.data.dataset import has_light_background
-
     if input_space not in INPUT_SPACES:
         raise ValueError(f"input_space must be one of {INPUT_SPACES}, got {input_space!r}")
     pixels = image.astype(np.float32) / 255.0

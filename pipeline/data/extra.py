@@ -36,9 +36,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from skimage.measure import label as connected
 from tqdm import tqdm
 
-from pipeline.data.dataset import Sample, image_id_problem, image_kind, paint_mask
+from pipeline import paths
+from pipeline.data.dataset import (
+    Sample,
+    image_id_problem,
+    image_kind,
+    list_image_ids,
+    load_samples,
+    paint_mask,
+)
 from pipeline.data.images import IMAGE_SUFFIXES, read_image, read_pixels
 from pipeline.data.zips import open_zip, safe_member_path
 from pipeline.errors import PipelineError
@@ -301,8 +310,6 @@ def _plan(members: Members, shown: str) -> tuple[Members, str, _Plan]:
 
 def _label_image(data: _NamedBytes, shape: tuple[int, int]) -> np.ndarray:
     """Instance labels from one label image (0 background, ``1..n`` nuclei)."""
-    from skimage.measure import label as connected
-
     pixels = read_pixels(data)
     if pixels.ndim == 3:
         if not (pixels == pixels[:, :, :1]).all():
@@ -368,8 +375,6 @@ def load_extra_set(entry: str | Path, input_dir: Path | None = None) -> ExtraSet
         another size than their image, an empty label image, a zip member whose path leaves
         the zip (``../``), an unreadable file, or a folder that holds no annotated image.
     """
-    from pipeline import paths
-
     location = resolve_extra(str(entry), Path(input_dir or paths.INPUT_DIR))
     name = set_name(location)
     shown = str(location)
@@ -407,8 +412,6 @@ def load_labelled(location: str | Path, ids: list[str] | None = None) -> list[Sa
     zip as `load_extra_set` reads them, with their source left empty (the set being
     trained on). With ``ids``: only those, in that order.
     """
-    from pipeline.data.dataset import list_image_ids, load_samples
-
     location = Path(location)
     if location.is_dir():
         try:

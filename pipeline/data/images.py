@@ -24,12 +24,15 @@ Example
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
 from typing import BinaryIO
 
+import cv2
 import numpy as np
+import tifffile
 from PIL import Image
 
 from pipeline.errors import PipelineError
@@ -99,8 +102,6 @@ def _read_with_pillow(source: ImageSource) -> np.ndarray:
 
 def _read_deep_colour_png(source: ImageSource) -> np.ndarray:
     """A 16-bit colour PNG with OpenCV, as RGB(A) ``uint16``."""
-    import cv2
-
     if hasattr(source, "read"):
         position = source.tell()
         data = source.read()
@@ -131,8 +132,6 @@ def _tiff_page_pixels(page, source: ImageSource) -> np.ndarray:
 
 def _read_tiff(source: ImageSource) -> np.ndarray:
     """The first page of a TIFF with tifffile (Pillow when it lacks the compression's codec)."""
-    import tifffile
-
     try:
         with tifffile.TiffFile(source) as tiff:
             if not tiff.pages:
@@ -277,8 +276,6 @@ def read_image(source: ImageSource) -> np.ndarray:
 def read_image_shape(source: ImageSource) -> tuple[int, int]:
     """(height, width) of an image file, read from its header only."""
     if _head(source).startswith(_TIFF_SIGNATURES):
-        import tifffile
-
         try:
             with tifffile.TiffFile(source) as tiff:
                 page = tiff.pages[0]
@@ -305,13 +302,10 @@ def encode_label_image(labels: np.ndarray) -> tuple[str, bytes]:
     >>> encode_label_image(np.array([[0, MAX_PNG_LABEL + 1]]))[0]
     '.tif'
     """
-    import io
-
     buffer = io.BytesIO()
     if labels.max(initial=0) <= MAX_PNG_LABEL:
         Image.fromarray(labels.astype(np.uint16)).save(buffer, format="PNG")
         return ".png", buffer.getvalue()
-    import tifffile
 
     tifffile.imwrite(buffer, labels.astype(np.uint32))
     return ".tif", buffer.getvalue()

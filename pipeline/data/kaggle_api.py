@@ -277,6 +277,7 @@ def authenticated_api(
     """
     try:
         with kaggle_errors(action, competition, network_hint):
+            # Lazy: the kaggle package is heavy and optional; only download and submit use it
             from kaggle.api.kaggle_api_extended import KaggleApi
 
             api = KaggleApi()

@@ -56,7 +56,7 @@ from pipeline.data import dataset
 from pipeline.data.rle import RLEError, decode_flat_indices, encode_labels
 from pipeline.data.rle_csv import REQUIRED, Problem, read_rle_table, summary
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path, atomic_write_text
+from pipeline.fileio import atomic_path, atomic_write_text, check_writable_file
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,6 @@ def check_submission_target(path: str | os.PathLike[str], force: bool = False) -
     pipeline wrote (one without its sidecar ``.json``), or its sidecar over a ``.json``
     that is not one, unless ``force``; or where either cannot be written (a folder, a
     device: `pipeline.fileio.check_writable_file`)."""
-    from pipeline.fileio import check_writable_file
-
     path = Path(path)
     check_writable_file(path, "--out")
     sidecar = metadata_path(path)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.device import select_device
+from pipeline.data.images import read_pixels, to_rgb_uint8
 from pipeline.errors import PipelineError
 from pipeline.inference.model import NucleusModel
 from pipeline.inference.predict import progress_bar
@@ -85,6 +86,7 @@ def _local_threads(n_workers: int) -> int:
 def open_client(spec: str) -> Iterator[Client]:
     """A Dask client for ``--dask SPEC``: a local cluster started for the run (and stopped
     after it), or a connection to a running scheduler that has at least one worker."""
+    # Lazy: distributed is heavy and only --dask needs it
     from distributed import Client
 
     address, n_local = parse_address(spec)
@@ -110,6 +112,7 @@ def open_client(spec: str) -> Iterator[Client]:
 def _local_cluster(n_workers: int):
     """A cluster of ``n_workers`` processes on this machine, one task at a time each, the
     cores shared out among their networks."""
+    # Lazy: distributed is heavy and only --dask needs it
     from distributed import LocalCluster
 
     threads = _local_threads(n_workers)
@@ -170,8 +173,6 @@ def _load_worker_model(model: NucleusModel) -> NucleusModel:
 
 def predict_chunk(model: NucleusModel, image_paths: Sequence[str]) -> list[np.ndarray]:
     """The instance labels of one chunk of images, on a worker (a Dask task)."""
-    from pipeline.data.images import read_pixels, to_rgb_uint8
-
     model = _worker_model(model)
     images = [to_rgb_uint8(read_pixels(Path(path))) for path in image_paths]
     probs = model.predict_probabilities(images)
@@ -196,8 +197,6 @@ def iter_dask_predictions(
     None. ``done`` images of the run were predicted before (a resumed run): the progress
     bar starts there, and moves as the chunks come back.
     """
-    from pipeline.data.images import read_pixels
-
     bar = progress_bar(done + len(image_files), done, progress)
     try:  # the bar closed on errors too
         chunks = [
@@ -229,6 +228,7 @@ def iter_dask_predictions(
 def _chunk_result(future, chunk: Sequence[ImageFile]) -> list[np.ndarray]:
     """A chunk's labels; what went wrong on the cluster as one `PipelineError` naming the
     chunk (a message the worker raised as one is passed on as it is)."""
+    # Lazy: distributed is heavy and only --dask needs it
     from distributed import KilledWorker
 
     try:

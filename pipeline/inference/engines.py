@@ -52,6 +52,7 @@ class OnnxNetwork:
 
     def _open(self):
         try:
+            # Lazy: onnxruntime is heavy and only --engine onnxruntime needs it
             import onnxruntime
         except ImportError as error:
             raise PipelineError(

@@ -35,6 +35,7 @@ import numpy as np
 
 from pipeline.config import Config, PredictConfig
 from pipeline.core.device import check_device, precision_scope
+from pipeline.core.distribute import distributing
 from pipeline.core.model_store import (
     TUNABLE,
     check_finished,
@@ -342,7 +343,6 @@ def _run_network(network: Any, batch: np.ndarray, heads: str = "all") -> np.ndar
     # Lazy: an ONNX Runtime prediction and a Dask client never load Keras.
     import keras
 
-    from pipeline.core.distribute import distributing
     from pipeline.core.models import select_heads
 
     selected = select_heads(network, heads)

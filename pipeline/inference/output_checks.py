@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.data.reconcile import images_of_files, reconcile
+from pipeline.data.submission import check_submission_target
 from pipeline.errors import PipelineError
 from pipeline.fileio import (
     atomic_write_text,
@@ -147,8 +148,6 @@ def check_outputs(
     hold a file per image, `FOLDER_OUTPUTS`): an output that cannot be written, one that is an input
     (``inputs``: ``(path, what)`` pairs) or another output, one that replaces a file the
     pipeline did not write (unless ``force``), a device (even with ``force``)."""
-    from pipeline.data.submission import check_submission_target
-
     check_submission_target(out_csv, force)
     if measurements_csv is not None:
         check_writable_file(measurements_csv, "--measurements")

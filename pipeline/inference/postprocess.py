@@ -65,6 +65,7 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import random_walker, watershed
 
 from pipeline.config import METHODS, POSTPROCESS_DEFAULTS
+from pipeline.core.targets import labels_to_targets
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -171,8 +172,6 @@ class ChannelMaps:
 
     def mask_centre(self, threshold: float) -> np.ndarray:
         if threshold not in self._mask_centres:
-            from pipeline.core.targets import labels_to_targets
-
             components = self.components(threshold)
             self._mask_centres[threshold] = labels_to_targets(components, ("centre",))[..., 0]
         return self._mask_centres[threshold]

@@ -16,14 +16,19 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+from skimage.segmentation import relabel_sequential
 from tqdm import tqdm
 
+from pipeline.data.dataset import ImageFile, image_path
+from pipeline.data.images import MAX_PNG_LABEL, encode_label_image, read_pixels, to_rgb_uint8
+from pipeline.data.submission import ResumableSubmissionWriter, SubmissionWriter
 from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_path, atomic_write_text
+from pipeline.inference.measure import COLUMNS, measure_nuclei
+from pipeline.inference.outlines import geojson_text, imagej_roi_set
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from pipeline.data.dataset import ImageFile
     from pipeline.inference.model import NucleusModel
 
 log = logging.getLogger(__name__)
@@ -40,8 +45,6 @@ def iter_predictions(
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(image_id, labels)`` for each id of a Kaggle-layout folder, a bounded chunk of
     images at a time."""
-    from pipeline.data.dataset import ImageFile, image_path
-
     image_files = [ImageFile(image_id, image_path(images_dir, image_id)) for image_id in ids]
     for image_file, labels, _ in iter_file_predictions(model, image_files, progress):
         yield image_file.image_id, labels
@@ -73,8 +76,6 @@ def iter_file_predictions(
     network sees their 8-bit RGB version (`pipeline.data.images.to_rgb_uint8`). ``done``
     images of the run were predicted before (a resumed run): the bar starts there.
     """
-    from pipeline.data.images import read_pixels, to_rgb_uint8
-
     # The bar is closed however the loop ends (an image that cannot be read, an error in
     # the caller that closes this generator), so that an error is a line of its own.
     bar = progress_bar(done + len(image_files), done, progress)
@@ -98,9 +99,6 @@ def write_label_image(labels_dir: Path, image_id: str, labels: np.ndarray) -> Pa
     0 = background, ``1..n`` the nuclei), or as ``<image_id>.tif`` (32-bit) when a label is
     above ``MAX_PNG_LABEL`` (`pipeline.data.images.encode_label_image`); atomically.
     Returns the path written."""
-    from pipeline.data.images import MAX_PNG_LABEL, encode_label_image
-    from pipeline.fileio import atomic_path
-
     suffix, data = encode_label_image(labels)
     if suffix != ".png":
         log.info(
@@ -124,16 +122,10 @@ def write_outline_files(
     ``<rois_dir>/<image_id>_rois.zip`` and as QuPath GeoJSON
     ``<geojson_dir>/<image_id>.geojson`` with their ``measurements``
     (`pipeline.inference.outlines`); each only when its folder is given, atomically."""
-    from pipeline.fileio import atomic_path, atomic_write_text
-
     if rois_dir is not None:
-        from pipeline.inference.outlines import imagej_roi_set
-
         with atomic_path(Path(rois_dir) / f"{image_id}_rois.zip") as tmp:
             tmp.write_bytes(imagej_roi_set(labels))
     if geojson_dir is not None:
-        from pipeline.inference.outlines import geojson_text
-
         atomic_write_text(
             Path(geojson_dir) / f"{image_id}.geojson", geojson_text(labels, measurements)
         )
@@ -149,7 +141,6 @@ def consecutive_labels(labels: np.ndarray) -> np.ndarray:
     present = present[present != 0]
     if present.size == 0 or present[-1] == present.size:
         return labels
-    from skimage.segmentation import relabel_sequential
 
     return relabel_sequential(labels)[0]
 
@@ -174,8 +165,6 @@ class PredictionOutputs:
         rois_dir: Path | None = None,
         geojson_dir: Path | None = None,
     ) -> None:
-        from pipeline.data.submission import ResumableSubmissionWriter, SubmissionWriter
-
         if resume_key is not None and measurements_csv is not None:
             raise PipelineError(
                 "--resume keeps the submission and label images across an interruption, "
@@ -228,8 +217,6 @@ class PredictionOutputs:
             write_label_image(self.labels_dir, image_id, labels)
         table = None
         if self.needs_pixels:
-            from pipeline.inference.measure import measure_nuclei
-
             table = measure_nuclei(labels, pixels)
         write_outline_files(self.rois_dir, self.geojson_dir, image_id, labels, table)
         if self.measurements_csv is not None:
@@ -238,11 +225,6 @@ class PredictionOutputs:
         return n_nuclei
 
     def _write_measurements(self) -> None:
-        import pandas as pd
-
-        from pipeline.fileio import atomic_path
-        from pipeline.inference.measure import COLUMNS
-
         columns = ["image", *COLUMNS]
         tables = [table for table in self._tables if not table.empty]
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)

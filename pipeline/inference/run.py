@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.config import PredictConfig
+from pipeline.data.dataset import list_image_files
+from pipeline.data.submission import write_submission_metadata
 from pipeline.errors import PipelineError
 from pipeline.inference.dask_predict import iter_dask_predictions, open_client
 from pipeline.inference.model import NucleusModel
 from pipeline.inference.output_checks import check_outputs, record_label_folder
 from pipeline.inference.predict import CHUNK_IMAGES, PredictionOutputs, iter_file_predictions
 from pipeline.locks import output_locks
+from pipeline.provenance import git_commit
 
 if TYPE_CHECKING:
     from pipeline.data.dataset import ImageFile
@@ -74,9 +77,6 @@ def _predict_into(
 
 def _write_metadata(out_csv: Path, model: NucleusModel, images_dir: Path, layout: str) -> None:
     """The submission's sidecar ``.json``: the model, config, commit, images, settings."""
-    from pipeline.data.submission import write_submission_metadata
-    from pipeline.provenance import git_commit
-
     write_submission_metadata(
         out_csv,
         {
@@ -143,8 +143,6 @@ def run_prediction(
     since it was finished, with a warning (`pipeline.core.model_store.check_complete`).
     ``device`` was chosen by the entry point (`pipeline.core.device.select_device`).
     """
-    from pipeline.data.dataset import list_image_files
-
     found = list_image_files(images_dir)
     out_csv = Path(out_csv)
     ids = [image_file.image_id for image_file in found.files]

@@ -48,8 +48,10 @@ import numpy as np
 from albumentations.core.transforms_interface import DualTransform
 from albumentations.core.type_definitions import Targets
 from scipy import ndimage
+from skimage.color import hed2rgb
 
 from pipeline.config import AUGMENT_STRENGTHS, TrainConfig
+from pipeline.data.dataset import has_light_background
 
 __all__ = [
     "PAD_MODES",
@@ -448,10 +450,6 @@ def stain_like_tissue(
     np.ndarray
         uint8 (H, W, 3), a new array; light where the input was dark.
     """
-    from skimage.color import hed2rgb
-
-    from pipeline.data.dataset import has_light_background
-
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from pipeline.config import Config
+from pipeline.core.distribute import agree
 from pipeline.core.model_store import (
     CHECKPOINT_DIR,
     LAST_MODEL_FILE,
@@ -95,8 +98,6 @@ def seed_states(model: keras.Model) -> list[list[int]]:
 def restore_seed_states(model: keras.Model, states: list[list[int]]) -> None:
     """Put back the generators' states of `seed_states`, so that a resumed training draws
     the dropout masks the uninterrupted one would have."""
-    import numpy as np
-
     generators = _seed_generators(model)
     if len(states) != len(generators):
         log.warning("checkpoint without the dropout's random state: it starts afresh")
@@ -122,8 +123,6 @@ def diverged(loss: float, first_loss: float | None) -> bool:
     >>> diverged(float("nan"), 0.9), diverged(2.5, 0.9), diverged(1.2, 0.9), diverged(3.0, None)
     (True, True, False, False)
     """
-    import math
-
     if not math.isfinite(loss):
         return True
     return first_loss is not None and loss > DIVERGED_FACTOR * first_loss
@@ -186,8 +185,6 @@ class WallClockBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # state.seconds: all epochs so far, this one included (TrainingClock).
-        from pipeline.core.distribute import agree
-
         spent = self.state.seconds
         late = out_of_time(spent, epoch + 1, self.max_minutes)
         # Several processes stop together, when the first says so: clocks differ.

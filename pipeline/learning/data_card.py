@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.core.model_store import SCORES_FILE, SPLIT_FILE, read_json
 from pipeline.data.extra import KNOWN_SETS, UNKNOWN_LICENCE
 from pipeline.fileio import atomic_write_text
+from pipeline.paths import REPO_ROOT
 
 DATA_FILE = "DATA.md"
 
@@ -28,8 +29,6 @@ STAGE1_TRAIN = {
 
 
 def _own_set(images_dir: str) -> dict:
-    from pipeline.paths import REPO_ROOT
-
     if (REPO_ROOT / images_dir).parent.joinpath("synthetic_dataset.json").is_file() or (
         REPO_ROOT / images_dir / "synthetic_dataset.json"
     ).is_file():
@@ -103,8 +102,6 @@ def _terms(split: dict) -> list[str]:
 
 def _parent_rows(init: dict) -> list[str]:
     """For a fine-tuned model: the sets its starting model was trained on."""
-    from pipeline.paths import REPO_ROOT
-
     lines = [
         "",
         f"Fine-tuned from `{init['model']}` (weights sha256 "

@@ -24,18 +24,61 @@ import csv
 import dataclasses
 import itertools
 import logging
+import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.config import Config, split_list
+from pipeline.core import device as device_module
+from pipeline.core import distribute
+from pipeline.core.distribute import local_batches, process_model_dir, process_share
+from pipeline.core.model_store import (
+    CHECKPOINT_DIR,
+    COMPLETE_FILE,
+    CONFIG_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    LAST_MODEL_FILE,
+    LOGS_DIR,
+    SCORES_FILE,
+    SPLIT_FILE,
+    WEIGHTS_FILE,
+    check_finished,
+    compact_weights,
+    file_sha256,
+    is_complete,
+    load_config,
+    mark_complete,
+    portable_path,
+    read_json,
+    target_channels,
+    write_json,
+)
 from pipeline.core.nucleus_size import record_training_nuclei
+from pipeline.core.preprocess import normalise_image
 from pipeline.core.scale_policy import scale_policy
+from pipeline.core.targets import labels_to_targets
+from pipeline.data.dataset import labels_from_rle_csv, load_samples
+from pipeline.data.extra import group_of, load_extra_set, load_labelled
 from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_path
+from pipeline.learning.augment import (
+    augment,
+    build_augmentation,
+    dim_nuclei,
+    paste_touching_nuclei,
+    stain_like_tissue,
+)
+from pipeline.learning.data_card import write_data_card
+from pipeline.learning.splits import make_split, split_extra
+from pipeline.provenance import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +151,6 @@ class BatchSource:
     """
 
     def __init__(self, samples, config: Config, steps: int, seed: int, outputs: int = 1):
-        from pipeline.core.model_store import target_channels
-        from pipeline.learning.augment import build_augmentation
-
         self.samples, self.config, self.steps = samples, config, steps
         self.seed, self.outputs = seed, outputs
         self.channels = target_channels(config)
@@ -120,7 +160,6 @@ class BatchSource:
             train.augment_strength if train.augment else "none",
             scale_range=(train.scale_min, train.scale_max),
         )
-        from pipeline.data.extra import group_of
 
         self.probabilities = source_probabilities(
             [sample.source for sample in samples],
@@ -133,15 +172,6 @@ class BatchSource:
 
     def batch(self, epoch: int, index: int):
         """Batch ``index`` (0-based) of epoch ``epoch`` (0-based)."""
-        from pipeline.core.preprocess import normalise_image
-        from pipeline.core.targets import labels_to_targets
-        from pipeline.learning.augment import (
-            augment,
-            dim_nuclei,
-            paste_touching_nuclei,
-            stain_like_tissue,
-        )
-
         model = self.config.model
         rng = np.random.default_rng([self.seed, epoch, index])
         size = self.config.train.batch_size
@@ -176,18 +206,15 @@ class BatchSource:
 
 
 def _write_history(model_dir: Path, history: list[dict[str, Any]]) -> None:
-    from pipeline.core.model_store import CURVES_FILE, HISTORY_FILE
-    from pipeline.fileio import atomic_path
-
     columns = sorted({key for row in history for key in row}, key=lambda k: (k != "epoch", k))
     with atomic_path(model_dir / HISTORY_FILE) as tmp:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(history)
-    import matplotlib
 
     matplotlib.use("Agg")
+    # Lazy: pyplot loads after matplotlib.use("Agg") has chosen its backend
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -232,13 +259,6 @@ def folder_state(model_dir: Path) -> str:
     model), ``checkpoint`` (an unfinished run that can be resumed), ``started`` (a run
     stopped before its first checkpoint, or one that diverged) or ``other`` (not a
     model folder)."""
-    from pipeline.core.model_store import (
-        CHECKPOINT_DIR,
-        CONFIG_FILE,
-        LAST_MODEL_FILE,
-        is_complete,
-    )
-
     if not model_dir.exists() or not any(model_dir.iterdir()):
         return "new"
     if (model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE).is_file():
@@ -250,10 +270,6 @@ def folder_state(model_dir: Path) -> str:
 
 def _start_over(model_dir: Path) -> None:
     """Remove what a stopped run wrote (only the training's own files)."""
-    import shutil
-
-    from pipeline.core.model_store import CHECKPOINT_DIR, LOGS_DIR
-
     for name in _RUN_FILES:
         (model_dir / name).unlink(missing_ok=True)
     for name in (CHECKPOINT_DIR, LOGS_DIR):
@@ -263,8 +279,6 @@ def _start_over(model_dir: Path) -> None:
 def _resume_or_start(config: Config, model_dir: Path, resume: bool) -> tuple[Config, bool]:
     """``(config, resume)`` for the folder as it is: a killed run is resumed or started
     over (saying which); a finished model or a foreign folder is refused."""
-    from pipeline.core.model_store import CONFIG_FILE
-
     state = folder_state(model_dir)
     if state == "complete" and resume:
         _reopen_finished(model_dir)
@@ -310,8 +324,6 @@ def check_resumable(model_dir: Path) -> None:
 def _reopen_finished(model_dir: Path) -> None:
     """Make a finished model an unfinished run again, to train it further (``--resume``
     after raising its epochs): refused without its checkpoint."""
-    from pipeline.core.model_store import CHECKPOINT_DIR, COMPLETE_FILE, LAST_MODEL_FILE
-
     if not (model_dir / CHECKPOINT_DIR / LAST_MODEL_FILE).is_file():
         raise PipelineError(
             f"{model_dir}: a finished model without its {CHECKPOINT_DIR}/ (a shipped or "
@@ -338,13 +350,10 @@ def _build_or_resume(
     ``device`` (and ``devices``) were chosen by the entry point
     (`pipeline.core.device.select_device`).
     """
-    from pipeline.core import device as device_module
-    from pipeline.core import distribute
-
     distribute.join_processes()
+    # Lazy: Keras loads only after select_device; the train stage imports this module first
     import keras
 
-    from pipeline.core.model_store import CHECKPOINT_DIR, LAST_MODEL_FILE, target_channels
     from pipeline.core.models import build_model
 
     config, resume = _resume_or_start(config, model_dir, resume)
@@ -359,6 +368,7 @@ def _build_or_resume(
     stack.enter_context(distribute.training_scope(replicas))
     keras.utils.set_random_seed(config.train.seed)
     if resume:
+        # Lazy: both import Keras, which loads only after select_device
         from pipeline.core.models import custom_objects
         from pipeline.learning.losses import bce_dice_loss, soft_dice_loss
 
@@ -370,8 +380,6 @@ def _build_or_resume(
         # that cannot be downloaded) leaves no half-made folder behind.
         model = build_model(config.model, out_channels=len(target_channels(config)))
         if init is not None:
-            from pipeline.core.model_store import WEIGHTS_FILE
-
             model.load_weights(str(Path(init) / WEIGHTS_FILE))
             log.info("starting from the weights of %s", init)
     distribute.synchronise_batch_norm(model, replicas)
@@ -385,8 +393,6 @@ _INIT_FREE = ("dropout", "encoder_weights", "encoder_trainable")
 def check_init(config: Config, init: Path) -> None:
     """Refuse, in one line, to start ``config``'s training from the finished model ``init``
     unless its network is the same (architecture, size, input space, targets)."""
-    from pipeline.core.model_store import check_finished, load_config
-
     check_finished(init)
     theirs = load_config(init, tuned=False).model
     for item in dataclasses.fields(theirs):
@@ -408,9 +414,6 @@ def _stage1_test_samples(images_dir: Path, train_ids: set[str]):
     (``input/`` for ``input/stage1_train``). Returns ``(samples, record)``, the record saying
     where they came from for ``split.json``.
     """
-    from pipeline.core.model_store import portable_path
-    from pipeline.data.dataset import labels_from_rle_csv, load_samples
-
     test_dir, solution = (
         images_dir.parent / "stage1_test",
         images_dir.parent / "stage1_solution.csv",
@@ -446,9 +449,6 @@ def _stage1_test_samples(images_dir: Path, train_ids: set[str]):
 def load_extra_sets(config: Config, taken: set[str]):
     """The extra annotated sets of ``config.train.extra`` (`pipeline.data.extra`), read;
     refused when two share a name or an image id is already taken."""
-    from pipeline.config import split_list
-    from pipeline.data.extra import load_extra_set
-
     extra_sets = []
     for entry in split_list(config.train.extra):
         extra_set = load_extra_set(entry)
@@ -470,12 +470,6 @@ def load_extra_sets(config: Config, taken: set[str]):
 def _extra_split(extra_sets, config: Config, own_train: list[str]) -> dict:
     """What ``split.json`` adds for extra sets: their training ids joined to ``own_train``,
     each set's held-out ids (``extra_val``), the wholly held-out sets and each set's record."""
-    from collections import Counter
-
-    from pipeline.core.model_store import portable_path
-    from pipeline.data.extra import group_of
-    from pipeline.learning.splits import split_extra
-
     sources = {
         item.name: {s.image_id: group_of(s.image_id) for s in item.samples} for item in extra_sets
     }
@@ -520,16 +514,6 @@ def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bo
     With ``with_stage1_test`` the stage-1 test images join the training side after the
     split of ``images_dir`` is drawn, so the validation images are the same as without.
     """
-    from pipeline.core.model_store import (
-        CONFIG_FILE,
-        SPLIT_FILE,
-        portable_path,
-        read_json,
-        write_json,
-    )
-    from pipeline.data.extra import load_labelled
-    from pipeline.learning.splits import make_split
-
     model_dir.mkdir(parents=True, exist_ok=True)
     samples = load_labelled(images_dir)
     extra, extra_record = [], None
@@ -564,10 +548,9 @@ def _split_samples(config: Config, images_dir: Path, model_dir: Path, resume: bo
 def _fit(model, config: Config, samples, model_dir: Path, resume: bool, scoring: Scoring):
     """Train on ``samples`` (training, validation) until the epochs, the patience or the
     time budget run out; the state."""
+    # Lazy: Keras loads only after select_device; the train stage imports this module first
     import keras
 
-    from pipeline.core.distribute import local_batches, process_share
-    from pipeline.core.model_store import CHECKPOINT_DIR
     from pipeline.core.models import model_outputs
     from pipeline.learning.callbacks import (
         STATE_FILE,
@@ -622,15 +605,6 @@ def _fit(model, config: Config, samples, model_dir: Path, resume: bool, scoring:
 
 def _write_results(model, config: Config, model_dir: Path, state, n_val: int, run: dict):
     """The finished model folder: compact weights, curves and ``scores.json`` (last)."""
-    from pipeline.core.model_store import (
-        SCORES_FILE,
-        WEIGHTS_FILE,
-        compact_weights,
-        target_channels,
-        write_json,
-    )
-    from pipeline.provenance import git_commit
-
     if not (model_dir / WEIGHTS_FILE).is_file():
         # No evaluation happened (no validation images): keep the last weights.
         model.save_weights(str(model_dir / WEIGHTS_FILE))
@@ -657,8 +631,6 @@ def _write_results(model, config: Config, model_dir: Path, state, n_val: int, ru
         "validation_per_image": best.get("per_image", {}),
     }
     if run.get("init") is not None:
-        from pipeline.core.model_store import WEIGHTS_FILE, file_sha256, portable_path
-
         init = Path(run["init"])
         scores["init"] = {
             "model": portable_path(init),
@@ -695,9 +667,6 @@ def train_model(
     ``scoring`` holds the validation, tuning and extra-set scoring (evaluation's
     functions, which learning does not import). Returns the contents of ``scores.json``.
     """
-    from pipeline.core.distribute import process_model_dir
-    from pipeline.core.model_store import SCORES_FILE, mark_complete, read_json, write_json
-
     model_dir = process_model_dir(model_dir)
     with contextlib.ExitStack() as stack:
         if init is not None and not resume:
@@ -723,8 +692,6 @@ def train_model(
         scoring.tune(model_dir, images_dir, device)
         scores = read_json(model_dir / SCORES_FILE)
     if config.train.extra or init is not None:
-        from pipeline.learning.data_card import write_data_card
-
         write_data_card(model_dir)
     mark_complete(model_dir, tuned=tuned)  # from now on the folder is a model
     if config.train.extra:  # measured on the finished model, reported beside validation
@@ -736,10 +703,6 @@ def train_model(
 def _refuse_diverged(model_dir: Path, state, config: Config) -> None:
     """Remove the diverged weights and checkpoint (nothing that looks like a model is
     left) and raise, saying what to change."""
-    import shutil
-
-    from pipeline.core.model_store import CHECKPOINT_DIR, WEIGHTS_FILE
-
     (model_dir / WEIGHTS_FILE).unlink(missing_ok=True)
     shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)
     last = state.history[-1] if state.history else {}

@@ -29,9 +29,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
+from pipeline.core.model_store import SCORES_FILE, read_json
 from pipeline.serving.segmenter import (
     MAX_MEGAPIXELS,
     PAGE_SETTINGS,
@@ -51,8 +53,6 @@ MultiPartParser.spool_max_size = MAX_UPLOAD_BYTES
 
 def model_info(segmenter: Segmenter) -> dict[str, Any]:
     """What ``/api/model`` answers: the model's name, config, scores and commit."""
-    from pipeline.core.model_store import SCORES_FILE, read_json
-
     scores = read_json(segmenter.model.folder / SCORES_FILE)
     return {
         "name": segmenter.model.folder.name,
@@ -86,8 +86,6 @@ def create_app(
     segmenter: Segmenter, max_megapixels: float = MAX_MEGAPIXELS, max_queue: int = MAX_QUEUE
 ) -> FastAPI:
     """The application around one loaded model."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
     app = FastAPI(title="DSB2018 nuclei", description=__doc__.split("\n\n")[0])
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment")
     waiting = {"requests": 0}

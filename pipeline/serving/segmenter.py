@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+from skimage.segmentation import find_boundaries
 
 from pipeline.config import PredictConfig, value_parser
 from pipeline.data.images import encode_label_image, read_image_shape, read_pixels, to_rgb_uint8
@@ -140,8 +141,6 @@ def display_image(image: np.ndarray) -> np.ndarray:
 
 def outline_layer(labels: np.ndarray) -> np.ndarray:
     """RGBA (H, W, 4): the nuclei's outlines in yellow, transparent elsewhere."""
-    from skimage.segmentation import find_boundaries
-
     layer = np.zeros((*labels.shape, 4), np.uint8)
     layer[find_boundaries(labels, mode="inner")] = (255, 230, 0, 255)
     return layer

@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.core import device as device_module
+from pipeline.core.onnx_export import add_onnx
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.core import device as device_module
-
     if not args.onnx and args.out is None:
         raise PipelineError(
             "export: say what to write: --onnx, or --out NAME.bioimageio.zip (a bioimage.io "
@@ -69,8 +69,6 @@ def main(args: argparse.Namespace) -> int:
         package = _package_module()
         package.check_package_target(Path(args.out), args.force, Path(args.model))
     if args.onnx:
-        from pipeline.core.onnx_export import add_onnx
-
         add_onnx(Path(args.model))
     if args.out is not None:
         package.export_package(Path(args.model), Path(args.out), args.force)
@@ -81,6 +79,7 @@ def _package_module():
     """`pipeline.learning.bioimageio_package`, imported here (bioimageio.spec and ONNX are
     for the package alone, not for --help or --onnx), or one line saying what to install."""
     try:
+        # Lazy: it loads Keras, ONNX and bioimage.io, which only --out needs
         from pipeline.learning import bioimageio_package
     except ImportError as error:
         raise PipelineError(

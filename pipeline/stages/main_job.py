@@ -19,13 +19,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import paths
 from pipeline.config import Config, preset
 from pipeline.core.device import DEVICES, select_device
+from pipeline.core.model_store import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST_MODEL_FILE,
+    SCORES_FILE,
+    is_complete,
+    read_json,
+    write_json,
+)
+from pipeline.data import download
+from pipeline.data.dataset import list_image_ids
+from pipeline.data.reconcile import check_submission
+from pipeline.data.submission import read_submission
+from pipeline.data.synthetic import make_demo_dataset
 from pipeline.errors import PipelineError
+from pipeline.evaluation.score import score_and_record
+from pipeline.inference.run import run_prediction
+from pipeline.learning.training import folder_state, train_model
+from pipeline.locks import output_lock
+from pipeline.stages.train import evaluation_scoring
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +68,6 @@ class JobData:
 
 def competition_data_present(input_dir: Path) -> bool:
     """Whether ``input/`` holds unpacked stage-1 training and test images."""
-    from pipeline.data.dataset import list_image_ids
-
     try:
         return bool(list_image_ids(input_dir / "stage1_train")) and bool(
             list_image_ids(input_dir / "stage1_test")
@@ -60,8 +78,6 @@ def competition_data_present(input_dir: Path) -> bool:
 
 def find_data(demo: bool, input_dir: Path) -> JobData:
     """Step 1: competition data from ``input/`` or Kaggle, else the synthetic demo set."""
-    from pipeline.data import download
-
     if not demo and not competition_data_present(input_dir):
         if download.kaggle_credentials_available():
             log.info("input/ has no competition data: downloading it with the Kaggle API")
@@ -76,8 +92,6 @@ def find_data(demo: bool, input_dir: Path) -> JobData:
             )
             demo = True
     if demo:
-        from pipeline.data.synthetic import make_demo_dataset
-
         made = make_demo_dataset(input_dir / "demo", **DEMO_SET)
         return JobData(made.train_dir, made.test_dir, made.solution_csv, demo=True)
     solution = input_dir / "stage1_solution.csv"
@@ -111,8 +125,6 @@ def stage2_data(input_dir: Path) -> JobData:
 
 def check_against_sample(submission: Path, sample: Path) -> None:
     """Refuse a submission whose ImageIds are not exactly those of the sample submission."""
-    from pipeline.data.submission import read_submission
-
     wanted = set(read_submission(sample)["ImageId"])
     written = set(read_submission(submission)["ImageId"])
     missing, unknown = sorted(wanted - written), sorted(written - wanted)
@@ -136,8 +148,6 @@ def _shown(path: Path) -> str:
 
 def choose_model_dir(config: Config, models_dir: Path) -> Path:
     """``models/<name>`` if it is free or holds this config's model, else a fingerprinted one."""
-    from pipeline.core.model_store import SCORES_FILE, read_json
-
     candidate = models_dir / config.name
     if not candidate.exists():
         return candidate
@@ -145,8 +155,6 @@ def choose_model_dir(config: Config, models_dir: Path) -> Path:
     if recorded == config.training_fingerprint():
         return candidate
     if not (candidate / SCORES_FILE).exists():
-        from pipeline.core.model_store import CONFIG_FILE
-
         if (candidate / CONFIG_FILE).is_file() and Config.load(
             candidate / CONFIG_FILE
         ).training_fingerprint() == config.training_fingerprint():
@@ -163,17 +171,10 @@ def _train_step(
     command: str | None,
 ) -> Path:
     """[train]: the model folder of ``config``, trained (or resumed) unless complete."""
-    from pipeline.core.model_store import CHECKPOINT_DIR, LAST_MODEL_FILE, is_complete
-    from pipeline.learning.training import train_model
-    from pipeline.locks import output_lock
-    from pipeline.stages.train import evaluation_scoring
-
     model_dir = choose_model_dir(config, models_dir)
     if retrain and model_dir.exists():
         model_dir = models_dir / f"{config.name}-{config.training_fingerprint()}-retrain"
         if model_dir.exists():
-            import shutil
-
             shutil.rmtree(model_dir)
     if is_complete(model_dir):
         log.info(
@@ -200,9 +201,6 @@ def _train_step(
 
 def _predict_step(model_dir: Path, data: JobData, submissions_dir: Path, device: str) -> Path:
     """[predict] and [check]: the test images' submission, checked."""
-    from pipeline.data.reconcile import check_submission
-    from pipeline.inference.run import run_prediction
-
     suffix = "-stage2" if data.stage == 2 else ""
     submission = submissions_dir / f"{model_dir.name}{suffix}.csv"
     log.info("[predict] %s -> %s", data.test_dir, submission)
@@ -223,9 +221,6 @@ def _predict_step(model_dir: Path, data: JobData, submissions_dir: Path, device:
 
 def _score_step(model_dir: Path, data: JobData, submission: Path, leaderboard_csv: Path):
     """[score]: the submission's score, on the leaderboard and in the model's scores.json."""
-    from pipeline.core.model_store import SCORES_FILE, read_json, write_json
-    from pipeline.evaluation.score import score_and_record
-
     log.info("[score] %s against %s", submission, data.solution_csv)
     score = score_and_record(submission, data.solution_csv, leaderboard_csv)
     scores = read_json(model_dir / SCORES_FILE)
@@ -243,8 +238,6 @@ def _check_something_to_resume(
     config: Config, data: JobData, models_dir: Path, submissions_dir: Path
 ) -> None:
     """For ``--resume``: refuse when no training and no prediction was interrupted."""
-    from pipeline.learning.training import folder_state
-
     model_dir = choose_model_dir(config, models_dir)
     suffix = "-stage2" if data.stage == 2 else ""
     partial = submissions_dir / f"{model_dir.name}{suffix}.csv.partial.json"

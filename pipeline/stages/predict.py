@@ -16,7 +16,9 @@ from pipeline import paths
 from pipeline.cli import add_config_arguments, config_overrides, refuse_conflicts
 from pipeline.core.device import DEVICES, select_device
 from pipeline.data.dataset import ImageFiles, list_image_files
+from pipeline.data.synthetic import make_demo_dataset
 from pipeline.errors import PipelineError
+from pipeline.inference.output_checks import check_predictions
 from pipeline.inference.run import run_prediction
 
 log = logging.getLogger(__name__)
@@ -137,8 +139,6 @@ def _images_and_model(args: argparse.Namespace) -> tuple[Path, Path]:
     refuse_conflicts(args, [("--demo", "demo"), ("--images", "images")])
     images, model_dir = args.images, args.model
     if args.demo:
-        from pipeline.data.synthetic import make_demo_dataset
-
         demo = make_demo_dataset(paths.INPUT_DIR / "demo")
         images = images or demo.test_dir
         if model_dir == paths.DEFAULT_MODEL_DIR:
@@ -164,8 +164,6 @@ def default_out_csv(found: ImageFiles, model_dir: Path) -> Path:
 def _check(out_csv: Path, found: ImageFiles) -> None:
     """Check the written submission against the images (any layout, as check-submission
     does for a Kaggle-layout folder); raise on any problem."""
-    from pipeline.inference.output_checks import check_predictions
-
     problems = check_predictions(out_csv, found.files)
     for problem in problems:
         log.error("%s", problem)

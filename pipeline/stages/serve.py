@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import socket
 from pathlib import Path
 
 from pipeline import paths
@@ -15,6 +16,7 @@ from pipeline.cli import add_setting_argument
 from pipeline.config import PredictConfig, finite_float
 from pipeline.core.device import DEVICES, select_device
 from pipeline.errors import PipelineError
+from pipeline.serving.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Lazy: uvicorn and FastAPI are heavy; only a starting server needs them
     import uvicorn
 
     from pipeline.serving.app import create_app
-    from pipeline.serving.segmenter import Segmenter
 
     if not 0 < args.max_megapixels:
         raise PipelineError(f"--max-megapixels must be > 0, got {args.max_megapixels}")
@@ -56,8 +58,6 @@ def main(args: argparse.Namespace) -> int:
 def check_address(host: str, port: int) -> None:
     """Refuse, before the model is loaded, a host that cannot be listened on or a port in
     use, with one line (uvicorn would end in its own message, exit status 3)."""
-    import socket
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as error:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.config import finite_float
+from pipeline.data.dataset import list_image_ids
 from pipeline.data.kaggle_api import (
     COMPETITION,
     MAX_SUBMISSION_MIB,
@@ -31,10 +32,16 @@ from pipeline.data.kaggle_api import (
     submit_file,
     wait_for_scores,
 )
-from pipeline.data.reconcile import check_submission_summary
+from pipeline.data.reconcile import check_submission_summary, read_solution
 from pipeline.data.rle_csv import summary as problems_summary
 from pipeline.data.submission import metadata_path, read_submission_metadata
 from pipeline.errors import PipelineError
+from pipeline.evaluation.leaderboard import (
+    TRAINED_ON_LABELS,
+    append_entry,
+    trained_on_scored_images,
+)
+from pipeline.evaluation.score import score_submission
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +164,6 @@ def check_for_upload(csv_path: Path, images_dir: Path) -> None:
 def local_score(csv_path: Path, images_dir: Path, solution: Path | None) -> float | None:
     """The submission's score on ``solution`` (as ``./run.sh score``), when its labels cover
     every image of ``images_dir``; None otherwise (stage 2 has no released labels)."""
-    from pipeline.data.dataset import list_image_ids
-    from pipeline.data.reconcile import read_solution
-    from pipeline.evaluation.score import score_submission
-
     if solution is None or not solution.is_file():
         log.info("no local score: %s not found", solution)
         return None
@@ -180,13 +183,6 @@ def local_score(csv_path: Path, images_dir: Path, solution: Path | None) -> floa
 
 
 def _record(args: argparse.Namespace, metadata: dict, score: float | None, scores) -> None:
-    from pipeline.data.dataset import list_image_ids
-    from pipeline.evaluation.leaderboard import (
-        TRAINED_ON_LABELS,
-        append_entry,
-        trained_on_scored_images,
-    )
-
     trained = score is not None and bool(
         trained_on_scored_images(metadata, list_image_ids(args.images_dir))
     )

@@ -15,11 +15,13 @@ from pipeline.cli import add_config_arguments, config_overrides, refuse_conflict
 from pipeline.config import Config, check_network_fits, check_section, preset
 from pipeline.core.device import DEVICES, select_device
 from pipeline.core.distribute import parse_devices, process_model_dir
+from pipeline.core.model_store import check_finished, load_config, training_images_dir
+from pipeline.data.synthetic import make_demo_dataset
 from pipeline.errors import PipelineError
 from pipeline.evaluation.tuning import tune_model
 from pipeline.evaluation.validation import score_extra_sets, score_samples
 from pipeline.inference.model import NucleusModel
-from pipeline.learning.training import Scoring, train_model
+from pipeline.learning.training import Scoring, check_resumable, train_model
 from pipeline.locks import output_lock
 from pipeline.outputs import check_not_input
 
@@ -100,8 +102,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.config is not None:
         config = Config.load(args.config)
     elif args.init is not None and args.preset is None:
-        from pipeline.core.model_store import check_finished, load_config
-
         check_finished(args.init)
         config = load_config(args.init, tuned=False)
         config.name = f"{args.init.name}-finetuned"
@@ -127,19 +127,13 @@ def main(args: argparse.Namespace) -> int:
         raise PipelineError(f"--init {args.init}: --out must be another folder than the model")
     images_dir = args.images
     if args.demo:
-        from pipeline.data.synthetic import make_demo_dataset
-
         demo = make_demo_dataset(paths.INPUT_DIR / "demo")
         images_dir = images_dir or demo.train_dir
     if args.init is not None and args.demo:
         raise PipelineError("--init and --demo do not go together (--demo trains a new model)")
     if args.resume and args.out is not None:
-        from pipeline.learning.training import check_resumable
-
         check_resumable(Path(args.out))
     if images_dir is None and args.resume and args.out is not None:
-        from pipeline.core.model_store import training_images_dir
-
         images_dir = training_images_dir(Path(args.out))
     images_dir = Path(images_dir or paths.TRAIN_DIR)
     if not images_dir.exists():
