@@ -7,9 +7,11 @@
 one recipe (grey input space, random rescaling 0.6-1.8x, patience 10, at most 50 epochs or
 40 minutes: the default preset's since the ``none`` row was shipped as models/default, the
 flags spelled out all the same) with no extra set, the two H&E sets (cpm15, monuseg), lpc's
-fluorescence tiles, or all three (``--extra``, `pipeline.data.extra`); and two variants of
-the last: trained longer (80 epochs, 70 minutes), and in the first default's RGB input
-space. Each row is
+fluorescence tiles, or all three (``--extra``, `pipeline.data.extra`); and three variants
+of the last: trained longer (80 epochs, 70 minutes), with every training image drawn alike
+(``--source-weighting size``: lpc's 621 training tiles then make over half of the draws,
+stage1_train's 507 images 43%, against about 56% with the square root), and in the first
+default's RGB input space. Each row is
 trained twice, once per validation split (``--split random``: stage1_train images of
 every kind on both sides; ``--split conditions``: whole acquisition conditions of
 stage1_train held out, and one of the two H&E sets held out whole). For every model, with
@@ -80,6 +82,10 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "all-long": (
         "+ all three sets, trained longer: at most 80 epochs or 70 minutes",
         (*RECIPE[:-4], "--epochs", "80", "--max-minutes", "70", *HE, *LPC),
+    ),
+    "all-size": (
+        "+ all three sets, each training image drawn alike (--source-weighting size)",
+        (*RECIPE, *HE, *LPC, "--source-weighting", "size"),
     ),
     "all-rgb": (
         "+ all three sets, RGB input (the first default's input space)",
