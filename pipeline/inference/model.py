@@ -82,10 +82,7 @@ class NucleusModel:
         finished: bool = True,
     ) -> None:
         self.folder = None if folder is None else Path(folder)
-        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        unknown = sorted(set(self.overrides) - set(PREDICT_SETTINGS))
-        if unknown:
-            raise TypeError(f"unknown prediction setting {unknown[0]!r}")
+        self.overrides = _given_settings(overrides or {})
         self.device = device
         self.tuned = tuned
         self.edited_ok = edited_ok
@@ -183,10 +180,7 @@ class NucleusModel:
     def with_settings(self, **overrides: Any) -> NucleusModel:
         """The same model (the same network, loaded once) with other prediction settings;
         None values are ignored. Raises TypeError for a name that is not a setting."""
-        given = {key: value for key, value in overrides.items() if value is not None}
-        unknown = sorted(set(given) - set(PREDICT_SETTINGS))
-        if unknown:
-            raise TypeError(f"unknown prediction setting {unknown[0]!r}")
+        given = _given_settings(overrides)
         other = copy.copy(self)
         other.overrides = {**self.overrides, **given}
         other._config = copy.deepcopy(self.config)
@@ -299,6 +293,16 @@ class NucleusModel:
         model = self.with_settings(**overrides) if overrides else self
         probs = model.predict_probabilities(images)
         return [model.labels_from_probabilities(prob) for prob in probs]
+
+
+def _given_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The prediction settings given (None values dropped); TypeError for a name that is
+    not a `PredictConfig` field."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(given) - set(PREDICT_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown prediction setting {unknown[0]!r}")
+    return given
 
 
 def _images_per_batch(batch_size: int, height: int, width: int) -> int:
