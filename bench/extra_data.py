@@ -10,8 +10,10 @@ flags spelled out all the same) with no extra set, the two H&E sets (cpm15, monu
 fluorescence tiles, or all three (``--extra``, `pipeline.data.extra`); and three variants
 of the last: trained longer (80 epochs, 70 minutes), with every training image drawn alike
 (``--source-weighting size``: lpc's 621 training tiles then make over half of the draws,
-stage1_train's 507 images 43%, against about 56% with the square root), and in the first
-default's RGB input space. Each row is
+stage1_train's 507 images 43%, against about 56% with the square root), the same with
+every image scaled so that its median nucleus is 20 pixels across (``--resize-policy
+nucleus``: the sets' nuclei are 14 to 35 pixels across), and in the first default's RGB
+input space. Each row is
 trained twice, once per validation split (``--split random``: stage1_train images of
 every kind on both sides; ``--split conditions``: whole acquisition conditions of
 stage1_train held out, and one of the two H&E sets held out whole). For every model, with
@@ -86,6 +88,11 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "all-size": (
         "+ all three sets, each training image drawn alike (--source-weighting size)",
         (*RECIPE, *HE, *LPC, "--source-weighting", "size"),
+    ),
+    "all-size-nucleus": (
+        "+ all three sets drawn alike, every image scaled to a 20-pixel nucleus "
+        "(--resize-policy nucleus)",
+        (*RECIPE, *HE, *LPC, "--source-weighting", "size", "--resize-policy", "nucleus"),
     ),
     "all-rgb": (
         "+ all three sets, RGB input (the first default's input space)",
