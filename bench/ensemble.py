@@ -133,6 +133,7 @@ def main() -> int:
     truth = labels_from_rle_csv(ROOT / "input" / "stage1_solution.csv")
     post = NucleusModel.load(ROOT / MODELS / "none-random", network=False)
     test = {n: score_combination(tuple(n.split("+")), probs, truth, post) for n in on_test}
+    groups = test_groups()
     # Per-image scores are kept for the combinations scored on stage1_test; the others
     # keep their score and their paired difference with `none`.
     for split in SPLITS:
@@ -149,20 +150,22 @@ def main() -> int:
         "validation": validation,
         "stage1_test": test,
         "groups": {
-            n: group_scores({"stage1_test_per_image": t["per_image"]}, test_groups())
+            n: group_scores({"stage1_test_per_image": t["per_image"]}, groups)
             for n, t in test.items()
         },
     }
     publish(
         ROOT / "bench" / "results" / "ensemble.json",
         data,
-        table(data),
+        table(data, groups),
         "ensemble" if args.update_readme else None,
     )
     return 0
 
 
-def table(data: dict) -> str:
+def table(data: dict, image_groups: dict[str, str]) -> str:
+    """The ensembles' table and their stage1_test groups' (``image_groups``: each test
+    image's group, as `test_groups` gives them)."""
     validation, test = data["validation"], data["stage1_test"]
     ranked = sorted(validation["random"], key=lambda n: -validation["conditions"][n]["score"])
     shown = [n for n in ranked if n in test] + [n for n in ranked if n not in test][:8]
@@ -187,7 +190,7 @@ def table(data: dict) -> str:
             cells += ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     groups = data["groups"]
-    sizes = {g: list(test_groups().values()).count(g) for g in groups["none"]}
+    sizes = {g: list(image_groups.values()).count(g) for g in groups["none"]}
     order = sorted(sizes, key=lambda g: (-sizes[g], g))
     lines += ["", "| stage1_test group | " + " | ".join(n.replace("+", " + ") for n in test) + " |"]
     lines += ["|---|" + "---|" * len(test)]
